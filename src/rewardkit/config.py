@@ -1,0 +1,274 @@
+"""Typed configuration: one dataclass per command, filled from YAML plus dotted `key=value` overrides.
+
+Every field carries its help text in `metadata["help"]`; that text is the only source for `--help`.
+Unknown keys are errors that name the closest valid key, because a typo that silently trains with a
+default is the most expensive bug a config system can have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _copy(x: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(x)
+
+
+@dataclass
+class ModelConfig:
+    # `model=PATH` on the command line sets this group's `path`.
+    path: str = _f("", "Backbone or reward model: a causal-LM or sequence-classification checkpoint, "
+                       "a local folder or a hub id.")
+    gguf_file: str | None = _f(None, "GGUF file name inside `path` (loaded and dequantised to float).")
+    tokenizer: str | None = _f(None, "Tokenizer folder or id when it differs from `path`.")
+    readout: str | None = _f(None, "Where the reward is read: last non-pad token, mean over response "
+                                   "tokens, or the encoder's [CLS] pooler. Default: last for decoders, "
+                                   "cls for encoders.", choices=("last", "mean", "cls"))
+    trust_remote_code: bool = _f(False, "Allow custom modelling code from the checkpoint.")
+
+
+@dataclass
+class ColumnsConfig:
+    prompt: str = _f("prompt", "Column with the prompt (string or chat messages).")
+    chosen: str = _f("chosen", "Column with the preferred response or transcript.")
+    rejected: str = _f("rejected", "Column with the dispreferred response or transcript.")
+    margin: str = _f("margin", "Optional per-pair margin column (used when present).")
+    conversations: str = _f("conversations", "ShareGPT-style history column (`from`/`value`).")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `save_to_disk` folder or a "
+                        "hub dataset id.")
+    eval: str | None = _f(None, "Held-out data, same forms as `train`.")
+    eval_size: float = _f(0.0, "When `eval` is unset: hold out this many pairs (>=1) or this fraction "
+                               "(<1) from the END of the training data.")
+    split: str = _f("train", "Split to read from a hub dataset or a DatasetDict folder.")
+    max_length: int = _f(512, "Max tokens per sequence; longer ones lose prompt tokens from the left "
+                              "first, then response tokens from the left.")
+    max_samples: int | None = _f(None, "Use only the first N rows of the training data.")
+    format: str = _f("auto", "Row format (auto-detected by default).",
+                     choices=("auto", "explicit", "implicit", "conversational", "sharegpt"))
+    columns: ColumnsConfig = _f(ColumnsConfig(), "Column names.")
+    on_error: str = _f("raise", "A malformed row stops with an error, or is skipped and counted.",
+                       choices=("raise", "skip"))
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(1.0, "Passes over the training data (fractions allowed).")
+    max_steps: int | None = _f(None, "Stop after this many optimiser steps (overrides epochs).")
+    batch_size: int = _f(8, "Pairs per micro-batch (each pair = 2 sequences in one forward).")
+    grad_accum: int = _f(1, "Micro-batches per optimiser step.")
+    lr: float = _f(5e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norms).")
+    scheduler: str = _f("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    bf16: bool = _f(False, "bf16 autocast for forward and backward.")
+    loss: str = _f("bt", "Pairwise loss name (see `rewardkit.losses.LOSSES`).")
+    center_rewards_coef: float = _f(0.0, "Weight of the reward-centering term mean((rc+rr)^2).")
+    disable_dropout: bool = _f(True, "Set every dropout probability to 0 (reward models train better).")
+    eval_every: int = _f(0, "Evaluate every N optimiser steps (0: only at the end).")
+    eval_batch_size: int = _f(32, "Pairs per eval batch.")
+    log_every: int = _f(10, "Log training metrics every N optimiser steps.")
+    save_every: int = _f(0, "Write a resumable checkpoint every N steps (0: never).")
+    resume: str | None = _f(None, "Resume from a checkpoint folder, or `auto` for the latest one in "
+                                  "output_dir/checkpoints.")
+    progress: bool = _f(True, "Show a tqdm progress bar.")
+
+
+@dataclass
+class TrainRunConfig:
+    """`rewardkit train`: everything a training run needs."""
+
+    model: ModelConfig = _f(ModelConfig(), "Backbone options (`model=PATH` sets model.path).")
+    data: DataConfig = _f(DataConfig(), "Data options.")
+    train: TrainConfig = _f(TrainConfig(), "Optimisation options.")
+    output_dir: str = _f("runs/rm", "Folder for the saved model, metrics.jsonl and checkpoints.")
+    seed: int = _f(42, "Seed for weights of the new head, shuffling and dropout.")
+
+
+# Scalars given for a nested group fill this field of the group (`model=gpt2` -> model.path).
+_SHORTHAND = {ModelConfig: "path"}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config class, e.g. `data.columns.prompt`."""
+    keys = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys.extend(all_keys(tp, f"{prefix}{f.name}."))
+            if tp in _SHORTHAND:
+                keys.append(f"{prefix}{f.name}")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _coerce(value: Any, tp: Any, key: str, choices: tuple[str, ...] | None, root: type) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, choices, root)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            if tp in _SHORTHAND:
+                value = {_SHORTHAND[tp]: value}
+            else:
+                raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, root, key + ".")
+    bad = ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        try:  # PyYAML reads `1e-5` (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise bad from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise bad
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise bad
+        value = str(value)
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", None, root) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, args[0], f"{key}[{i}]", None, root) for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], root: type, prefix: str = "") -> Any:
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            raise ConfigError(_unknown_key_message(f"{prefix}{k}", root))
+        f = names[k]
+        kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}", f.metadata.get("choices"), root)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, root: type) -> str:
+    valid = all_keys(root)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    # Also match on the last component: `train.learning_rate` -> `train.lr` is too far for difflib.
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:1]
+    hint = f"; did you mean `{close[0]}`?" if close else ""
+    return f"unknown config key `{key}`{hint} (see `rewardkit train --help` for all keys)"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override `{item}` is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):  # `model=x model.readout=last`
+                nxt = node[p] = {"path": nxt}
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and k in out and not isinstance(out[k], dict):
+            out[k] = _merge({"path": out[k]}, v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build `cls` from an optional YAML file, then dotted overrides (later wins)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(overrides or []))
+    return _build(cls, data, cls)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One help line per leaf key: `key (default): help [choices]`."""
+    lines = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        extra = f" [{'|'.join(choices)}]" if choices else ""
+        lines.append(f"  {prefix}{f.name} (default: {default!r}){extra}\n      {f.metadata['help']}")
+    return lines

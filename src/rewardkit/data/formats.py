@@ -1,0 +1,312 @@
+"""Raw rows -> `PreferenceExample`.
+
+Reads files (.jsonl, .json, .parquet, .csv), `datasets.save_to_disk` folders and hub ids, detects the row
+format and turns each row into one typed example. Every error names the file, the line/row and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+Text = Union[str, list[Message]]  # a plain string or chat messages
+FORMATS = ("explicit", "implicit", "conversational", "sharegpt")
+# Turn markers of "\n\nHuman: ...\n\nAssistant: ..." transcripts (Anthropic HH and its copies).
+ASSISTANT_MARKERS = ("\n\nAssistant:", "\nAssistant:")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                   "system": "system", "tool": "tool", "function": "tool", "observation": "tool"}
+
+
+class DataError(ValueError):
+    """A malformed row: carries where it is and which field is wrong."""
+
+    def __init__(self, where: str, field: str | None, problem: str):
+        self.where, self.field, self.problem = where, field, problem
+        at = f"{where}: field `{field}`" if field else where
+        super().__init__(f"{at}: {problem}")
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """One preference pair. `prompt` may be "" (or []) when the data has none."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    margin: float | None = None
+    source: str = ""  # "file.jsonl:line 12", for error messages downstream
+
+
+@dataclass(frozen=True)
+class Columns:
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    margin: str = "margin"
+    conversations: str = "conversations"
+
+
+@dataclass
+class LoadReport:
+    """What loading did besides returning examples: counts that must never be silent."""
+
+    rows: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # first few skip reasons
+
+
+# --------------------------------------------------------------------------- reading rows
+
+def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield `(where, row)` pairs; `where` is "path:line N" or "path:row N" (1-based)."""
+    path = Path(source)
+    if path.is_dir():
+        yield from _read_saved_dataset(path, split)
+        return
+    suffix = path.suffix.lower()
+    if not path.exists():
+        # Anything that looks like a path is a missing file; `org/name` is a hub id.
+        if suffix in (".jsonl", ".json", ".parquet", ".csv") or source.startswith((".", "/", "~")):
+            raise DataError(source, None, "file not found")
+        yield from _read_hub(source, split)
+        return
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{source}:line {i}", None, f"invalid JSON ({e.msg})") from None
+                yield f"{source}:line {i}", _as_mapping(row, f"{source}:line {i}")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source}:line {e.lineno}", None, f"invalid JSON ({e.msg})") from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"data": [...]} wrappers
+        if not isinstance(data, list):
+            raise DataError(source, None, "a .json file must hold a list of rows")
+        for i, row in enumerate(data, 1):
+            yield f"{source}:row {i}", _as_mapping(row, f"{source}:row {i}")
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                yield f"{source}:line {reader.line_num}", dict(row)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield f"{source}:row {i}", row
+    else:
+        raise DataError(source, None, f"unsupported file type `{suffix}` (use .jsonl, .json, .parquet, "
+                                      ".csv or a datasets folder)")
+
+
+def _as_mapping(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(where, None, f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _read_saved_dataset(path: Path, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(str(path), None, f"no split `{split}` (has: {', '.join(ds)})")
+        ds = ds[split]
+    for i, row in enumerate(ds, 1):
+        yield f"{path}:row {i}", row
+
+
+def _read_hub(name: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # the hub raises many types; the user needs the name and the reason
+        raise DataError(name, None, f"not a local file and not loadable as a hub dataset: {e}") from e
+    for i, row in enumerate(ds, 1):
+        yield f"{name}[{split}]:row {i}", row
+
+
+# --------------------------------------------------------------------------- formats
+
+def detect_format(row: dict[str, Any], cols: Columns) -> str:
+    """Guess the format from one row's keys and value types."""
+    if cols.conversations in row:
+        return "sharegpt"
+    if cols.prompt in row and row[cols.prompt] is not None:
+        if isinstance(row[cols.prompt], list) or isinstance(row.get(cols.chosen), list):
+            return "conversational"
+        return "explicit"
+    if isinstance(row.get(cols.chosen), list):
+        return "conversational"
+    return "implicit"
+
+
+def _need(row: dict[str, Any], key: str, where: str) -> Any:
+    if key not in row or row[key] is None:
+        raise DataError(where, key, f"missing (row has: {', '.join(map(str, row)) or 'nothing'})")
+    return row[key]
+
+
+def _text(value: Any, key: str, where: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise DataError(where, key, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(where, key, "empty text")
+    return value
+
+
+def _messages(value: Any, key: str, where: str, role_key: str = "role", content_key: str = "content",
+              roles: dict[str, str] | None = None) -> list[Message]:
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise DataError(where, key, f"expected a list of messages, got {type(value).__name__}")
+    out = []
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or role_key not in m or content_key not in m:
+            raise DataError(where, f"{key}[{j}]", f"expected an object with `{role_key}` and `{content_key}`")
+        role = m[role_key]
+        if roles is not None:
+            if str(role).lower() not in roles:
+                raise DataError(where, f"{key}[{j}].{role_key}", f"unknown role {role!r}")
+            role = roles[str(role).lower()]
+        if not isinstance(m[content_key], str):
+            raise DataError(where, f"{key}[{j}].{content_key}", "expected a string")
+        out.append({"role": str(role), "content": m[content_key]})
+    return out
+
+
+def _margin(row: dict[str, Any], key: str, where: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        m = float(value)
+    except (TypeError, ValueError):
+        raise DataError(where, key, f"expected a number, got {value!r}") from None
+    if not math.isfinite(m):
+        raise DataError(where, key, f"expected a finite number, got {value!r}")
+    return m
+
+
+def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split two transcripts sharing a history into (prompt, chosen response, rejected response).
+
+    The cut is the end of the last assistant marker inside the common prefix, so the prompt ends with
+    "\\n\\nAssistant:" and each response is that turn's text. Without markers, the cut falls at the
+    last whitespace of the common prefix.
+    """
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    common = chosen[:n]
+    cut = -1
+    for marker in ASSISTANT_MARKERS:
+        at = common.rfind(marker)
+        if at >= 0:
+            cut = max(cut, at + len(marker))
+    if cut < 0:
+        cut = max(common.rfind(" "), common.rfind("\n")) + 1 if n < limit or n == 0 else 0
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _split_messages(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], list[Message], list[Message]]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str) -> PreferenceExample:
+    """One raw row in format `fmt` -> a `PreferenceExample`, or a `DataError` naming the field."""
+    margin = _margin(row, cols.margin, where)
+    if fmt == "explicit":
+        prompt = _text(_need(row, cols.prompt, where), cols.prompt, where, allow_empty=True)
+        chosen = _text(_need(row, cols.chosen, where), cols.chosen, where)
+        rejected = _text(_need(row, cols.rejected, where), cols.rejected, where)
+        return PreferenceExample(prompt, chosen, rejected, margin, where)
+    if fmt == "implicit":
+        c = _text(_need(row, cols.chosen, where), cols.chosen, where)
+        r = _text(_need(row, cols.rejected, where), cols.rejected, where)
+        prompt, chosen, rejected = split_transcripts(c, r)
+        if not chosen.strip() and not rejected.strip():
+            raise DataError(where, cols.chosen, "chosen and rejected are identical")
+        return PreferenceExample(prompt, chosen, rejected, margin, where)
+    if fmt == "conversational":
+        chosen_raw = _need(row, cols.chosen, where)
+        rejected_raw = _need(row, cols.rejected, where)
+        as_msgs = lambda v, k: ([{"role": "assistant", "content": _text(v, k, where)}]  # noqa: E731
+                                if isinstance(v, str) else _messages(v, k, where))
+        chosen, rejected = as_msgs(chosen_raw, cols.chosen), as_msgs(rejected_raw, cols.rejected)
+        if row.get(cols.prompt) is not None:
+            p = row[cols.prompt]
+            prompt = ([{"role": "user", "content": _text(p, cols.prompt, where)}] if isinstance(p, str)
+                      else _messages(p, cols.prompt, where))
+        else:  # whole conversations: the shared leading messages are the prompt
+            prompt, chosen, rejected = _split_messages(chosen, rejected)
+        if not chosen or not rejected:
+            raise DataError(where, cols.chosen if not chosen else cols.rejected, "no response message")
+        return PreferenceExample(prompt, chosen, rejected, margin, where)
+    if fmt == "sharegpt":
+        kw = dict(role_key="from", content_key="value", roles=_SHAREGPT_ROLES)
+        prompt = _messages(_need(row, cols.conversations, where), cols.conversations, where, **kw)
+        chosen = _messages(_need(row, cols.chosen, where), cols.chosen, where, **kw)
+        rejected = _messages(_need(row, cols.rejected, where), cols.rejected, where, **kw)
+        return PreferenceExample(prompt, chosen, rejected, margin, where)
+    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None = None,
+                     on_error: str = "raise", split: str = "train", max_samples: int | None = None,
+                     ) -> tuple[list[PreferenceExample], LoadReport]:
+    """Read `source` and return its examples plus a report of skipped rows.
+
+    With `on_error="raise"` the first malformed row raises `DataError`; with "skip" it is counted.
+    The format is detected on the first row unless `fmt` is given.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    cols = columns or Columns()
+    report = LoadReport()
+    examples: list[PreferenceExample] = []
+    for where, row in read_rows(source, split):
+        if max_samples is not None and report.rows >= max_samples:
+            break
+        report.rows += 1
+        if fmt == "auto":
+            fmt = detect_format(row, cols)
+            log.info("%s: detected format `%s`", source, fmt)
+        try:
+            examples.append(to_example(row, fmt, cols, where))
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            report.skipped += 1
+            if len(report.errors) < 5:
+                report.errors.append(str(e))
+    if report.skipped:
+        log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, report.skipped,
+                    report.rows, report.errors[0])
+    if not examples:
+        raise DataError(source, None, "no usable rows")
+    return examples, report

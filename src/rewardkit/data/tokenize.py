@@ -1,0 +1,138 @@
+"""Text -> token ids, the same way for training, evaluation and scoring.
+
+Layout of one sequence:
+  decoder: [BOS?] prompt response EOS          (EOS added once; BOS only if the tokenizer adds one and
+                                                the rendered text does not already start with it)
+  encoder: [CLS] prompt [SEP] response [SEP]   (token_type_ids 0 then 1, when the model uses them)
+Truncation keeps the END of the response: prompt tokens go first (from the left), then response tokens
+(from the left), so the readout token is always the real last token.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from rewardkit.data.formats import Message, PreferenceExample, Text
+
+log = logging.getLogger(__name__)
+
+# Used when a tokenizer has no chat template (GPT-2, BERT): the HH transcript style.
+_FALLBACK_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System", "tool": "Tool"}
+
+
+@dataclass(frozen=True)
+class TokenizedSequence:
+    input_ids: list[int]
+    response_start: int  # index of the first response token
+    token_type_ids: list[int] | None = None
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    chosen: TokenizedSequence
+    rejected: TokenizedSequence
+    margin: float = 0.0
+
+    @property
+    def truncated(self) -> bool:
+        return self.chosen.truncated or self.rejected.truncated
+
+
+def _fallback_render(messages: list[Message]) -> str:
+    return "".join(f"\n\n{_FALLBACK_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
+
+
+def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str]:
+    """Turn a prompt and a response (strings or chat messages) into (prompt_text, response_text).
+
+    Messages use the tokenizer's chat template: the prompt is rendered WITH the generation prompt, so
+    prompt_text + response_text equals the template applied to the whole conversation.
+    """
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt, response
+    p_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else (prompt or [])
+    r_msgs = [{"role": "assistant", "content": response}] if isinstance(response, str) else response
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(p_msgs + r_msgs, tokenize=False)
+        p_text = tokenizer.apply_chat_template(p_msgs, tokenize=False, add_generation_prompt=True) if p_msgs else ""
+    else:
+        full = _fallback_render(p_msgs + r_msgs)
+        p_text = _fallback_render(p_msgs) + "\n\nAssistant:" if p_msgs else ""
+    if not full.startswith(p_text):
+        # Templates that rewrite history (e.g. strip reasoning) break the prefix property: cut at the
+        # longest common prefix instead.
+        n = 0
+        while n < min(len(full), len(p_text)) and full[n] == p_text[n]:
+            n += 1
+        p_text = full[:n]
+    # The template's trailing newline after the end-of-turn token would otherwise become the readout.
+    return p_text, full[len(p_text):].rstrip()
+
+
+class SequenceEncoder:
+    """Encodes (prompt, response) into token ids for one tokenizer and layout."""
+
+    def __init__(self, tokenizer, max_length: int, is_encoder: bool):
+        if max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {max_length}")
+        self.tok = tokenizer
+        self.max_length = max_length
+        self.is_encoder = is_encoder
+        probe = tokenizer("hello", add_special_tokens=False)["input_ids"]
+        full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+        start = next((i for i in range(len(full)) if full[i:i + len(probe)] == probe), 0)
+        self.prefix = full[:start]  # e.g. [CLS] or [BOS]
+        self.suffix = full[start + len(probe):]  # e.g. [SEP]
+        self.use_token_types = is_encoder and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+        if not is_encoder:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("decoder tokenizer has no eos_token; set one so the reward has a fixed readout token")
+            self.suffix = [tokenizer.eos_token_id]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        p_text, r_text = render(self.tok, prompt, response)
+        prompt_ids, response_ids = self._ids(p_text), self._ids(r_text)
+        prefix = self.prefix
+        bos = getattr(self.tok, "bos_token", None)
+        if prefix and bos and (p_text or r_text).startswith(bos):
+            prefix = []  # the chat template already wrote BOS
+        if self.is_encoder:
+            sep = self.suffix if prompt_ids else []
+            end = self.suffix
+        else:
+            sep = []
+            end = [] if response_ids[-1:] == self.suffix else self.suffix
+        budget = self.max_length - len(prefix) - len(sep) - len(end)
+        truncated = len(prompt_ids) + len(response_ids) > budget
+        if truncated:
+            keep_prompt = max(0, budget - len(response_ids))
+            prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:] if keep_prompt else []
+            if not prompt_ids:
+                sep = []
+                budget = self.max_length - len(prefix) - len(end)
+            response_ids = response_ids[max(0, len(response_ids) - budget):]
+        head = prefix + prompt_ids + sep
+        ids = head + response_ids + end
+        types = None
+        if self.use_token_types:  # segment B = response, when there is a segment A
+            types = [0] * len(head) + [1 if prompt_ids else 0] * (len(ids) - len(head))
+        return TokenizedSequence(ids, len(head), types, truncated)
+
+    def encode_pair(self, ex: PreferenceExample) -> TokenizedPair:
+        return TokenizedPair(self.encode(ex.prompt, ex.chosen), self.encode(ex.prompt, ex.rejected),
+                             ex.margin or 0.0)
+
+
+def tokenize_pairs(encoder: SequenceEncoder, examples: list[PreferenceExample], name: str = "data") -> list[TokenizedPair]:
+    """Tokenise every example; none is dropped, and the truncated count is logged."""
+    pairs = [encoder.encode_pair(ex) for ex in examples]
+    n_trunc = sum(p.truncated for p in pairs)
+    if n_trunc:
+        log.info("%s: %d of %d pairs truncated to max_length=%d (prompt cut first, from the left)",
+                 name, n_trunc, len(pairs), encoder.max_length)
+    return pairs

