@@ -1,0 +1,103 @@
+"""End to end through the CLI on tiny random backbones: train -> resume -> eval -> score."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import synthetic_pairs, write_jsonl
+from rewardkit.cli import main
+from rewardkit.scoring import RewardScorer
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return write_jsonl(d / "train.jsonl", synthetic_pairs(160)), write_jsonl(d / "eval.jsonl", synthetic_pairs(40, seed=1))
+
+
+def _train(model, data, out, *extra):
+    train, held = data
+    argv = ["train", f"model={model}", f"data.train={train}", f"data.eval={held}", "data.max_length=64",
+            "train.batch_size=8", "train.lr=1e-3", "train.log_every=5", "train.progress=false", "seed=0",
+            f"output_dir={out}", *extra]
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_train_eval_score(tiny_models, data, tmp_path, capsys, kind):
+    out = tmp_path / "rm"
+    _train(tiny_models[kind], data, out, "train.epochs=2")
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "metrics.jsonl", "train_config.yaml"):
+        assert (out / name).exists(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    for key in ("loss", "accuracy", "margin_mean", "reward_mean", "reward_std", "pairs_per_s", "tokens_per_s", "lr"):
+        assert key in train_rows[0]
+    assert summary["accuracy"] >= 0.9
+
+    assert main(["eval", str(out), str(data[1]), "--json", "--output", str(tmp_path / "pairs.jsonl")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "n", "ties", "margin_mean", "chosen_mean", "rejected_mean"):
+        assert key in stats
+    assert stats["n"] == 40 and stats["accuracy"] == pytest.approx(summary["accuracy"])
+    assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == 40
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        {"prompt": "Tell me about tea.", "response": "Happy to help: tea are interesting, here is a clear answer about tea.", "id": 1},
+        {"prompt": "Tell me about tea.", "response": "No. Go away.", "id": 2},
+        {"messages": [{"role": "user", "content": "Tell me about rain."}, {"role": "assistant", "content": "No. Go away."}]},
+    ])
+    assert main(["score", str(out), "--input", str(inp), "--output", str(tmp_path / "scored.jsonl")]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [r.get("id") for r in scored] == [1, 2, None]  # rows come back whole, in order
+    assert scored[0]["score"] > scored[1]["score"]
+    direct = RewardScorer.load(out).score(["Tell me about tea."], ["No. Go away."])
+    assert direct[0] == pytest.approx(scored[1]["score"], abs=1e-4)
+
+
+def test_resume_is_exact(tiny_models, data, tmp_path):
+    """4 steps straight == 2 steps, checkpoint, resume, 2 more (weights, optimiser, schedule, data order)."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _train(tiny_models["llama"], data, full, "train.max_steps=4", "train.save_every=2", "train.batch_size=32")
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
+    _train(tiny_models["llama"], data, resumed, "train.max_steps=4", "train.batch_size=32", "train.resume=auto")
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_bad_row_is_a_clear_error_and_writes_nothing(tiny_models, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    out = tmp_path / "rm"
+    code = main(["train", f"model={tiny_models['llama']}", f"data.train={bad}", f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.jsonl:line 2" in err and "`rejected`" in err and "Traceback" not in err
+    assert not (out / "config.json").exists()
+
+
+def test_unknown_key_suggests(capsys):
+    assert main(["train", "model=x", "train.bacth_size=4"]) == 2
+    assert "did you mean `train.batch_size`" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    exe = shutil.which("rewardkit") or str(__import__("pathlib").Path(sys.executable).parent / "rewardkit")
+    for args in ([], ["train"], ["eval"], ["score"]):
+        res = subprocess.run([exe, *args, "--help"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert "usage: rewardkit" in res.stdout
+    res = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert "train.batch_size" in res.stdout and "data.max_length" in res.stdout

@@ -1,0 +1,123 @@
+"""Readouts, padding, pad == eos, save -> AutoModelForSequenceClassification reload, batch invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rewardkit.data.collators import pad_sequences
+from rewardkit.data.tokenize import SequenceEncoder
+from rewardkit.models.reward_model import RewardModel, ensure_pad_token
+from rewardkit.scoring import RewardScorer
+
+TEXTS = [("Tell me about cats.", "Cats are small domesticated felines that sleep a lot."),
+         ("Hi", "Hello!"),
+         ("What is two plus two? Please answer briefly and explain.", "Four."),
+         ("", "A response without any prompt at all, somewhat longer than the others here.")]
+
+
+def _encode(model, tok, max_length=64):
+    enc = SequenceEncoder(tok, max_length, model.is_encoder)
+    return [enc.encode(p, r) for p, r in TEXTS]
+
+
+@pytest.mark.parametrize("readout", ["last", "mean", "cls"])
+def test_padding_side_and_batch_invariance(tiny_model, readout):
+    model, tok = RewardModel.from_pretrained(str(tiny_model), readout=readout)
+    model.eval()
+    seqs = _encode(model, tok)
+    with torch.no_grad():
+        alone = torch.cat([model(pad_sequences([s], tok.pad_token_id)) for s in seqs])
+        right = model(pad_sequences(seqs, tok.pad_token_id, "right"))
+        left = model(pad_sequences(seqs, tok.pad_token_id, "left"))
+        wide = model(pad_sequences(seqs, tok.pad_token_id, "right", pad_to_multiple_of=64))
+    assert alone.std() > 0  # different texts get different rewards
+    torch.testing.assert_close(right, alone, atol=1e-4, rtol=0)
+    torch.testing.assert_close(left, alone, atol=1e-4, rtol=0)
+    torch.testing.assert_close(wide, alone, atol=1e-4, rtol=0)
+
+
+def test_last_readout_reads_the_eos_token(tiny_models):
+    """`last` is the final real token (the appended EOS), not the pad before or after it."""
+    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]))
+    model.eval()
+    seqs = _encode(model, tok)
+    batch = pad_sequences(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        hidden = model.hf.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        expected = torch.stack([model.head(hidden[i, len(s.input_ids) - 1]) for i, s in enumerate(seqs)])[:, 0]
+        assert all(s.input_ids[-1] == tok.eos_token_id for s in seqs)
+        torch.testing.assert_close(model(batch), expected, atol=1e-5, rtol=0)
+
+
+def test_pad_differs_from_eos(tiny_models):
+    """GPT-2 has pad == eos == unk: a distinct pad token is added so HF pooling keeps the EOS."""
+    for kind in ("gpt2", "llama", "qwen2"):
+        model, tok = RewardModel.from_pretrained(str(tiny_models[kind]))
+        assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+        assert model.config.pad_token_id == tok.pad_token_id
+        assert model.hf.get_input_embeddings().weight.shape[0] >= len(tok)
+
+
+def test_ensure_pad_token_when_pad_is_eos(tiny_models):
+    tok = AutoTokenizer.from_pretrained(str(tiny_models["gpt2"]))
+    tok.pad_token = tok.eos_token  # what most recipes do, and what breaks HF's last-token pooling
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_models["gpt2"]), num_labels=1)
+    before = model.get_input_embeddings().weight.shape[0]
+    ensure_pad_token(tok, model)
+    assert tok.pad_token_id != tok.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == max(before, len(tok))
+    assert model.config.pad_token_id == tok.pad_token_id
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2", "bert"])
+def test_saved_folder_loads_in_transformers_with_same_scores(tiny_models, tmp_path, kind):
+    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), seed=3)
+    with torch.no_grad():  # a non-trivial head so equal scores mean something
+        model.head.weight.normal_(0, 0.5)
+    model.mean, model.std = 0.25, 2.0
+    model.save_pretrained(tmp_path / "rm", tok, max_length=64)
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert hf.config.num_labels == 1
+    assert hf.config.rewardkit["readout"] == model.readout and hf.config.rewardkit["mean"] == 0.25
+    assert hf.config.mean == 0.25 and hf.config.std == 2.0
+    scorer = RewardScorer.load(tmp_path / "rm")
+    ours = scorer.score_texts([p for p, _ in TEXTS], [r for _, r in TEXTS])
+    batch = pad_sequences(_encode(scorer.model, scorer.tokenizer), scorer.tokenizer.pad_token_id, "right")
+    kw = {"token_type_ids": batch.token_type_ids} if batch.token_type_ids is not None else {}
+    with torch.no_grad():
+        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kw).logits[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(scorer.score_texts([TEXTS[0][0]], [TEXTS[0][1]], normalize=True),
+                               (ours[:1] - 0.25) / 2.0, atol=1e-5, rtol=0)
+
+
+def test_reload_keeps_head_and_readout(tiny_models, tmp_path):
+    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]), readout="mean", seed=1)
+    model.save_pretrained(tmp_path / "rm", tok, max_length=32)
+    again, _ = RewardModel.from_pretrained(str(tmp_path / "rm"))
+    assert again.readout == "mean" and again.saved_max_length == 32
+    torch.testing.assert_close(again.head.weight, model.head.weight)
+
+
+def test_new_head_is_seeded_and_small(tiny_models):
+    a, _ = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=5)
+    b, _ = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=5)
+    c, _ = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=6)
+    torch.testing.assert_close(a.head.weight, b.head.weight)
+    assert not torch.equal(a.head.weight, c.head.weight)
+    assert a.head.weight.std() < 0.1
+
+
+def test_unknown_readout_is_an_error(tiny_models):
+    with pytest.raises(ValueError, match="unknown readout"):
+        RewardModel.from_pretrained(str(tiny_models["llama"]), readout="first")
+
+
+def test_scorer_batch_size_does_not_change_scores(tiny_models):
+    scorer = RewardScorer.load(tiny_models["qwen2"], batch_size=1)
+    one = scorer.score_texts([p for p, _ in TEXTS], [r for _, r in TEXTS])
+    scorer.batch_size = 3
+    three = scorer.score_texts([p for p, _ in TEXTS], [r for _, r in TEXTS])
+    torch.testing.assert_close(one, three, atol=1e-4, rtol=0)
