@@ -55,6 +55,13 @@ def pad_sequences(seqs: list[TokenizedSequence], pad_id: int, padding_side: str 
     """Pad to the longest sequence (rounded up to `pad_to_multiple_of`)."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if not seqs:
+        raise ValueError("pad_sequences needs at least one sequence")
+    if pad_id is None:
+        raise ValueError("pad_id is None: the tokenizer has no pad token (see ensure_pad_token)")
+    with_types = seqs[0].token_type_ids is not None
+    if any((s.token_type_ids is not None) != with_types for s in seqs):
+        raise ValueError("either all sequences have token_type_ids or none has")
     width = max(len(s.input_ids) for s in seqs)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -62,16 +69,15 @@ def pad_sequences(seqs: list[TokenizedSequence], pad_id: int, padding_side: str 
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     resp = torch.zeros((n, width), dtype=torch.long)
-    with_types = seqs[0].token_type_ids is not None
     types = torch.zeros((n, width), dtype=torch.long) if with_types else None
     for i, s in enumerate(seqs):
         length = len(s.input_ids)
         off = 0 if padding_side == "right" else width - length
-        ids[i, off:off + length] = torch.tensor(s.input_ids)
+        ids[i, off:off + length] = torch.tensor(s.input_ids, dtype=torch.long)
         mask[i, off:off + length] = 1
         resp[i, off + s.response_start:off + length] = 1
         if types is not None:
-            types[i, off:off + length] = torch.tensor(s.token_type_ids)
+            types[i, off:off + length] = torch.tensor(s.token_type_ids, dtype=torch.long)
     return SequenceBatch(ids, mask, resp, types)
 
 
@@ -84,6 +90,8 @@ class PairCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, pairs: list[TokenizedPair]) -> PairBatch:
+        if not pairs:
+            raise ValueError("PairCollator needs at least one pair")
         seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         batch = pad_sequences(seqs, self.pad_id, self.padding_side, self.pad_to_multiple_of)
         margin = torch.tensor([p.margin for p in pairs], dtype=torch.float32)

@@ -7,6 +7,7 @@ format and turns each row into one typed example. Every error names the file, th
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
@@ -68,70 +69,110 @@ class LoadReport:
 # --------------------------------------------------------------------------- reading rows
 
 def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield `(where, row)` pairs; `where` is "path:line N" or "path:row N" (1-based)."""
-    path = Path(source)
+    """Yield `(where, row)` pairs; `where` is "path:line N" or "path:row N" (1-based).
+
+    Raises `DataError` at the first unreadable row (invalid JSON, not an object).
+    """
+    for where, row in _iter_rows(source, split):
+        if isinstance(row, DataError):
+            raise row
+        yield where, row
+
+
+def _looks_like_path(source: str, suffix: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else with a separator, a file suffix or a path start is a path.
+    return (suffix in _SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") > 1
+            or "\\" in source)
+
+
+_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def _iter_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
+    """Like `read_rows`, but a row that cannot be read is yielded as its `DataError` (so it can be skipped).
+
+    Errors about the whole source (missing file, unsupported type, unparsable .json) are raised.
+    """
+    source = str(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        yield from _read_saved_dataset(path, split)
+        yield from _read_saved_dataset(path, source, split)
         return
     suffix = path.suffix.lower()
     if not path.exists():
-        # Anything that looks like a path is a missing file; `org/name` is a hub id.
-        if suffix in (".jsonl", ".json", ".parquet", ".csv") or source.startswith((".", "/", "~")):
+        if _looks_like_path(source, suffix):
             raise DataError(source, None, "file not found")
         yield from _read_hub(source, split)
         return
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             for i, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
+                where = f"{source}:line {i}"
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{source}:line {i}", None, f"invalid JSON ({e.msg})") from None
-                yield f"{source}:line {i}", _as_mapping(row, f"{source}:line {i}")
+                    yield where, DataError(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
+                    continue
+                yield where, _as_mapping(row, where)
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise DataError(f"{source}:line {e.lineno}", None, f"invalid JSON ({e.msg})") from None
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))  # {"data": [...]} wrappers
+        if isinstance(data, dict):  # {"data": [...]} wrappers (or any single list-valued key)
+            lists = [k for k, v in data.items() if isinstance(v, list)]
+            if isinstance(data.get("data"), list):
+                data = data["data"]
+            elif len(lists) == 1 and len(data) == 1:
+                data = data[lists[0]]
         if not isinstance(data, list):
-            raise DataError(source, None, "a .json file must hold a list of rows")
+            raise DataError(source, None, 'a .json file must hold a list of rows (or {"data": [...]})')
         for i, row in enumerate(data, 1):
             yield f"{source}:row {i}", _as_mapping(row, f"{source}:row {i}")
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: Excel writes a BOM
             reader = csv.DictReader(fh)
-            for row in reader:
-                yield f"{source}:line {reader.line_num}", dict(row)
+            reader.fieldnames  # reads the header, so line_num is where the first record starts
+            start = reader.line_num + 1
+            for row in reader:  # a record may span lines (quoted newlines): name the line it starts on
+                yield f"{source}:line {start}", dict(row)
+                start = reader.line_num + 1
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # ArrowInvalid and friends
+            raise DataError(source, None, f"cannot read parquet: {e}") from None
+        for i, row in enumerate(table.to_pylist(), 1):
             yield f"{source}:row {i}", row
     else:
         raise DataError(source, None, f"unsupported file type `{suffix}` (use .jsonl, .json, .parquet, "
                                       ".csv or a datasets folder)")
 
 
-def _as_mapping(row: Any, where: str) -> dict[str, Any]:
+def _as_mapping(row: Any, where: str) -> dict[str, Any] | DataError:
     if not isinstance(row, dict):
-        raise DataError(where, None, f"expected a JSON object, got {type(row).__name__}")
+        return DataError(where, None, f"expected a JSON object, got {type(row).__name__}")
     return row
 
 
-def _read_saved_dataset(path: Path, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_saved_dataset(path: Path, source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(source, None, f"a folder must be a `datasets.save_to_disk` dataset: {e}") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise DataError(str(path), None, f"no split `{split}` (has: {', '.join(ds)})")
+            raise DataError(source, None, f"no split `{split}` (has: {', '.join(ds)})")
         ds = ds[split]
+        source = f"{source}[{split}]"
     for i, row in enumerate(ds, 1):
-        yield f"{path}:row {i}", row
+        yield f"{source}:row {i}", row
 
 
 def _read_hub(name: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -151,13 +192,26 @@ def detect_format(row: dict[str, Any], cols: Columns) -> str:
     """Guess the format from one row's keys and value types."""
     if cols.conversations in row:
         return "sharegpt"
+    chat = any(isinstance(row.get(k), (list, dict)) for k in (cols.chosen, cols.rejected))
     if cols.prompt in row and row[cols.prompt] is not None:
-        if isinstance(row[cols.prompt], list) or isinstance(row.get(cols.chosen), list):
+        if isinstance(row[cols.prompt], list) or chat:
             return "conversational"
         return "explicit"
-    if isinstance(row.get(cols.chosen), list):
+    if chat:
         return "conversational"
     return "implicit"
+
+
+_DETECT_ROWS = 32  # rows looked at by auto-detection
+
+
+def _detect_majority(rows: list[dict[str, Any]], cols: Columns) -> str:
+    """The format most of the first rows have, so that one malformed first row cannot decide it."""
+    votes: dict[str, int] = {}
+    for row in rows:
+        f = detect_format(row, cols)
+        votes[f] = votes.get(f, 0) + 1
+    return max(votes, key=lambda f: (votes[f], -FORMATS.index(f)))
 
 
 def _need(row: dict[str, Any], key: str, where: str) -> Any:
@@ -258,11 +312,16 @@ def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str) -> Pref
         as_msgs = lambda v, k: ([{"role": "assistant", "content": _text(v, k, where)}]  # noqa: E731
                                 if isinstance(v, str) else _messages(v, k, where))
         chosen, rejected = as_msgs(chosen_raw, cols.chosen), as_msgs(rejected_raw, cols.rejected)
-        if row.get(cols.prompt) is not None:
-            p = row[cols.prompt]
+        p = row.get(cols.prompt)
+        if p is not None and not (isinstance(p, (str, list)) and not p):
             prompt = ([{"role": "user", "content": _text(p, cols.prompt, where)}] if isinstance(p, str)
                       else _messages(p, cols.prompt, where))
-        else:  # whole conversations: the shared leading messages are the prompt
+            # Some datasets (e.g. UltraFeedback-binarized) repeat the prompt turns at the start of the
+            # responses: drop them so the prompt is not rendered twice.
+            n = len(prompt)
+            if n and chosen[:n] == prompt and rejected[:n] == prompt and len(chosen) > n and len(rejected) > n:
+                chosen, rejected = chosen[n:], rejected[n:]
+        else:  # whole conversations (no prompt, or an empty one): the shared leading messages are the prompt
             prompt, chosen, rejected = _split_messages(chosen, rejected)
         if not chosen or not rejected:
             raise DataError(where, cols.chosen if not chosen else cols.rejected, "no response message")
@@ -270,9 +329,17 @@ def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str) -> Pref
     if fmt == "sharegpt":
         kw = dict(role_key="from", content_key="value", roles=_SHAREGPT_ROLES)
         prompt = _messages(_need(row, cols.conversations, where), cols.conversations, where, **kw)
-        chosen = _messages(_need(row, cols.chosen, where), cols.chosen, where, **kw)
-        rejected = _messages(_need(row, cols.rejected, where), cols.rejected, where, **kw)
-        return PreferenceExample(prompt, chosen, rejected, margin, where)
+
+        def response(key: str) -> list[Message]:
+            v = _need(row, key, where)
+            if isinstance(v, str):  # a bare reply
+                return [{"role": "assistant", "content": _text(v, key, where)}]
+            msgs = _messages(v, key, where, **kw)
+            if not msgs:
+                raise DataError(where, key, "no response message")
+            return msgs
+
+        return PreferenceExample(prompt, response(cols.chosen), response(cols.rejected), margin, where)
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
@@ -281,22 +348,31 @@ def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None 
                      ) -> tuple[list[PreferenceExample], LoadReport]:
     """Read `source` and return its examples plus a report of skipped rows.
 
-    With `on_error="raise"` the first malformed row raises `DataError`; with "skip" it is counted.
-    The format is detected on the first row unless `fmt` is given.
+    With `on_error="raise"` the first malformed row raises `DataError`; with "skip" it is counted (rows
+    that are not even valid JSON objects included). Unless `fmt` is given, the format is the one most of
+    the first 32 rows have, so a single malformed first row cannot change how every row is read.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     cols = columns or Columns()
     report = LoadReport()
     examples: list[PreferenceExample] = []
-    for where, row in read_rows(source, split):
-        if max_samples is not None and report.rows >= max_samples:
-            break
+    rows = _iter_rows(source, split)
+    if max_samples is not None:
+        rows = itertools.islice(rows, max(0, max_samples))
+    pending: list[tuple[str, dict[str, Any] | DataError]] = []
+    if fmt == "auto":  # decide on the first rows together (buffered), not on the first row alone
+        pending = list(itertools.islice(rows, _DETECT_ROWS))
+        readable = [r for _, r in pending if not isinstance(r, DataError)]
+        fmt = _detect_majority(readable, cols) if readable else "explicit"
+        log.info("%s: detected format `%s`", source, fmt)
+    for where, row in itertools.chain(pending, rows):
         report.rows += 1
-        if fmt == "auto":
-            fmt = detect_format(row, cols)
-            log.info("%s: detected format `%s`", source, fmt)
         try:
+            if isinstance(row, DataError):
+                raise row
             examples.append(to_example(row, fmt, cols, where))
         except DataError as e:
             if on_error == "raise":

@@ -98,9 +98,18 @@ class SequenceEncoder:
         p_text, r_text = render(self.tok, prompt, response)
         prompt_ids, response_ids = self._ids(p_text), self._ids(r_text)
         prefix = self.prefix
-        bos = getattr(self.tok, "bos_token", None)
-        if prefix and bos and (p_text or r_text).startswith(bos):
-            prefix = []  # the chat template already wrote BOS
+        bos, bos_id = getattr(self.tok, "bos_token", None), getattr(self.tok, "bos_token_id", None)
+        if bos and bos_id is not None and (p_text or r_text).startswith(bos):
+            # The chat template already wrote BOS: keep exactly one, and keep it in the prefix so that
+            # left truncation of the prompt cannot cut it away.
+            if prompt_ids[:1] == [bos_id]:
+                prompt_ids = prompt_ids[1:]
+                prefix = [bos_id]
+            elif not p_text and response_ids[:1] == [bos_id]:
+                response_ids = response_ids[1:]
+                prefix = [bos_id]
+            elif prefix == [bos_id]:
+                prefix = []
         if self.is_encoder:
             sep = self.suffix if prompt_ids else []
             end = self.suffix

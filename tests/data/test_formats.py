@@ -1,0 +1,483 @@
+"""Reading files and turning rows of every supported format into `PreferenceExample`s."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import HH_DATA, write_jsonl
+from rewardkit.data.formats import (Columns, DataError, PreferenceExample, detect_format, load_preferences,
+                                    read_rows, split_transcripts, to_example)
+
+ROWS = [
+    {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "margin": 1.5},
+    {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon", "margin": 0.5},
+    {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No.", "margin": 2.0},
+]
+EXPECTED = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in ROWS]
+
+
+def _strip_source(examples):
+    return [PreferenceExample(e.prompt, e.chosen, e.rejected, e.margin) for e in examples]
+
+
+def _u(text):
+    return {"role": "user", "content": text}
+
+
+def _a(text):
+    return {"role": "assistant", "content": text}
+
+
+# --------------------------------------------------------------------------- reading files
+
+def test_read_jsonl_rows_and_line_numbers(tmp_path):
+    path = tmp_path / "d.jsonl"
+    # a blank line in the middle still counts for line numbers
+    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n")
+    got = list(read_rows(str(path)))
+    assert [r for _, r in got] == ROWS[:2]
+    assert [w for w, _ in got] == [f"{path}:line 1", f"{path}:line 3"]
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["list", "data-wrapper"])
+def test_read_json(tmp_path, wrap):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"data": ROWS} if wrap else ROWS, indent=2))
+    got = list(read_rows(str(path)))
+    assert [r for _, r in got] == ROWS
+    assert got[2][0] == f"{path}:row 3"
+    examples, report = load_preferences(str(path))
+    assert _strip_source(examples) == EXPECTED
+    assert report.rows == 3 and report.skipped == 0
+
+
+def test_read_json_not_a_list_errors(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"a": 1, "b": 2}))
+    with pytest.raises(DataError, match="list of rows") as e:
+        list(read_rows(str(path)))
+    assert "d.json" in str(e.value)
+
+
+def test_read_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+    got = list(read_rows(str(path)))
+    assert [r for _, r in got] == ROWS
+    assert got[0][0] == f"{path}:row 1"
+    examples, _ = load_preferences(str(path))
+    assert _strip_source(examples) == EXPECTED
+
+
+def test_read_parquet_with_message_lists(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": [_u("hi")], "chosen": [_a("hello")], "rejected": [_a("go away")]}] * 2
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    examples, _ = load_preferences(str(path))
+    assert examples[1].prompt == [_u("hi")] and examples[1].chosen == [_a("hello")]
+
+
+def test_read_csv(tmp_path):
+    path = tmp_path / "d.csv"
+    # quoted comma and newline inside a field; margin is a numeric string; BOM as Excel writes it
+    path.write_text('\ufeffprompt,chosen,rejected,margin\n'
+                    '"Hi, you",Hello,"Go\naway",0.25\n'
+                    'Q2,A,B,\n', encoding="utf-8")
+    got = list(read_rows(str(path)))
+    assert got[0][1] == {"prompt": "Hi, you", "chosen": "Hello", "rejected": "Go\naway", "margin": "0.25"}
+    assert got[0][0].endswith("d.csv:line 2")  # header is line 1, the first record spans lines 2-3
+    assert got[1][0].endswith("d.csv:line 4")
+    examples, _ = load_preferences(str(path))
+    assert examples[0] == PreferenceExample("Hi, you", "Hello", "Go\naway", 0.25, got[0][0])
+    assert examples[1].margin is None  # empty cell -> no margin
+
+
+def test_read_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "ds"
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(path))
+    got = list(read_rows(str(path)))
+    assert [r for _, r in got] == ROWS
+    assert got[1][0].endswith(":row 2")
+    examples, _ = load_preferences(str(path))
+    assert _strip_source(examples) == EXPECTED
+
+
+def test_read_saved_dataset_dict_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:1]),
+                          "test": datasets.Dataset.from_list(ROWS[1:])}).save_to_disk(str(path))
+    examples, _ = load_preferences(str(path), split="test")
+    assert _strip_source(examples) == EXPECTED[1:]
+    assert "test" in examples[0].source and examples[0].source.endswith("row 1")
+    train, _ = load_preferences(str(path))  # default split "train"
+    assert _strip_source(train) == EXPECTED[:1]
+    with pytest.raises(DataError, match=r"no split `validation` \(has: train, test\)"):
+        load_preferences(str(path), split="validation")
+
+
+def test_folder_that_is_not_a_dataset_errors(tmp_path):
+    pytest.importorskip("datasets")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(DataError) as e:
+        list(read_rows(str(tmp_path / "junk")))
+    assert "junk" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["missing.jsonl", "missing.parquet", "sub/dir/missing_folder"])
+def test_missing_file_names_the_path(tmp_path, name):
+    path = str(tmp_path / name)
+    with pytest.raises(DataError, match="not found") as e:
+        load_preferences(path)
+    assert path in str(e.value)
+
+
+@pytest.mark.parametrize("source", ["./no/such/file", "no/such/folder", "~/no_such_folder_rk"])
+def test_missing_relative_path_is_not_a_hub_id(source):
+    # hub ids are "name" or "org/name"; these are paths and must not be sent to the hub
+    with pytest.raises(DataError, match="file not found") as e:
+        list(read_rows(source))
+    assert source in str(e.value)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "d.txt"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"unsupported file type `\.txt`"):
+        list(read_rows(str(path)))
+
+
+# --------------------------------------------------------------------------- formats
+
+def test_explicit():
+    ex = to_example({"prompt": "p", "chosen": "c", "rejected": "r"}, "explicit", Columns(), "f:line 1")
+    assert ex == PreferenceExample("p", "c", "r", None, "f:line 1")
+
+
+def test_explicit_empty_prompt_is_allowed():
+    ex = to_example({"prompt": "", "chosen": "c", "rejected": "r"}, "explicit", Columns(), "w")
+    assert ex.prompt == ""
+
+
+HH_SINGLE_C = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water and yeast, then bake."
+HH_SINGLE_R = "\n\nHuman: How do I bake bread?\n\nAssistant: Buy it."
+HH_MULTI_PREFIX = ("\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a joke."
+                   "\n\nAssistant:")
+
+
+def test_split_transcripts_single_turn():
+    p, c, r = split_transcripts(HH_SINGLE_C, HH_SINGLE_R)
+    assert p == "\n\nHuman: How do I bake bread?\n\nAssistant:"
+    assert c == " Mix flour, water and yeast, then bake."
+    assert r == " Buy it."
+
+
+def test_split_transcripts_multi_turn_cuts_at_last_shared_assistant_turn():
+    chosen = HH_MULTI_PREFIX + " Why did the chicken cross the road?"
+    rejected = HH_MULTI_PREFIX + " No."
+    p, c, r = split_transcripts(chosen, rejected)
+    assert p == HH_MULTI_PREFIX
+    assert p.endswith("\n\nAssistant:") and p.count("\n\nAssistant:") == 2
+    assert (c, r) == (" Why did the chicken cross the road?", " No.")
+    assert p + c == chosen and p + r == rejected
+
+
+def test_split_transcripts_responses_sharing_a_beginning():
+    # the common prefix runs into the responses ("I think"): the cut must still be at the marker
+    chosen = HH_MULTI_PREFIX + " I think you will like this one."
+    rejected = HH_MULTI_PREFIX + " I think not."
+    p, c, r = split_transcripts(chosen, rejected)
+    assert p == HH_MULTI_PREFIX
+    assert c == " I think you will like this one." and r == " I think not."
+
+
+def test_split_transcripts_without_markers_cuts_at_whitespace():
+    p, c, r = split_transcripts("The answer is yes", "The answer is no")
+    assert (p, c, r) == ("The answer is ", "yes", "no")
+
+
+def test_implicit_example():
+    ex = to_example({"chosen": HH_SINGLE_C, "rejected": HH_SINGLE_R}, "implicit", Columns(), "w")
+    assert ex.prompt.endswith("\n\nAssistant:")
+    assert ex.prompt + ex.chosen == HH_SINGLE_C and ex.prompt + ex.rejected == HH_SINGLE_R
+
+
+def test_implicit_identical_empty_responses_error():
+    t = "\n\nHuman: hi\n\nAssistant:"
+    with pytest.raises(DataError, match="identical") as e:
+        to_example({"chosen": t, "rejected": t}, "implicit", Columns(), "f.jsonl:line 7")
+    assert "f.jsonl:line 7" in str(e.value) and "`chosen`" in str(e.value)
+
+
+def test_conversational_prompt_messages_and_message_responses():
+    row = {"prompt": [{"role": "system", "content": "Be nice."}, _u("hi")],
+           "chosen": [_a("hello")], "rejected": [_a("what")]}
+    ex = to_example(row, "conversational", Columns(), "w")
+    assert ex.prompt == row["prompt"] and ex.chosen == [_a("hello")] and ex.rejected == [_a("what")]
+
+
+def test_conversational_prompt_messages_and_string_responses():
+    row = {"prompt": [_u("hi")], "chosen": "hello", "rejected": "what"}
+    assert detect_format(row, Columns()) == "conversational"
+    ex = to_example(row, "conversational", Columns(), "w")
+    assert ex.chosen == [_a("hello")] and ex.rejected == [_a("what")]
+
+
+def test_conversational_string_prompt_message_responses():
+    row = {"prompt": "hi", "chosen": [_a("hello")], "rejected": [_a("what")]}
+    assert detect_format(row, Columns()) == "conversational"
+    ex = to_example(row, "conversational", Columns(), "w")
+    assert ex.prompt == [_u("hi")]
+
+
+def test_conversational_whole_conversations_shared_prefix_is_prompt():
+    chosen = [_u("hi"), _a("hello"), _u("joke?"), _a("A good one.")]
+    rejected = [_u("hi"), _a("hello"), _u("joke?"), _a("No.")]
+    row = {"chosen": chosen, "rejected": rejected}
+    assert detect_format(row, Columns()) == "conversational"
+    ex = to_example(row, "conversational", Columns(), "w")
+    assert ex.prompt == chosen[:3]
+    assert ex.chosen == [_a("A good one.")] and ex.rejected == [_a("No.")]
+
+
+def test_conversational_identical_conversations_keep_one_response_message():
+    conv = [_u("hi"), _a("hello")]
+    ex = to_example({"chosen": conv, "rejected": list(conv)}, "conversational", Columns(), "w")
+    assert ex.prompt == [_u("hi")] and ex.chosen == [_a("hello")] == ex.rejected
+
+
+@pytest.mark.parametrize("empty", ["", []], ids=["empty-string", "empty-list"])
+def test_conversational_empty_prompt_means_whole_conversations(empty):
+    row = {"prompt": empty, "chosen": [_u("hi"), _a("hello")], "rejected": [_u("hi"), _a("no")]}
+    ex = to_example(row, "conversational", Columns(), "w")
+    assert ex.prompt == [_u("hi")] and ex.chosen == [_a("hello")] and ex.rejected == [_a("no")]
+
+
+def test_conversational_responses_repeating_the_prompt_are_not_duplicated():
+    # UltraFeedback-binarized layout: prompt string, chosen/rejected the whole conversation
+    row = {"prompt": "hi", "chosen": [_u("hi"), _a("hello")], "rejected": [_u("hi"), _a("no")]}
+    ex = to_example(row, "conversational", Columns(), "w")
+    assert ex.prompt == [_u("hi")] and ex.chosen == [_a("hello")] and ex.rejected == [_a("no")]
+
+
+def test_conversational_bad_message_names_the_field():
+    row = {"prompt": [_u("hi")], "chosen": [{"role": "assistant"}], "rejected": [_a("x")]}
+    with pytest.raises(DataError, match=r"`chosen\[0\]`.*`role` and `content`"):
+        to_example(row, "conversational", Columns(), "f:line 2")
+    row = {"prompt": [_u("hi")], "chosen": [_a("x")], "rejected": [{"role": "assistant", "content": 3}]}
+    with pytest.raises(DataError, match=r"`rejected\[0\]\.content`"):
+        to_example(row, "conversational", Columns(), "f:line 2")
+
+
+SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "hi"}],
+            "chosen": {"from": "gpt", "value": "hello"}, "rejected": {"from": "gpt", "value": "bye"}}
+
+
+def test_sharegpt():
+    ex = to_example(SHAREGPT, "sharegpt", Columns(), "w")
+    assert ex.prompt == [{"role": "system", "content": "Be brief."}, _u("hi")]
+    assert ex.chosen == [_a("hello")] and ex.rejected == [_a("bye")]
+
+
+def test_sharegpt_unknown_role_names_the_field():
+    row = dict(SHAREGPT, conversations=[{"from": "robot", "value": "hi"}])
+    with pytest.raises(DataError, match=r"`conversations\[0\]\.from`.*unknown role 'robot'"):
+        to_example(row, "sharegpt", Columns(), "w")
+
+
+@pytest.mark.parametrize("row, fmt", [
+    ({"prompt": "p", "chosen": "c", "rejected": "r"}, "explicit"),
+    ({"chosen": HH_SINGLE_C, "rejected": HH_SINGLE_R}, "implicit"),
+    ({"prompt": [_u("p")], "chosen": [_a("c")], "rejected": [_a("r")]}, "conversational"),
+    ({"prompt": [_u("p")], "chosen": "c", "rejected": "r"}, "conversational"),
+    ({"chosen": [_u("p"), _a("c")], "rejected": [_u("p"), _a("r")]}, "conversational"),
+    (SHAREGPT, "sharegpt"),
+])
+def test_auto_detection(tmp_path, caplog, row, fmt):
+    assert detect_format(row, Columns()) == fmt
+    path = write_jsonl(tmp_path / "d.jsonl", [row, row])
+    with caplog.at_level(logging.INFO, logger="rewardkit.data.formats"):
+        examples, _ = load_preferences(str(path))
+    assert f"detected format `{fmt}`" in caplog.text
+    assert examples[0] == to_example(row, fmt, Columns(), f"{path}:line 1")
+
+
+def test_explicit_format_overrides_detection(tmp_path):
+    # rows with a prompt column, read as implicit on request: the prompt column is ignored
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x", "chosen": HH_SINGLE_C, "rejected": HH_SINGLE_R}])
+    (ex,), _ = load_preferences(str(path), fmt="implicit")
+    assert ex.prompt == "\n\nHuman: How do I bake bread?\n\nAssistant:"
+    with pytest.raises(ValueError, match="unknown format 'nope'"):
+        load_preferences(str(path), fmt="nope")
+
+
+def test_detection_is_not_decided_by_a_malformed_first_row(tmp_path):
+    # explicit data whose first row lacks `prompt`: must not be read as implicit transcripts
+    rows = [{"chosen": "c0", "rejected": "r0"}] + ROWS
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        load_preferences(str(path))
+    assert "d.jsonl:line 1" in str(e.value) and "`prompt`" in str(e.value)
+    examples, report = load_preferences(str(path), on_error="skip")
+    assert report.skipped == 1 and _strip_source(examples) == EXPECTED
+
+
+def test_column_mapping(tmp_path):
+    rows = [{"question": "q", "good": "g", "bad": "b", "score": "3"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    cols = Columns(prompt="question", chosen="good", rejected="bad", margin="score")
+    (ex,), _ = load_preferences(str(path), columns=cols)
+    assert (ex.prompt, ex.chosen, ex.rejected, ex.margin) == ("q", "g", "b", 3.0)
+    # errors name the mapped column
+    path = write_jsonl(tmp_path / "e.jsonl", [{"question": "q", "good": "g"}])
+    with pytest.raises(DataError, match="`bad`: missing"):
+        load_preferences(str(path), columns=cols)
+
+
+def test_column_mapping_conversations():
+    row = {"conv": SHAREGPT["conversations"], "chosen": SHAREGPT["chosen"], "rejected": SHAREGPT["rejected"]}
+    cols = Columns(conversations="conv")
+    assert detect_format(row, cols) == "sharegpt"
+    assert to_example(row, "sharegpt", cols, "w") == to_example(SHAREGPT, "sharegpt", Columns(), "w")
+
+
+@pytest.mark.parametrize("value, expected", [(2, 2.0), (-0.5, -0.5), ("1.25", 1.25), (" 3 ", 3.0),
+                                             (None, None), ("", None)])
+def test_margin_values(value, expected):
+    row = {"prompt": "p", "chosen": "c", "rejected": "r", "margin": value}
+    assert to_example(row, "explicit", Columns(), "w").margin == expected
+
+
+def test_margin_absent_is_none():
+    assert to_example({"prompt": "p", "chosen": "c", "rejected": "r"}, "explicit", Columns(), "w").margin is None
+
+
+@pytest.mark.parametrize("value", ["high", [1], "nan", float("inf")])
+def test_margin_non_numeric_errors(value):
+    row = {"prompt": "p", "chosen": "c", "rejected": "r", "margin": value}
+    with pytest.raises(DataError, match="`margin`") as e:
+        to_example(row, "explicit", Columns(), "d.jsonl:line 4")
+    assert "d.jsonl:line 4" in str(e.value)
+
+
+# --------------------------------------------------------------------------- malformed rows
+
+GOOD = {"prompt": "p", "chosen": "c", "rejected": "r"}
+MALFORMED = {
+    "missing-rejected": ([GOOD, GOOD, {"prompt": "p", "chosen": "c"}], 3, "rejected", "missing"),
+    "wrong-type": ([GOOD, {"prompt": "p", "chosen": 5, "rejected": "r"}], 2, "chosen", "expected a string, got int"),
+    "empty-text": ([GOOD, GOOD, GOOD, {"prompt": "p", "chosen": "c", "rejected": "  "}], 4, "rejected", "empty text"),
+    "null-field": ([{"prompt": "p", "chosen": None, "rejected": "r"}, GOOD], 1, "chosen", "missing"),
+    "not-an-object": ([GOOD, ["p", "c", "r"]], 2, None, "expected a JSON object, got list"),
+    "bad-margin": ([GOOD, dict(GOOD, margin="lots")], 2, "margin", "expected a number"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_malformed_row_error_names_file_line_and_field(tmp_path, case):
+    rows, line, fld, problem = MALFORMED[case]
+    path = write_jsonl(tmp_path / "bad_rows.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        load_preferences(str(path))
+    msg = str(e.value)
+    assert "bad_rows.jsonl" in msg and f"line {line}:" in msg and problem in msg
+    if fld:
+        assert f"`{fld}`" in msg and e.value.field == fld
+    assert e.value.where == f"{path}:line {line}"
+
+
+def test_invalid_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + '{"prompt": "p", "chosen": \n' + json.dumps(GOOD) + "\n")
+    with pytest.raises(DataError, match=r"broken\.jsonl:line 2: invalid JSON"):
+        load_preferences(str(path))
+    with pytest.raises(DataError, match=r"broken\.jsonl:line 2: invalid JSON"):
+        list(read_rows(str(path)))
+
+
+def test_invalid_json_file_names_line(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[\n{"prompt": "p"},\n{oops}\n]')
+    with pytest.raises(DataError, match=r"broken\.json:line 3: invalid JSON"):
+        load_preferences(str(path))
+
+
+def test_json_row_errors_name_the_row(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([GOOD, {"prompt": "p", "chosen": "c"}]))
+    with pytest.raises(DataError, match=r"d\.json:row 2: field `rejected`"):
+        load_preferences(str(path))
+
+
+def test_csv_row_errors_name_the_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,chosen,rejected\np,c,r\np,,r\n")
+    with pytest.raises(DataError, match=r"d\.csv:line 3: field `chosen`: empty text"):
+        load_preferences(str(path))
+
+
+def test_skip_counts_bad_rows(tmp_path, caplog):
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps(GOOD),
+             "{not json",                                   # invalid JSON
+             json.dumps({"prompt": "p", "chosen": "c"}),    # missing rejected
+             json.dumps([1, 2]),                            # not an object
+             json.dumps(dict(GOOD, chosen="")),             # empty text
+             json.dumps(dict(GOOD, margin="x")),            # bad margin
+             json.dumps(dict(GOOD, prompt="last"))]
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="rewardkit.data.formats"):
+        examples, report = load_preferences(str(path), on_error="skip")
+    assert [e.prompt for e in examples] == ["p", "last"]
+    assert report.rows == 7 and report.skipped == 5
+    assert len(report.errors) == 5 and "line 2" in report.errors[0] and "`rejected`" in report.errors[1]
+    assert "skipped 5 malformed row(s) of 7" in caplog.text
+
+
+def test_skip_with_nothing_usable_errors(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p"}, {"prompt": "q"}])
+    with pytest.raises(DataError, match="no usable rows"):
+        load_preferences(str(path), on_error="skip")
+
+
+def test_on_error_must_be_known(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(ValueError, match="on_error"):
+        load_preferences(str(path), on_error="ignore")
+
+
+def test_max_samples(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    examples, report = load_preferences(str(path), max_samples=2)
+    assert _strip_source(examples) == EXPECTED[:2] and report.rows == 2
+
+
+# --------------------------------------------------------------------------- real data
+
+def test_hh_harmless_first_200_rows(tmp_path):
+    if not HH_DATA.exists():
+        pytest.skip(f"real HH data not found at {HH_DATA} (shared data is optional)")
+    head = tmp_path / "hh200.jsonl"
+    with HH_DATA.open(encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(200)]
+    head.write_text("".join(lines), encoding="utf-8")
+    examples, report = load_preferences(str(head))
+    assert report.rows == 200 and report.skipped == 0 and len(examples) == 200
+    for line, ex in zip(lines, examples):
+        row = json.loads(line)
+        assert isinstance(ex.prompt, str) and ex.prompt.endswith("Assistant:"), ex.source
+        assert ex.prompt.startswith("\n\nHuman:"), ex.source
+        assert ex.prompt + ex.chosen == row["chosen"], ex.source
+        assert ex.prompt + ex.rejected == row["rejected"], ex.source
+        assert ex.chosen != ex.rejected, ex.source
