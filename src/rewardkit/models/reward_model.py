@@ -114,6 +114,8 @@ class RewardModel(nn.Module):
                 path, num_labels=1, output_loading_info=True, dtype=torch.float32, **kw)
         finally:
             hf_logging.set_verbosity(verbosity)
+        if gguf_file:
+            _forget_gguf_quantizer(hf)
         saved = dict(getattr(hf.config, CONFIG_KEY, None) or {})
         model = cls(hf, readout or saved.get("readout"), saved.get("mean", 0.0), saved.get("std", 1.0))
         new_head = {k for k in info["missing_keys"] if k.startswith(("score.", "classifier."))}
@@ -169,6 +171,15 @@ class RewardModel(nn.Module):
 
     def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
         return (rewards - self.mean) / (self.std if self.std > 0 and math.isfinite(self.std) else 1.0)
+
+
+def _forget_gguf_quantizer(hf: nn.Module) -> None:
+    """GGUF weights arrive dequantised to float, but transformers keeps a GGUF "quantizer" that refuses
+    `save_pretrained`; drop it so the model saves as the plain float checkpoint it now is."""
+    hf.hf_quantizer = None
+    hf.is_quantized = False
+    if hasattr(hf.config, "quantization_config"):
+        delattr(hf.config, "quantization_config")
 
 
 def _right_align(batch: SequenceBatch):
