@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -80,6 +81,9 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
+    # accelerate keeps mixed precision in a process-wide singleton; forget the previous run's choice so
+    # train() can be called again in one process (notebooks, tests). The process group is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no", gradient_accumulation_steps=t.grad_accum,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
