@@ -61,6 +61,13 @@ class RewardScorer:
                               batch_size=self.batch_size, device=self.device)
         return self.model.normalize(raw) if normalize else raw
 
+    def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
+        """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries); see `encode_text`."""
+        seqs = [self.encoder.encode_text(t) for t in texts]
+        raw = score_sequences(self.model, seqs, pad_id=self.tokenizer.pad_token_id,
+                              batch_size=self.batch_size, device=self.device)
+        return self.model.normalize(raw) if normalize else raw
+
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]:
         """Rewards as floats, one per (prompt, response)."""
         return self.score_texts(prompts, responses, normalize=normalize).tolist()

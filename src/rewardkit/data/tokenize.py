@@ -132,6 +132,44 @@ class SequenceEncoder:
             types = [0] * len(head) + [1 if prompt_ids else 0] * (len(ids) - len(head))
         return TokenizedSequence(ids, len(head), types, truncated)
 
+    def encode_text(self, text: str) -> TokenizedSequence:
+        """A full prompt+response text, as a PPO trainer decodes it (special tokens kept), -> ids.
+
+        Tokenised with add_special_tokens=False. Padding and trailing EOS in the text are dropped and the
+        layout's own tokens added once: decoders get [BOS?] text EOS (exactly one EOS), encoders
+        [CLS] text [SEP]. Too long keeps the END. The prompt/response split is unknown, so the whole text
+        counts as response (as `encode("", text)` does).
+        """
+        tok = self.tok
+        pad, eos, bos = (getattr(tok, a, None) for a in ("pad_token", "eos_token", "bos_token"))
+        tails = [t for t in (eos, pad) if t]
+        while True:  # "...<eos>\n<pad><pad>" -> "..."; rstrip first, the template's newline would be the readout
+            text = text.rstrip()
+            cut = next((t for t in tails if text.endswith(t)), None)
+            if cut is None:
+                break
+            text = text[:-len(cut)]
+        if pad and pad not in (bos, eos):  # left padding kept in a decoded batch
+            while text.startswith(pad):
+                text = text[len(pad):]
+        ids = self._ids(text)
+        prefix = self.prefix
+        if bos and getattr(tok, "bos_token_id", None) is not None and ids[:1] == [tok.bos_token_id] \
+                and not self.is_encoder:
+            prefix, ids = [tok.bos_token_id], ids[1:]  # the text's own BOS, kept once
+        elif prefix and ids[:len(prefix)] == prefix:
+            ids = ids[len(prefix):]
+        end = self.suffix
+        if self.is_encoder and end and ids[-len(end):] == end:
+            ids = ids[:-len(end)]
+        budget = self.max_length - len(prefix) - len(end)
+        truncated = len(ids) > budget
+        if truncated:
+            ids = ids[len(ids) - budget:]
+        full = prefix + ids + end
+        types = [0] * len(full) if self.use_token_types else None
+        return TokenizedSequence(full, len(prefix), types, truncated)
+
     def encode_pair(self, ex: PreferenceExample) -> TokenizedPair:
         return TokenizedPair(self.encode(ex.prompt, ex.chosen), self.encode(ex.prompt, ex.rejected),
                              ex.margin or 0.0)

@@ -1,0 +1,51 @@
+"""`SequenceEncoder.encode_text`: full texts as OpenRLHF's PPO side sends them to a remote reward model."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import bert_tokenizer, gpt2_tokenizer
+from rewardkit.data.tokenize import SequenceEncoder, render
+from rewardkit.models.reward_model import ensure_pad_token
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module", params=["chat", "gpt2"])
+def encoder(request):
+    tok = gpt2_tokenizer(chat=request.param == "chat")
+    ensure_pad_token(tok)
+    return SequenceEncoder(tok, 32, is_encoder=False)
+
+
+@pytest.mark.parametrize("prompt,response", [(PROMPT, "Paris."), ("", "Just a response")])
+def test_full_text_matches_training_layout(encoder, prompt, response):
+    p, r = render(encoder.tok, prompt, response)
+    assert encoder.encode_text(p + r).input_ids == encoder.encode(prompt, response).input_ids
+
+
+def test_exactly_one_eos_whatever_the_text_ends_with(encoder):
+    tok = encoder.tok
+    p, r = render(tok, PROMPT, "Paris.")
+    base = encoder.encode_text(p + r)
+    assert base.input_ids[-1] == tok.eos_token_id and base.input_ids[-2] != tok.eos_token_id
+    for tail in (tok.eos_token, tok.eos_token + "\n", tok.eos_token * 2 + tok.pad_token * 3, "\n\n"):
+        assert encoder.encode_text(p + r + tail).input_ids == base.input_ids, repr(tail)
+
+
+def test_truncation_keeps_the_end(encoder):
+    text = " ".join(f"w{i}" for i in range(100)) + " the end"
+    seq = encoder.encode_text(text)
+    assert seq.truncated and len(seq.input_ids) == 32
+    assert encoder.tok.decode(seq.input_ids[:-1]).endswith("the end")
+    assert seq.input_ids[-1] == encoder.tok.eos_token_id
+
+
+def test_encoder_layout_cls_text_sep():
+    tok = bert_tokenizer()
+    enc = SequenceEncoder(tok, 32, is_encoder=True)
+    seq = enc.encode_text("[CLS] hello world [SEP] [PAD] [PAD]")
+    assert seq.input_ids == [tok.cls_token_id, *tok("hello world", add_special_tokens=False)["input_ids"],
+                             tok.sep_token_id]
+    assert seq.token_type_ids == [0] * len(seq.input_ids)
+    assert enc.encode_text("hello world").input_ids == enc.encode("", "hello world").input_ids
