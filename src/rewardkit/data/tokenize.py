@@ -92,7 +92,7 @@ class SequenceEncoder:
             self.suffix = [tokenizer.eos_token_id]
 
     def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+        return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
     def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
         p_text, r_text = render(self.tok, prompt, response)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rewardkit.data.collators import SequenceBatch
+from rewardkit.data.packing import PackedBatch
 from rewardkit.io import staged_dir
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,11 @@ class RewardModel(nn.Module):
         hf_model: a `*ForSequenceClassification` model with num_labels=1.
         readout: "last", "mean" or "cls".
         mean, std: reward normalisation measured on eval data (applied by `normalize`, never in forward).
+        temperature: T of P(a ≻ b) = sigmoid((r_a − r_b) / T), fitted by `rewardkit calibrate` (1.0 = unfitted).
     """
 
-    def __init__(self, hf_model: nn.Module, readout: str | None = None, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, hf_model: nn.Module, readout: str | None = None, mean: float = 0.0, std: float = 1.0,
+                 temperature: float = 1.0):
         super().__init__()
         self.hf = hf_model
         head = getattr(hf_model, "score", None)
@@ -82,6 +85,7 @@ class RewardModel(nn.Module):
                              f"{type(hf_model).__name__} has {type(self.head).__name__}")
         self.readout = readout
         self.mean, self.std = float(mean), float(std)
+        self.temperature = float(temperature)
 
     @property
     def config(self):
@@ -117,7 +121,8 @@ class RewardModel(nn.Module):
         if gguf_file:
             _forget_gguf_quantizer(hf)
         saved = dict(getattr(hf.config, CONFIG_KEY, None) or {})
-        model = cls(hf, readout or saved.get("readout"), saved.get("mean", 0.0), saved.get("std", 1.0))
+        model = cls(hf, readout or saved.get("readout"), saved.get("mean", 0.0), saved.get("std", 1.0),
+                    saved.get("temperature", 1.0))
         new_head = {k for k in info["missing_keys"] if k.startswith(("score.", "classifier."))}
         if new_head:
             gen = torch.Generator().manual_seed(seed)
@@ -138,7 +143,8 @@ class RewardModel(nn.Module):
         """Write a plain HF folder; config.json carries readout and normalisation."""
         cfg = self.hf.config
         setattr(cfg, CONFIG_KEY, {"readout": self.readout, "mean": self.mean, "std": self.std,
-                                  "max_length": max_length, "hf_equivalent": self.hf_equivalent})
+                                  "max_length": max_length, "hf_equivalent": self.hf_equivalent,
+                                  "temperature": self.temperature})
         # OpenRLHF reads these top-level keys for normalisation.
         cfg.mean, cfg.std = self.mean, self.std
         cfg.pad_token_id = tokenizer.pad_token_id
@@ -153,8 +159,10 @@ class RewardModel(nn.Module):
 
     # ------------------------------------------------------------------ scoring
 
-    def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        """Raw rewards, shape (N,), float32. Any padding side is accepted."""
+    def forward(self, batch: SequenceBatch | PackedBatch) -> torch.Tensor:
+        """Raw rewards, shape (N,), float32. Padded batches may use any padding side."""
+        if isinstance(batch, PackedBatch):
+            return self._forward_packed(batch)
         ids, mask, resp, types = _right_align(batch)
         kw = {"token_type_ids": types} if types is not None else {}
         if self.is_encoder and self.readout == "cls":
@@ -169,8 +177,73 @@ class RewardModel(nn.Module):
             pooled = hidden[:, 0]
         return self.head(pooled)[:, 0].float()
 
+    def _forward_packed(self, b: PackedBatch) -> torch.Tensor:
+        """Rewards (N,) for a packed batch: one forward over (R, L), then each sequence's readout."""
+        mask = b.attention_mask
+        impl = self.hf.config._attn_implementation or "sdpa"
+        if impl.startswith("flash") or "varlen" in impl:
+            if not b.position_ids_suffice:
+                raise ValueError(f"{impl} takes no custom masks: use packing without shared prompts, or sdpa")
+            mask = None  # transformers builds varlen boundaries from the position_ids resets
+        elif impl == "eager":  # eager wants an additive float mask
+            mask = torch.zeros(mask.shape, dtype=self.hf.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(self.hf.dtype).min)
+        kw = {"token_type_ids": b.token_type_ids} if b.token_type_ids is not None else {}
+        hidden = self.hf.base_model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
+                                    **kw).last_hidden_state
+        flat = hidden.reshape(-1, hidden.shape[-1])  # (R*L, H)
+        if self.readout == "last":
+            pooled = flat[b.last_index]
+        elif self.readout == "mean":
+            seq = b.response_seq.reshape(-1)
+            keep = seq >= 0
+            sums = torch.zeros(b.num_sequences, flat.shape[-1], dtype=flat.dtype, device=flat.device)
+            sums.index_add_(0, seq[keep], flat[keep])
+            counts = torch.bincount(seq[keep], minlength=b.num_sequences).clamp(min=1)
+            pooled = sums / counts.unsqueeze(-1).to(flat.dtype)
+        elif self.is_encoder:
+            return self._encoder_head(flat[b.first_index].unsqueeze(1))
+        else:
+            pooled = flat[b.first_index]
+        return self.head(pooled)[:, 0].float()
+
+    def _encoder_head(self, first: torch.Tensor) -> torch.Tensor:
+        """HF's classification head on each sequence's first-token state, first: (N, 1, H) -> (N,).
+
+        Matches `*ForSequenceClassification`: BERT-style pooler + dropout + classifier, or a RoBERTa-style
+        head that reads position 0 itself."""
+        pooler = getattr(self.hf.base_model, "pooler", None) or getattr(self.hf, "pooler", None)
+        if pooler is not None:
+            x = getattr(self.hf, "dropout", nn.Identity())(pooler(first))
+            return self.hf.classifier(x)[:, 0].float()
+        return self.hf.classifier(first)[:, 0].float()
+
     def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
         return (rewards - self.mean) / (self.std if self.std > 0 and math.isfinite(self.std) else 1.0)
+
+
+def write_temperature(model_dir: str | Path, temperature: float) -> Path:
+    """Set `rewardkit.temperature` in a saved model's config.json (atomically; other keys untouched)."""
+    import json
+
+    from rewardkit.io import atomic_write
+
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    block = cfg.get(CONFIG_KEY)
+    if block is not None and not isinstance(block, dict):
+        raise ValueError(f"{path}: field `{CONFIG_KEY}` must be an object, got {type(block).__name__}")
+    cfg[CONFIG_KEY] = {**(block or {}), "temperature": t}
+    with atomic_write(path) as fh:
+        json.dump(cfg, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    return path
 
 
 def _forget_gguf_quantizer(hf: nn.Module) -> None:

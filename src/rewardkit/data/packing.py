@@ -1,0 +1,175 @@
+"""Padding-free packing: several sequences per row, each with its own positions and attention block.
+
+Two layouts:
+  plain          row = [seq a][seq b][seq c]...  every sequence attends only to itself (causal for decoders,
+                 bidirectional for encoders); positions restart at 0 per sequence.
+  shared prompt  row = [prompt][chosen][rejected]...  (causal backbones only) the prompt is computed ONCE;
+                 rejected tokens attend to the prompt and to themselves but never to chosen, and their
+                 positions continue from the prompt's end, so both responses see exactly what they would
+                 see in two separate sequences.
+Each token carries (group, part): attention is allowed iff same group, key not after query (causal), and
+not (query in rejected and key in chosen). Encoders drop the causal condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from rewardkit.data.collators import PairBatch
+from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
+
+PROMPT, CHOSEN, REJECTED = 0, 1, 2
+
+
+@dataclass
+class PackedBatch:
+    """R rows of L tokens holding N sequences (N = number of rewards to read).
+
+    input_ids, position_ids: (R, L) long.
+    attention_mask: (R, 1, L, L) bool, True where a query may attend to a key.
+    token_type_ids: (R, L) long or None.
+    last_index, first_index: (N,) long, flat index `row * L + col` of each sequence's last / first token.
+    response_seq: (R, L) long, the sequence number of each response token, -1 elsewhere.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    last_index: torch.Tensor
+    first_index: torch.Tensor
+    response_seq: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
+    real_tokens: int = 0
+    # True when the mask is plain block-diagonal causal, which position_ids alone describe (FlashAttention varlen).
+    position_ids_suffice: bool = False
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens actually processed for sequences (shared prompts count once)."""
+        return self.real_tokens
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.last_index.shape[0])
+
+
+@dataclass
+class _Segment:
+    """One packed unit: a lone sequence, or a prompt + chosen + rejected triple."""
+
+    ids: list[int]
+    positions: list[int]
+    parts: list[int]
+    types: list[int] | None
+    reads: list[tuple[int, int, int, int]]  # (sequence number, first offset, last offset, response start offset)
+
+
+def _lone(seq: TokenizedSequence, number: int) -> _Segment:
+    n = len(seq.input_ids)
+    return _Segment(list(seq.input_ids), list(range(n)), [PROMPT] * n, seq.token_type_ids,
+                    [(number, 0, n - 1, seq.response_start)])
+
+
+def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment | None:
+    c, r = pair.chosen, pair.rejected
+    p = min(c.response_start, r.response_start)
+    if p == 0 or c.input_ids[:p] != r.input_ids[:p]:
+        return None  # truncation cut the two prompts differently: no shared prefix to reuse
+    nc, nr = len(c.input_ids) - p, len(r.input_ids) - p
+    ids = c.input_ids + r.input_ids[p:]
+    positions = list(range(p + nc)) + list(range(p, p + nr))
+    parts = [PROMPT] * p + [CHOSEN] * nc + [REJECTED] * nr
+    reads = [(chosen_no, 0, p + nc - 1, c.response_start), (rejected_no, 0, p + nc + nr - 1, p + nc + (r.response_start - p))]
+    return _Segment(ids, positions, parts, None, reads)
+
+
+def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_length: int | None) -> PackedBatch:
+    """First-fit decreasing into rows of `row_length` (default: the longest segment)."""
+    width = max(row_length or 0, max(len(s.ids) for s in segments))
+    rows: list[list[int]] = []  # segment indices per row
+    space: list[int] = []
+    for i in sorted(range(len(segments)), key=lambda i: -len(segments[i].ids)):
+        need = len(segments[i].ids)
+        j = next((k for k, free in enumerate(space) if free >= need), None)
+        if j is None:
+            rows.append([])
+            space.append(width)
+            j = len(rows) - 1
+        rows[j].append(i)
+        space[j] -= need
+    R, L = len(rows), width
+    ids = torch.full((R, L), pad_id, dtype=torch.long)
+    pos = torch.zeros((R, L), dtype=torch.long)
+    group = torch.full((R, L), -1, dtype=torch.long)
+    part = torch.zeros((R, L), dtype=torch.long)
+    with_types = segments[0].types is not None
+    types = torch.zeros((R, L), dtype=torch.long) if with_types else None
+    resp = torch.full((R, L), -1, dtype=torch.long)
+    last = torch.empty(n_seqs, dtype=torch.long)
+    first = torch.empty(n_seqs, dtype=torch.long)
+    real = 0
+    for r, members in enumerate(rows):
+        off = 0
+        for i in members:
+            s = segments[i]
+            n = len(s.ids)
+            ids[r, off:off + n] = torch.tensor(s.ids)
+            pos[r, off:off + n] = torch.tensor(s.positions)
+            group[r, off:off + n] = i
+            part[r, off:off + n] = torch.tensor(s.parts)
+            if types is not None:
+                types[r, off:off + n] = torch.tensor(s.types)
+            for number, f, l, rs in s.reads:
+                first[number] = r * L + off + f
+                last[number] = r * L + off + l
+                resp[r, off + rs:off + l + 1] = number
+            real += n
+            off += n
+    same = group.unsqueeze(2) == group.unsqueeze(1)  # (R, Lq, Lk)
+    allowed = same & (group.unsqueeze(2) >= 0)
+    if causal:
+        allowed &= torch.ones(L, L, dtype=torch.bool).tril()
+    allowed &= ~((part.unsqueeze(2) == REJECTED) & (part.unsqueeze(1) == CHOSEN))
+    # Pad queries attend to themselves only: an all-masked row would make SDPA return NaN.
+    allowed |= torch.eye(L, dtype=torch.bool) & (group < 0).unsqueeze(2)
+    varlen = causal and not (part == REJECTED).any()
+    return PackedBatch(ids, pos, allowed.unsqueeze(1), last, first, resp, types, real, bool(varlen))
+
+
+def pack_sequences(seqs: list[TokenizedSequence], pad_id: int, *, causal: bool,
+                   row_length: int | None = None) -> PackedBatch:
+    """Pack sequences (any lengths <= row_length) into as few rows as first-fit finds; rewards keep input order."""
+    return _pack([_lone(s, i) for i, s in enumerate(seqs)], len(seqs), pad_id, causal, row_length)
+
+
+@dataclass
+class PackedPairCollator:
+    """`list[TokenizedPair]` -> `PairBatch` whose `sequences` is a `PackedBatch`.
+
+    Sequence numbers follow `PairCollator`: chosen of pair i is i, rejected is B + i.
+    shared_prompt (causal backbones only): `[prompt][chosen][rejected]` per pair, prompt computed once.
+    """
+
+    pad_id: int
+    causal: bool
+    shared_prompt: bool = False
+    row_length: int | None = None
+
+    def __post_init__(self):
+        if self.shared_prompt and not self.causal:
+            raise ValueError("shared-prompt packing needs a causal backbone: an encoder's prompt attends to the response")
+
+    def __call__(self, pairs: list[TokenizedPair]) -> PairBatch:
+        b = len(pairs)
+        segments: list[_Segment] = []
+        for i, p in enumerate(pairs):
+            seg = _shared(p, i, b + i) if self.shared_prompt else None
+            segments.extend([seg] if seg else [_lone(p.chosen, i), _lone(p.rejected, b + i)])
+        packed = _pack(segments, 2 * b, self.pad_id, self.causal, self.row_length)
+        return PairBatch(packed, torch.tensor([p.margin for p in pairs], dtype=torch.float32))  # type: ignore[arg-type]
