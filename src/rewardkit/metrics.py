@@ -1,6 +1,9 @@
-"""Pure metrics over reward tensors (no model, no I/O)."""
+"""Pure metrics over reward tensors (no model, no I/O): pair accuracy, Spearman, length-bias diagnostics."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -24,3 +27,114 @@ def pairwise_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, fl
         "reward_mean": float(both.mean()) if n else float("nan"),
         "reward_std": float(both.std(unbiased=False)) if n else float("nan"),
     }
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of x (N,), tied values sharing the mean of their ranks (as scipy's rankdata)."""
+    x = x.double().flatten()
+    order = torch.argsort(x, stable=True)
+    _, inverse, counts = torch.unique_consecutive(x[order], return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2  # mean of ranks (end - count + 1) .. end
+    ranks = torch.empty_like(x)
+    ranks[order] = mean_rank[inverse]
+    return ranks
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Spearman rank correlation of x, y (N,): Pearson correlation of average ranks.
+
+    None when it is undefined (fewer than 2 values, or one side constant).
+    """
+    if x.numel() != y.numel():
+        raise ValueError(f"spearman: x has {x.numel()} values, y has {y.numel()}")
+    if x.numel() < 2:
+        return None
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float((rx.square().sum() * ry.square().sum()).sqrt())
+    return float((rx * ry).sum()) / denom if denom > 0 else None
+
+
+@dataclass(frozen=True)
+class LengthSplit:
+    """Accuracy on the pairs of one length relation (ties count as wrong, as in `pairwise_stats`)."""
+
+    n: int
+    accuracy: float | None  # None when n == 0
+
+
+@dataclass(frozen=True)
+class LengthView:
+    """Length bias of a set of pairs and of the responses in them."""
+
+    responses: int
+    pairs: int
+    mean_length: float | None  # response length in tokens
+    spearman_reward_length: float | None  # over the responses
+    chosen_longer: LengthSplit
+    chosen_shorter: LengthSplit
+    equal_length: int
+    chosen_longer_rate: float | None  # data: share of unequal-length pairs where chosen is the longer one
+    prefers_longer_rate: float | None  # model: share of unequal-length, non-tied pairs where it ranks the longer higher
+
+
+@dataclass(frozen=True)
+class LengthBias:
+    """Reward-hacking diagnostics: does the reward follow length rather than quality?
+
+    `all` covers every pair; `top` the pairs whose higher-rewarded response is among the top `top_fraction`
+    of all responses by reward (the ones a best-of-N or RL policy would be pushed towards).
+    """
+
+    top_fraction: float
+    all: LengthView
+    top: LengthView
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _view(rewards: torch.Tensor, lengths: torch.Tensor, resp: torch.Tensor, ci: torch.Tensor,
+          ri: torch.Tensor) -> LengthView:
+    rc, rr, lc, lr = rewards[ci], rewards[ri], lengths[ci], lengths[ri]
+    correct = rc > rr
+    longer, shorter = lc > lr, lc < lr
+
+    def split(sel: torch.Tensor) -> LengthSplit:
+        k = int(sel.sum())
+        return LengthSplit(k, float(correct[sel].double().mean()) if k else None)
+
+    unequal = longer | shorter
+    n_unequal = int(unequal.sum())
+    decided = unequal & (rc != rr)
+    model_longer = ((rc > rr) & longer) | ((rr > rc) & shorter)
+    r, ln = rewards[resp], lengths[resp]
+    return LengthView(
+        responses=int(resp.numel()), pairs=int(ci.numel()),
+        mean_length=float(ln.double().mean()) if ln.numel() else None,
+        spearman_reward_length=spearman(r, ln),
+        chosen_longer=split(longer), chosen_shorter=split(shorter), equal_length=int((~unequal).sum()),
+        chosen_longer_rate=int(longer.sum()) / n_unequal if n_unequal else None,
+        prefers_longer_rate=float(model_longer[decided].double().mean()) if int(decided.sum()) else None)
+
+
+def length_bias(rewards: torch.Tensor, lengths: torch.Tensor, chosen_idx: torch.Tensor, rejected_idx: torch.Tensor,
+                top_fraction: float = 0.1) -> LengthBias:
+    """Length diagnostics. rewards, lengths: (M,) per response (length in tokens); chosen_idx, rejected_idx:
+    (N,) indices of each pair's responses (a response may belong to several pairs, as in best-of-N rows).
+    """
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    rewards, lengths = rewards.double(), lengths.double()
+    ci, ri = chosen_idx.long(), rejected_idx.long()
+    used = torch.unique(torch.cat([ci, ri]))
+    k = max(1, math.ceil(top_fraction * used.numel()))
+    top = used[torch.topk(rewards[used], k).indices]
+    in_top = torch.zeros(rewards.numel(), dtype=torch.bool)
+    in_top[top] = True
+    # A pair is "top" when the response the model ranks higher (either one on a tie) is a top response.
+    winner_top = torch.where(rewards[ci] > rewards[ri], in_top[ci],
+                             torch.where(rewards[ri] > rewards[ci], in_top[ri], in_top[ci] | in_top[ri]))
+    return LengthBias(top_fraction, _view(rewards, lengths, used, ci, ri),
+                      _view(rewards, lengths, top, ci[winner_top], ri[winner_top]))

@@ -7,6 +7,7 @@ depend on batch size or padding side (every readout is computed on right-aligned
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +32,16 @@ def score_sequences(model: RewardModel | torch.nn.Module, seqs: Sequence[Tokeniz
         out[idx] = model(batch).float().cpu()
     model.train(was_training)
     return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two responses to one prompt: raw rewards and P(a ≻ b) = sigmoid((reward_a − reward_b) / temperature)."""
+
+    reward_a: float
+    reward_b: float
+    prob_a_better: float
+    temperature: float
 
 
 class RewardScorer:
@@ -75,3 +86,27 @@ class RewardScorer:
     def score_messages(self, conversations: Sequence[list[Message]], *, normalize: bool = False) -> list[float]:
         """Rewards for whole chats: the last message is the response, the rest the prompt."""
         return self.score([c[:-1] for c in conversations], [c[-1:] for c in conversations], normalize=normalize)
+
+    @property
+    def temperature(self) -> float:
+        """T from the model's config.json (`rewardkit.temperature`, set by `rewardkit calibrate`); 1.0 if unfitted."""
+        return float(getattr(self.model, "temperature", 1.0))
+
+    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                temperature: float | None = None) -> list[Comparison]:
+        """For each prompt, P(response a ≻ response b) = sigmoid((r_a − r_b) / T); T defaults to the model's."""
+        n = len(prompts)
+        if not len(responses_a) == len(responses_b) == n:
+            raise ValueError(f"got {n} prompts, {len(responses_a)} responses_a and {len(responses_b)} responses_b")
+        t = self.temperature if temperature is None else float(temperature)
+        if not (t > 0 and t != float("inf")):
+            raise ValueError(f"temperature must be a finite number > 0, got {t}")
+        r = self.score_texts(list(prompts) * 2, list(responses_a) + list(responses_b))  # one sorted pass: (2n,)
+        ra, rb = r[:n].double(), r[n:].double()
+        p = torch.sigmoid((ra - rb) / t)
+        return [Comparison(a, b, q, t) for a, b, q in zip(ra.tolist(), rb.tolist(), p.tolist())]
+
+    def prob_better(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                    temperature: float | None = None) -> list[float]:
+        """P(a ≻ b) per prompt, as `compare(...)[i].prob_a_better`."""
+        return [c.prob_a_better for c in self.compare(prompts, responses_a, responses_b, temperature=temperature)]

@@ -207,6 +207,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     # ---- final eval, normalisation, save
     final = run_eval()
     unwrapped: RewardModel = accelerator.unwrap_model(model)
+    unwrapped.temperature = 1.0  # a temperature fitted to the old weights does not hold for the new ones
     if final:
         unwrapped.mean, unwrapped.std = final["reward_mean"], final["reward_std"]
     else:
