@@ -1,0 +1,182 @@
+"""Dynamic batching across concurrent requests: one worker thread per model, fed by a bounded queue.
+
+PPO trainers send one text per request and many requests at once (OpenRLHF scores every rollout
+concurrently), so batching inside a request does nothing; the worker merges whole requests into one
+forward instead. A batch closes when it reaches `max_batch_size` texts, when the next request would push
+it past `max_batch_tokens` padded tokens, or `max_wait_ms` after its oldest request arrived. The model runs
+on the worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from rewardkit.data.tokenize import TokenizedSequence
+from rewardkit.serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_batch_size: int = 64  # texts per forward; 1 turns batching off
+    max_batch_tokens: int = 32768  # padded tokens per forward (rows x longest row)
+    max_wait_ms: float = 5.0  # how long the oldest request may wait for company
+    max_queue: int = 2048  # texts waiting; beyond this requests get 503 + Retry-After
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_batch_tokens", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+class QueueFull(Exception):
+    """The model's queue cannot take this request now; retry after `retry_after` seconds."""
+
+    def __init__(self, waiting: int, limit: int, retry_after: int = 1):
+        self.retry_after = retry_after
+        super().__init__(f"server busy: {waiting} texts already queued (limit {limit}); retry later")
+
+
+@dataclass
+class _Job:
+    """One request's sequences and where to deliver their scores."""
+
+    seqs: Sequence[TokenizedSequence]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def longest(self) -> int:
+        return max(len(s.input_ids) for s in self.seqs)
+
+
+RunBatch = Callable[[list[TokenizedSequence]], torch.Tensor]  # N sequences -> raw rewards (N,)
+
+
+class DynamicBatcher:
+    """`await submit(seqs)` -> raw rewards (len(seqs),); call `start()` before and `stop()` after."""
+
+    def __init__(self, name: str, run_batch: RunBatch, settings: BatchSettings, metrics: Metrics | None = None):
+        self.name = name
+        self.run_batch = run_batch
+        self.settings = settings
+        self.metrics = metrics
+        self._jobs: deque[_Job] = deque()
+        self._waiting = 0  # texts in _jobs
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if metrics is not None:
+            metrics.queue_depth_gauge(name, lambda: self._waiting)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._work, name=f"rewardkit-batcher-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish queued work, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    async def submit(self, seqs: Sequence[TokenizedSequence]) -> torch.Tensor:
+        if not seqs:
+            return torch.empty(0)
+        loop = asyncio.get_running_loop()
+        job = _Job(seqs, loop.create_future(), loop)
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise RuntimeError(f"model worker {self.name!r} is not running")
+            if self._waiting + len(seqs) > self.settings.max_queue:
+                raise QueueFull(self._waiting, self.settings.max_queue)
+            self._jobs.append(job)
+            self._waiting += len(seqs)
+            self._cond.notify()
+        return await job.future
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _next_batch(self) -> list[_Job] | None:
+        s = self.settings
+        with self._cond:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            first = self._jobs.popleft()
+            batch, n, longest = [first], len(first.seqs), first.longest
+            deadline = first.enqueued + s.max_wait_ms / 1000
+            while n < s.max_batch_size:
+                if not self._jobs:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping:
+                        break
+                    self._cond.wait(remaining)
+                    continue
+                nxt = self._jobs[0]
+                size, width = n + len(nxt.seqs), max(longest, nxt.longest)
+                if size > s.max_batch_size or size * width > s.max_batch_tokens:
+                    break
+                batch.append(self._jobs.popleft())
+                n, longest = size, width
+            self._waiting -= n
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            seqs = [seq for job in batch for seq in job.seqs]
+            started = time.monotonic()
+            try:
+                scores = self.run_batch(seqs)
+            except Exception as e:  # deliver to every waiting request; the worker keeps going
+                log.exception("model %s: batch of %d texts failed", self.name, len(seqs))
+                for job in batch:
+                    _deliver(job, _fail, e)
+                continue
+            if self.metrics is not None:
+                width = max(len(x.input_ids) for x in seqs)
+                self.metrics.batch(self.name, len(seqs), len(seqs) * width, time.monotonic() - started,
+                                   [started - job.enqueued for job in batch])
+            start = 0
+            for job in batch:
+                part = scores[start:start + len(job.seqs)]
+                start += len(job.seqs)
+                _deliver(job, _resolve, part)
+
+
+def _deliver(job: _Job, fn, value) -> None:
+    try:
+        job.loop.call_soon_threadsafe(fn, job.future, value)
+    except RuntimeError:  # the event loop has closed (server shutting down): nobody is waiting
+        pass
+
+
+def _resolve(fut: asyncio.Future, value: torch.Tensor) -> None:
+    if not fut.done():  # the client may have gone away (cancelled)
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
