@@ -1,17 +1,29 @@
-"""Pairwise evaluation of a reward model on preference data."""
+"""Evaluation of a reward model: pair accuracy, RewardBench v1/v2 scores, calibration, length diagnostics.
+
+Pipeline: `load_eval_data` (rows -> responses to score + which of them form pairs) -> `score_responses`
+(one sorted pass through the model) -> `analyze` (pure: rewards -> stats and per-pair records).
+Every eval reports calibration (ECE at the model's temperature) and length-bias diagnostics.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from rewardkit.data.formats import Columns, PreferenceExample, load_preferences
+from rewardkit.data.formats import Columns, LoadReport, PreferenceExample, Text, load_preferences, read_rows
 from rewardkit.data.tokenize import TokenizedPair
 from rewardkit.io import write_jsonl
-from rewardkit.metrics import pairwise_stats
+from rewardkit.metrics import length_bias, pairwise_stats
 from rewardkit.scoring import RewardScorer, score_sequences
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = ("auto", "pairs", "rewardbench", "rewardbench2")
 
 
 @dataclass
@@ -23,12 +35,57 @@ class EvalConfig:
     output: str | None = None  # per-pair scores (.jsonl)
     format: str = "auto"
     columns: Columns = field(default_factory=Columns)
-    split: str = "train"
+    split: str | None = None  # default: "train", or the official split of a RewardBench hub id
     on_error: str = "raise"
     batch_size: int = 32
     max_length: int | None = None
     max_samples: int | None = None
     device: str = "cpu"
+    benchmark: str = "auto"  # auto-detects RewardBench v1 (`subset` column) and v2 (lists of completions)
+    tie_policy: str = "0"  # RewardBench v1 ties: "0" (official), "0.5" or "random"
+    seed: int = 0  # for tie_policy="random"
+    as_chat: bool = False  # render string prompts/responses as a user/assistant chat (as RewardBench does)
+    top_fraction: float = 0.1  # share of responses, by reward, that the "top" length diagnostics look at
+    report_dir: str | None = None  # write eval.json, pairs.jsonl and plots here (for `rewardkit report`)
+
+
+@dataclass
+class EvalData:
+    """What to score and how the scores combine. Indices point into `responses`."""
+
+    kind: str  # "pairs", "rewardbench" or "rewardbench2"
+    responses: list[tuple[Text, Text]]  # (prompt, response) pairs to score, (M,)
+    chosen_idx: list[int]  # per pair, (N,)
+    rejected_idx: list[int]
+    pair_source: list[str]  # "file:line 3"
+    pair_subset: list[str | None]
+    groups: list[BestOfNGroup] | None = None  # RewardBench 2 rows
+    report: LoadReport = field(default_factory=LoadReport)
+
+
+@dataclass(frozen=True)
+class BestOfNGroup:
+    """One RewardBench 2 row: indices of its chosen and rejected completions in `EvalData.responses`."""
+
+    subset: str
+    id: str | None
+    source: str
+    chosen: list[int]
+    rejected: list[int]
+
+
+@dataclass
+class ScoredResponses:
+    rewards: torch.Tensor  # (M,) raw rewards
+    lengths: torch.Tensor  # (M,) response tokens the model saw (after truncation, incl. the end token)
+    truncated: torch.Tensor  # (M,) bool
+
+
+@dataclass
+class EvalOutcome:
+    stats: dict[str, Any]  # what `rewardkit eval --json` prints
+    pairs: list[dict[str, Any]]  # one record per pair (pairs.jsonl)
+    rows: list[dict[str, Any]] | None = None  # one record per RewardBench 2 row (rows.jsonl)
 
 
 def pair_rewards(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_id: int, batch_size: int = 32,
@@ -39,22 +96,163 @@ def pair_rewards(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_
     return r[:len(pairs)], r[len(pairs):]
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, float]:
-    """Score every pair in `cfg.data`; return accuracy and reward statistics (see `pairwise_stats`)."""
-    scorer = RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length)
-    examples, report = load_preferences(cfg.data, fmt=cfg.format, columns=cfg.columns, on_error=cfg.on_error,
-                                        split=cfg.split, max_samples=cfg.max_samples)
-    pairs = [scorer.encoder.encode_pair(ex) for ex in examples]
-    chosen, rejected = pair_rewards(scorer.model, pairs, pad_id=scorer.tokenizer.pad_token_id,
-                                    batch_size=cfg.batch_size, device=cfg.device)
-    stats = pairwise_stats(chosen, rejected)
-    stats["skipped_rows"] = report.skipped
-    stats["truncated_pairs"] = sum(p.truncated for p in pairs)
+# --------------------------------------------------------------------------- loading
+
+def _chat(prompt: Text, response: Text) -> tuple[Text, Text]:
+    p = ([{"role": "user", "content": prompt}] if prompt else []) if isinstance(prompt, str) else prompt
+    r = [{"role": "assistant", "content": response}] if isinstance(response, str) else response
+    return p, r
+
+
+def _detect(cfg: EvalConfig, split: str) -> str:
+    from rewardkit.rewardbench import detect_kind
+
+    rows = []
+    try:
+        for _, row in read_rows(cfg.data, split):
+            rows.append(row)
+            if len(rows) == 32:
+                break
+    except Exception:  # unreadable rows are reported by the loader that follows, with their location
+        pass
+    return detect_kind(rows, cfg.columns)
+
+
+def load_eval_data(cfg: EvalConfig) -> EvalData:
+    """Read `cfg.data` as plain pairs, RewardBench v1 or v2 (`cfg.benchmark`, detected by default)."""
+    from rewardkit.rewardbench import BenchPair, load_benchmark, resolve_split
+
+    if cfg.benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {cfg.benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    split = resolve_split(cfg.data, cfg.split)
+    kind = _detect(cfg, split) if cfg.benchmark == "auto" else cfg.benchmark
+    log.info("%s: evaluating as %s", cfg.data, kind)
+    wrap = _chat if cfg.as_chat else (lambda p, r: (p, r))
+    data = EvalData(kind, [], [], [], [], [])
+    if kind == "rewardbench2":
+        rows, data.report = load_benchmark(cfg.data, kind, split=split, on_error=cfg.on_error,
+                                           max_samples=cfg.max_samples, columns=cfg.columns)
+        data.groups = []
+        for row in rows:
+            start = len(data.responses)
+            data.responses += [wrap(row.prompt, c) for c in row.chosen + row.rejected]
+            ch = list(range(start, start + len(row.chosen)))
+            rj = list(range(start + len(row.chosen), len(data.responses)))
+            data.groups.append(BestOfNGroup(row.subset, row.id, row.source, ch, rj))
+            for c in ch:  # pair statistics use every (chosen, rejected) combination of the row
+                for r in rj:
+                    data.chosen_idx.append(c)
+                    data.rejected_idx.append(r)
+                    data.pair_source.append(row.source)
+                    data.pair_subset.append(row.subset)
+        return data
+    if kind == "rewardbench":
+        items, data.report = load_benchmark(cfg.data, kind, split=split, on_error=cfg.on_error,
+                                            max_samples=cfg.max_samples, columns=cfg.columns)
+    else:
+        examples, data.report = load_preferences(cfg.data, fmt=cfg.format, columns=cfg.columns, on_error=cfg.on_error,
+                                                 split=split, max_samples=cfg.max_samples)
+        items = [BenchPair(ex, None) for ex in examples]  # type: ignore[arg-type]
+    for it in items:
+        ex: PreferenceExample = it.example
+        data.chosen_idx.append(len(data.responses))
+        data.responses.append(wrap(ex.prompt, ex.chosen))
+        data.rejected_idx.append(len(data.responses))
+        data.responses.append(wrap(ex.prompt, ex.rejected))
+        data.pair_source.append(ex.source)
+        data.pair_subset.append(it.subset)
+    return data
+
+
+def score_responses(scorer: RewardScorer, responses: Sequence[tuple[Text, Text]]) -> ScoredResponses:
+    """Raw rewards and token lengths of (prompt, response) pairs, (M,) each."""
+    seqs = [scorer.encoder.encode(p, r) for p, r in responses]
+    rewards = score_sequences(scorer.model, seqs, pad_id=scorer.tokenizer.pad_token_id,
+                              batch_size=scorer.batch_size, device=scorer.device)
+    return ScoredResponses(rewards, torch.tensor([len(s.input_ids) - s.response_start for s in seqs]),
+                           torch.tensor([s.truncated for s in seqs], dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- analysis (pure)
+
+def analyze(data: EvalData, scored: ScoredResponses, *, temperature: float = 1.0, tie_policy: str = "0",
+            seed: int = 0, top_fraction: float = 0.1) -> EvalOutcome:
+    """Stats and per-pair records from per-response rewards; no model involved."""
+    from rewardkit.calibration import calibration, prob_chosen
+    from rewardkit.rewardbench import BestOfNScores, best_of_n, score_rewardbench, score_rewardbench2
+
+    ci, ri = torch.tensor(data.chosen_idx, dtype=torch.long), torch.tensor(data.rejected_idx, dtype=torch.long)
+    rewards = scored.rewards.double()
+    chosen, rejected = rewards[ci], rewards[ri]
+    stats: dict[str, Any] = pairwise_stats(chosen, rejected)
+    stats["skipped_rows"] = data.report.skipped
+    stats["truncated_pairs"] = int((scored.truncated[ci] | scored.truncated[ri]).sum())
+    stats["benchmark"] = data.kind
+    margins = chosen - rejected
+    cal = calibration(margins, temperature)
+    stats["calibration"] = {**cal.to_dict(), "ece_t1": cal.ece if temperature == 1.0 else calibration(margins).ece,
+                            "nll_t1": cal.nll if temperature == 1.0 else calibration(margins).nll}
+    stats["length_bias"] = length_bias(rewards, scored.lengths, ci, ri, top_fraction).to_dict()
+    rows = None
+    if data.kind == "rewardbench":
+        stats["rewardbench"] = score_rewardbench([s or "" for s in data.pair_subset], chosen.tolist(),
+                                                 rejected.tolist(), tie_policy, seed).to_dict()
+    elif data.kind == "rewardbench2":
+        groups = data.groups or []
+        scores = [BestOfNScores(g.subset, rewards[g.chosen].tolist(), rewards[g.rejected].tolist(), g.id)
+                  for g in groups]
+        stats["rewardbench2"] = {"rows": len(groups), **score_rewardbench2(scores).to_dict()}
+        rows = [{"source": g.source, "id": g.id, "subset": g.subset, "chosen_rewards": s.chosen,
+                 "rejected_rewards": s.rejected, "best_of_n": best_of_n(s.chosen, s.rejected)}
+                for g, s in zip(groups, scores)]
+    probs = prob_chosen(margins, temperature).tolist()
+    lengths = scored.lengths.tolist()
+    pairs = [{"source": src, "chosen_reward": c, "rejected_reward": r, "margin": c - r, "correct": c > r,
+              "subset": sub, "prob_chosen": p, "chosen_tokens": lengths[a], "rejected_tokens": lengths[b]}
+             for src, sub, c, r, p, a, b in zip(data.pair_source, data.pair_subset, chosen.tolist(),
+                                                 rejected.tolist(), probs, data.chosen_idx, data.rejected_idx)]
+    return EvalOutcome(stats, pairs, rows)
+
+
+# --------------------------------------------------------------------------- entry points
+
+def run_eval(cfg: EvalConfig, scorer: RewardScorer | None = None) -> EvalOutcome:
+    """Load the model (unless given) and the data, score every response, analyse."""
+    scorer = scorer or RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size,
+                                         max_length=cfg.max_length)
+    data = load_eval_data(cfg)
+    scored = score_responses(scorer, data.responses)
+    return analyze(data, scored, temperature=scorer.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
+                   top_fraction=cfg.top_fraction)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Score every pair in `cfg.data`; return accuracy and reward statistics (see `pairwise_stats`) plus
+    `calibration`, `length_bias` and, for RewardBench data, `rewardbench` / `rewardbench2`."""
+    outcome = run_eval(cfg)
     if cfg.output:
-        write_jsonl(cfg.output, _score_rows(examples, chosen, rejected))
-    return stats
+        write_jsonl(cfg.output, outcome.pairs)
+    if cfg.report_dir:
+        from rewardkit.report import write_eval_dir
+
+        write_eval_dir(cfg.report_dir, outcome, model_dir=cfg.model_dir, data=cfg.data)
+    return outcome.stats
 
 
-def _score_rows(examples: list[PreferenceExample], chosen: torch.Tensor, rejected: torch.Tensor):
-    for ex, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
-        yield {"source": ex.source, "chosen_reward": c, "rejected_reward": r, "margin": c - r, "correct": c > r}
+def calibrate(cfg: EvalConfig, *, save: bool = True):
+    """Fit the temperature T on the pairs of `cfg.data` (a dev split) and, if `save`, write it into the
+    model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. Returns `TemperatureFit`."""
+    from rewardkit.calibration import fit_temperature
+    from rewardkit.models.reward_model import write_temperature
+
+    scorer = RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length)
+    data = load_eval_data(cfg)
+    rewards = score_responses(scorer, data.responses).rewards.double()
+    fit = fit_temperature(rewards[data.chosen_idx] - rewards[data.rejected_idx])
+    if fit.at_bound:
+        log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right or the model is no better "
+                    "than chance; use more or harder dev data", fit.temperature)
+    if save:
+        path = write_temperature(Path(cfg.model_dir), fit.temperature)
+        log.info("wrote rewardkit.temperature=%.4g to %s", fit.temperature, path)
+    return fit
