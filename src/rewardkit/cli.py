@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--messages-key", default="messages", help="chat column (default: messages)")
     _scoring_flags(s)
     s.set_defaults(func=_score)
+    _add_serving_commands(sub)
     return p
 
 
@@ -237,6 +238,126 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                                                  "filtered for allenai/reward-bench, test for allenai/reward-bench-2)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="malformed rows: stop or skip")
     p.add_argument("--max-samples", type=int, help="use only the first N rows")
+
+
+# --------------------------------------------------------------------------- serving and applications
+
+SERVE_EPILOG = """\
+OpenRLHF PPO: --reward.remote_url http://127.0.0.1:5000/get_reward  (bodies: {"query": [full texts]})
+Routes: POST /get_reward, /v1/score, /v1/compare, /v1/rank; GET /health (no key), /metrics (Prometheus).
+--models FILE.yaml serves several models combined by `weighted_sum` or `llama2`; see the README.
+"""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from rewardkit.serve.app import run_server
+        from rewardkit.serve.batcher import BatchSettings
+        from rewardkit.serve.combine import load_models_config, single_model
+        from rewardkit.serve.service import ServeSettings
+    except ImportError as e:
+        raise ConfigError(f"`serve` needs the serve extra ({e.name} missing): pip install 'rewardkit[serve]'") from None
+    if (args.model_dir is None) == (args.models is None):
+        raise ConfigError("give MODEL_DIR or --models FILE.yaml, not both")
+    models = load_models_config(args.models) if args.models else single_model(args.model_dir)
+    settings = ServeSettings(
+        normalize=args.normalize, clip=args.clip, max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or os.environ.get("REWARDKIT_API_KEY") or None,
+        batch=BatchSettings(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms, args.max_queue))
+    run_server(models, settings, host=args.host, port=args.port, device=args.device, max_length=args.max_length,
+               access_log=args.access_log)
+    return 0
+
+
+def _apps(args: argparse.Namespace) -> int:
+    from rewardkit import apps
+
+    scorer = None
+    if args.model_dir:
+        from rewardkit.scoring import RewardScorer
+
+        scorer = RewardScorer.load(args.model_dir, device=args.device, batch_size=args.batch_size,
+                                   max_length=args.max_length)
+    elif args.normalize:
+        raise ConfigError("--normalize needs MODEL_DIR (without it, scores are read from the rows as they are)")
+    kw = dict(keys=apps.RowKeys(args.prompt_key, args.response_key, args.responses_key),
+              normalize=args.normalize, chunk_rows=args.chunk_rows)
+    if args.command == "rank":
+        report = apps.rank_file(args.input, args.output, scorer, **kw)
+    elif args.command == "filter":
+        report = apps.filter_file(args.input, args.output, scorer, threshold=args.threshold,
+                                  top_percent=args.top_percent, **kw)
+    else:
+        report = apps.make_pairs_file(args.input, args.output, scorer, strategy=args.strategy,
+                                      min_margin=args.min_margin, seed=args.seed, **kw)
+    print(json.dumps({"output": args.output, **report.to_dict()}))
+    return 0
+
+
+def _add_serving_commands(sub) -> None:
+    v = sub.add_parser("serve", help="HTTP reward server (OpenRLHF remote RM, /v1 API, batching)",
+                       description="Serve reward models over HTTP (FastAPI + uvicorn, needs the `serve` extra). "
+                                   "Concurrent requests are batched into one forward.",
+                       epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("model_dir", nargs="?", metavar="MODEL_DIR", help="saved reward model folder (or --models)")
+    v.add_argument("--models", metavar="FILE.yaml", help="several models and the rule that combines them")
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    v.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on every route but "
+                                                   "/health (default: $REWARDKIT_API_KEY, which keeps it out of ps)")
+    v.add_argument("--normalize", action="store_true", help="reward = (raw - mean) / std from each model's config "
+                                                            "(raw scores are returned too)")
+    v.add_argument("--clip", type=float, metavar="C", help="clamp final rewards to [-C, C] (default: no clipping)")
+    v.add_argument("--max-batch-size", type=int, default=64, help="texts per forward, across requests; 1 turns "
+                                                                  "batching off (default: 64)")
+    v.add_argument("--max-batch-tokens", type=int, default=32768, help="padded tokens per forward (default: 32768)")
+    v.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for a fuller batch "
+                                                                  "(default: 5)")
+    v.add_argument("--max-queue", type=int, default=2048, help="texts waiting; beyond it: 503 + Retry-After "
+                                                               "(default: 2048)")
+    v.add_argument("--max-texts", type=int, default=512, help="texts per request; beyond it: 413 (default: 512)")
+    v.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="request body limit; beyond it: "
+                                                                                "413 (default: 16 MiB)")
+    v.add_argument("--max-length", type=int, help="max tokens per text (default: the model's training value)")
+    v.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    v.add_argument("--access-log", action="store_true", help="one log line per request (never the body)")
+    v.set_defaults(func=_serve)
+
+    io_help = ("Rows: {prompt, responses: [...]} (strings or chat messages). Streams the input; the output is "
+               "written to a temp file and renamed at the end.")
+    for name, help_, desc in (
+        ("rank", "Best-of-N: score N responses per prompt, mark the best",
+         "Adds `scores`, `best_index` and `best_response` to every row."),
+        ("filter", "keep responses above a threshold or in the top k%% per prompt",
+         "Keeps rows/responses with score >= --threshold and/or in the top --top-percent of their prompt "
+         "(across the whole file). Also takes pointwise rows {prompt, response}. Without MODEL_DIR, the rows' "
+         "own `scores`/`score` are used."),
+        ("make-pairs", "DPO pairs from N scored responses per prompt",
+         "Writes {prompt, chosen, rejected, chosen_reward, rejected_reward, margin} rows; ties are dropped. "
+         "Without MODEL_DIR, the rows' own `scores` are used (e.g. `rewardkit rank` output)."),
+    ):
+        a = sub.add_parser(name, help=help_, description=f"{desc} {io_help}")
+        a.add_argument("model_dir", nargs=None if name == "rank" else "?", metavar="MODEL_DIR",
+                       help="saved reward model folder" + ("" if name == "rank" else " (optional)"))
+        a.add_argument("--input", required=True, metavar="FILE", help="input rows (.jsonl streams; also .json/.csv/.parquet)")
+        a.add_argument("--output", required=True, metavar="FILE", help="output .jsonl")
+        if name == "filter":
+            a.add_argument("--threshold", type=float, help="keep scores >= this")
+            a.add_argument("--top-percent", type=float, metavar="K", help="keep the best K%% of each prompt's "
+                                                                        "responses (at least one; ties by file order)")
+        if name == "make-pairs":
+            a.add_argument("--strategy", default="max_min", choices=["max_min", "max_random", "all"],
+                           help="best vs worst, best vs a random lower one, or every pair (default: max_min)")
+            a.add_argument("--min-margin", type=float, default=0.0, metavar="DELTA",
+                           help="drop pairs whose score difference is below DELTA (default: 0; ties always dropped)")
+            a.add_argument("--seed", type=int, default=0, help="seed for max_random (default: 0)")
+        a.add_argument("--normalize", action="store_true", help="use (raw - mean) / std from the model's config")
+        a.add_argument("--prompt-key", default="prompt", help="prompt column (default: prompt)")
+        a.add_argument("--responses-key", default="responses", help="list-of-responses column (default: responses)")
+        a.add_argument("--response-key", default="response", help="single-response column, filter (default: response)")
+        a.add_argument("--chunk-rows", type=int, default=64, help="rows scored together (default: 64)")
+        _scoring_flags(a)
+        a.set_defaults(func=_apps)
 
 
 def _scoring_flags(p: argparse.ArgumentParser) -> None:

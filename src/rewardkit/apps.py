@@ -1,0 +1,307 @@
+"""Reward-model applications on row files, streaming: Best-of-N ranking, filtering, DPO pair building.
+
+Rows are read lazily (`read_rows`), scored `chunk_rows` rows at a time through `RewardScorer` (length-
+sorted batches), and written one line at a time to a temp file that replaces the output at the end, so
+files larger than memory work and a crash never leaves half an output.
+
+Row shapes (key names configurable through `RowKeys`):
+  list rows:       {"prompt": P, "responses": [R1, ..., RN], ...}   (rank, make-pairs, filter)
+  pointwise rows:  {"prompt": P, "response": R, ...}                (filter)
+P and R are strings or chat messages. Without a scorer, scores are read from the rows
+(`scores` for list rows, `score` for pointwise rows), e.g. the output of `rank`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rewardkit.data.formats import DataError, read_rows
+from rewardkit.io import atomic_write
+
+STRATEGIES = ("max_min", "max_random", "all")
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    prompt: str = "prompt"
+    response: str = "response"
+    responses: str = "responses"
+    score: str = "score"
+    scores: str = "scores"
+
+
+@dataclass
+class AppReport:
+    """Counts for the command's one-line JSON summary."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    responses: int = 0
+    kept: int = 0  # filter: responses kept
+    dropped_ties: int = 0  # make-pairs: candidate pairs dropped as ties or below min_margin
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class ScoredRow:
+    """One input row with its responses and their scores (`raw` too when normalised)."""
+
+    where: str
+    row: dict[str, Any]
+    prompt: Any
+    responses: list[Any]
+    scores: list[float]
+    pointwise: bool
+    raw: list[float] | None = None
+
+
+def _check_text(value: Any, where: str, key: str) -> Any:
+    ok = isinstance(value, str) or (isinstance(value, list) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in value))
+    if not ok:
+        raise DataError(where, key, f"expected a string or chat messages, got {type(value).__name__}")
+    return value
+
+
+def _parse(where: str, row: dict[str, Any], keys: RowKeys, lists_only: bool, need_scores: bool) -> ScoredRow:
+    prompt = _check_text(row.get(keys.prompt, ""), where, keys.prompt)
+    if keys.responses in row:
+        responses = row[keys.responses]
+        if not isinstance(responses, list) or not responses:
+            raise DataError(where, keys.responses, "expected a non-empty list of responses")
+        responses = [_check_text(r, where, f"{keys.responses}[{i}]") for i, r in enumerate(responses)]
+        pointwise, score_key = False, keys.scores
+    elif keys.response in row and not lists_only:
+        responses, pointwise, score_key = [_check_text(row[keys.response], where, keys.response)], True, keys.score
+    else:
+        want = f"`{keys.responses}` (a list)" + ("" if lists_only else f" or `{keys.response}`")
+        raise DataError(where, keys.responses, f"missing: need {want}")
+    scores: list[float] = []
+    if need_scores:
+        value = row.get(score_key)
+        value = [value] if pointwise else value
+        if not isinstance(value, list) or len(value) != len(responses) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise DataError(where, score_key, f"no model given, so each row needs {len(responses)} finite score(s) "
+                                              f"here (e.g. from `rewardkit rank`)")
+        scores = [float(v) for v in value]
+    return ScoredRow(where, row, prompt, responses, scores, pointwise)
+
+
+def iter_scored(source: str, scorer=None, *, keys: RowKeys = RowKeys(), normalize: bool = False,
+                chunk_rows: int = 64, lists_only: bool = False) -> Iterator[ScoredRow]:
+    """Rows of `source` with scores: from `scorer` (a RewardScorer) when given, else from the rows."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    chunk: list[ScoredRow] = []
+    for where, row in read_rows(source):
+        chunk.append(_parse(where, row, keys, lists_only, need_scores=scorer is None))
+        if len(chunk) >= chunk_rows:
+            yield from _score_chunk(chunk, scorer, normalize)
+            chunk = []
+    yield from _score_chunk(chunk, scorer, normalize)
+
+
+def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool) -> list[ScoredRow]:
+    if scorer is None or not chunk:
+        return chunk
+    prompts = [r.prompt for r in chunk for _ in r.responses]
+    responses = [x for r in chunk for x in r.responses]
+    raw = scorer.score_texts(prompts, responses)
+    final = (scorer.model.normalize(raw) if normalize else raw).tolist()
+    raw_list, start = raw.tolist(), 0
+    for r in chunk:
+        n = len(r.responses)
+        r.scores = final[start:start + n]
+        r.raw = raw_list[start:start + n] if normalize else None
+        start += n
+    return chunk
+
+
+def _write_line(fh, row: dict[str, Any]) -> None:
+    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- rank (Best-of-N)
+
+def rank_file(source: str, output: str | Path, scorer=None, *, keys: RowKeys = RowKeys(), normalize: bool = False,
+              chunk_rows: int = 64) -> AppReport:
+    """Each list row gets `scores`, `best_index` and `best_response` (first of equal bests)."""
+    report = AppReport()
+    with atomic_write(output) as fh:
+        for r in iter_scored(source, scorer, keys=keys, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
+            best = max(range(len(r.scores)), key=lambda i: (r.scores[i], -i))
+            out = {**r.row, keys.scores: r.scores, "best_index": best, "best_response": r.responses[best]}
+            if r.raw is not None:
+                out["raw_scores"] = r.raw
+            _write_line(fh, out)
+            report.rows_in += 1
+            report.rows_out += 1
+            report.responses += len(r.responses)
+    return report
+
+
+# --------------------------------------------------------------------------- filter
+
+@dataclass
+class _TopK:
+    """Per-prompt cutoffs for "top k%": keep scores above `cutoff`, and the first `ties` equal to it."""
+
+    scores: dict[bytes, array] = field(default_factory=dict)
+    cutoff: dict[bytes, tuple[float, int]] = field(default_factory=dict)
+
+    def add(self, key: bytes, scores: list[float]) -> None:
+        self.scores.setdefault(key, array("d")).extend(scores)
+
+    def finish(self, percent: float) -> None:
+        for key, arr in self.scores.items():
+            ranked = sorted(arr, reverse=True)
+            keep = max(1, math.ceil(len(ranked) * percent / 100))
+            cut = ranked[keep - 1]
+            self.cutoff[key] = (cut, keep - sum(1 for s in ranked if s > cut))
+        self.scores.clear()
+
+    def keeps(self, key: bytes, score: float) -> bool:
+        cut, ties = self.cutoff[key]
+        if score > cut:
+            return True
+        if score == cut and ties > 0:
+            self.cutoff[key] = (cut, ties - 1)
+            return True
+        return False
+
+
+def _prompt_key(prompt: Any) -> bytes:
+    return hashlib.sha1(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).digest()
+
+
+def filter_file(source: str, output: str | Path, scorer=None, *, threshold: float | None = None,
+                top_percent: float | None = None, keys: RowKeys = RowKeys(), normalize: bool = False,
+                chunk_rows: int = 64) -> AppReport:
+    """Keep responses with score >= `threshold` and/or among the top `top_percent`% of their prompt.
+
+    A prompt's responses may be spread over many rows: with `top_percent` the file is read twice (scored
+    rows go to a temp file first; only the scores, 8 bytes each, stay in memory). Pointwise rows are kept
+    or dropped and get `score`; list rows keep their passing responses (and `scores`), or are dropped.
+    """
+    if threshold is None and top_percent is None:
+        raise ValueError("give a threshold, a top_percent, or both")
+    if top_percent is not None and not 0 < top_percent <= 100:
+        raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+    report = AppReport()
+    rows = iter_scored(source, scorer, keys=keys, normalize=normalize, chunk_rows=chunk_rows)
+    topk = _TopK() if top_percent is not None else None
+    tmp = None
+    try:
+        if topk is not None:
+            out_dir = Path(output).parent
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".filter-pass1.", suffix=".jsonl", dir=out_dir)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for r in rows:
+                    topk.add(_prompt_key(r.prompt), r.scores)
+                    _write_line(fh, {"row": r.row, "scores": r.scores, "pointwise": r.pointwise})
+            topk.finish(top_percent)
+            rows = _reread(tmp, keys)
+        with atomic_write(output) as fh:
+            for r in rows:
+                report.rows_in += 1
+                report.responses += len(r.responses)
+                key = _prompt_key(r.prompt) if topk is not None else b""
+                kept = [i for i, s in enumerate(r.scores)
+                        if (topk is None or topk.keeps(key, s)) and (threshold is None or s >= threshold)]
+                report.kept += len(kept)
+                if not kept:
+                    continue
+                if r.pointwise:
+                    out = {**r.row, keys.score: r.scores[0]}
+                else:
+                    out = {**r.row, keys.responses: [r.responses[i] for i in kept],
+                           keys.scores: [r.scores[i] for i in kept]}
+                _write_line(fh, out)
+                report.rows_out += 1
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return report
+
+
+def _reread(path: str, keys: RowKeys) -> Iterator[ScoredRow]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            item = json.loads(line)
+            r = _parse("", item["row"], keys, lists_only=False, need_scores=False)
+            r.scores = item["scores"]
+            yield r
+
+
+# --------------------------------------------------------------------------- DPO pairs
+
+def pick_pairs(scores: list[float], strategy: str, *, min_margin: float = 0.0,
+               rng: random.Random | None = None) -> tuple[list[tuple[int, int]], int]:
+    """(chosen, rejected) index pairs from N scores, and how many candidates were dropped as ties.
+
+    max_min: best vs worst; max_random: best vs a random response at least `min_margin` below it; all: every
+    pair with |difference| >= min_margin. Equal scores are never a pair; ties go to the earlier response.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown pair strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    n = len(scores)
+    ok = lambda c, r: scores[c] - scores[r] > 0 and scores[c] - scores[r] >= min_margin  # noqa: E731
+    if n < 2:
+        return [], 0
+    best = max(range(n), key=lambda i: (scores[i], -i))
+    if strategy == "max_min":
+        worst = min(range(n), key=lambda i: (scores[i], -i))
+        return ([(best, worst)], 0) if ok(best, worst) else ([], 1)
+    if strategy == "max_random":
+        eligible = [i for i in range(n) if i != best and ok(best, i)]
+        if not eligible:
+            return [], 1
+        return [(best, (rng or random.Random(0)).choice(eligible))], 0
+    pairs, dropped = [], 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            c, r = (i, j) if scores[i] >= scores[j] else (j, i)
+            if ok(c, r):
+                pairs.append((c, r))
+            else:
+                dropped += 1
+    return pairs, dropped
+
+
+def make_pairs_file(source: str, output: str | Path, scorer=None, *, strategy: str = "max_min",
+                    min_margin: float = 0.0, seed: int = 0, keys: RowKeys = RowKeys(), normalize: bool = False,
+                    chunk_rows: int = 64) -> AppReport:
+    """N scored responses per prompt -> preference rows {prompt, chosen, rejected, chosen_reward,
+    rejected_reward, margin} plus the row's other fields. Note: `rewardkit train` reads a `margin` column as
+    a loss margin; rename or drop it if that is not wanted."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown pair strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    rng, report = random.Random(seed), AppReport()
+    drop = {keys.responses, keys.scores, "best_index", "best_response", "raw_scores"}
+    with atomic_write(output) as fh:
+        for r in iter_scored(source, scorer, keys=keys, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
+            report.rows_in += 1
+            report.responses += len(r.responses)
+            pairs, dropped = pick_pairs(r.scores, strategy, min_margin=min_margin, rng=rng)
+            report.dropped_ties += dropped
+            rest = {k: v for k, v in r.row.items() if k not in drop}
+            for c, j in pairs:
+                _write_line(fh, {**rest, keys.prompt: r.prompt, "chosen": r.responses[c], "rejected": r.responses[j],
+                                 "chosen_reward": r.scores[c], "rejected_reward": r.scores[j],
+                                 "margin": r.scores[c] - r.scores[j]})
+                report.rows_out += 1
+    return report

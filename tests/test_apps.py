@@ -1,0 +1,158 @@
+"""rank / filter / make-pairs: pair strategies by hand, streaming in chunks, atomic output, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from rewardkit.apps import RowKeys, filter_file, make_pairs_file, pick_pairs, rank_file
+from rewardkit.cli import main
+from rewardkit.data.formats import DataError
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class LengthScorer:
+    """Stands in for RewardScorer: score = len(response); records how many texts each call got."""
+
+    class model:  # noqa: N801
+        @staticmethod
+        def normalize(x):
+            return (x - 1.0) / 2.0
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def score_texts(self, prompts, responses):
+        self.calls.append(len(responses))
+        return torch.tensor([float(len(r)) for r in responses])
+
+
+@pytest.mark.parametrize("strategy,scores,min_margin,want,dropped", [
+    ("max_min", [1.0, 3.0, 2.0], 0.0, [(1, 0)], 0),
+    ("max_min", [2.0, 2.0], 0.0, [], 1),  # a tie is never a pair
+    ("max_min", [1.0, 1.5], 1.0, [], 1),  # below the margin
+    ("all", [1.0, 3.0, 2.0, 3.0], 0.0, [(1, 0), (2, 0), (3, 0), (1, 2), (3, 2)], 1),  # (1,3) tie dropped
+    ("all", [1.0, 3.0, 2.0], 1.5, [(1, 0)], 2),
+    ("max_random", [5.0], 0.0, [], 0),
+])
+def test_pick_pairs(strategy, scores, min_margin, want, dropped):
+    assert pick_pairs(scores, strategy, min_margin=min_margin) == (want, dropped)
+
+
+def test_pick_pairs_max_random_only_strictly_lower():
+    seen = {pick_pairs([4.0, 1.0, 4.0, 2.0, 3.0], "max_random", min_margin=1.5, rng=random.Random(s))[0][0]
+            for s in range(50)}
+    assert seen == {(0, 1), (0, 3)}  # best = first 4.0; 4.0 (tie) and 3.0 (margin 1 < 1.5) never rejected
+    with pytest.raises(ValueError, match="max_min, max_random, all"):
+        pick_pairs([1.0, 2.0], "best_worst")
+
+
+def test_rank_streams_in_chunks(tmp_path):
+    rows = [{"prompt": f"p{i}", "responses": ["a", "abc", "ab"][: 1 + i % 3], "id": i} for i in range(7)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    scorer = LengthScorer()
+    report = rank_file(str(src), tmp_path / "out.jsonl", scorer, chunk_rows=2, normalize=True)
+    out = read(tmp_path / "out.jsonl")
+    assert report.rows_out == 7 and report.responses == sum(len(r["responses"]) for r in rows)
+    assert max(scorer.calls) <= 2 * 3 and len(scorer.calls) == 4  # 2 rows per call, never the whole file
+    assert out[1]["raw_scores"] == [1.0, 3.0] and out[1]["scores"] == [0.0, 1.0]
+    assert out[2]["best_index"] == 1 and out[2]["best_response"] == "abc" and out[2]["id"] == 2
+
+
+def test_filter_threshold_pointwise_and_lists(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"prompt": "p", "response": "x", "score": 0.2},
+        {"prompt": "p", "response": "y", "score": 0.9},
+        {"prompt": "q", "responses": ["a", "b", "c"], "scores": [0.1, 0.6, 0.5]},
+        {"prompt": "q", "responses": ["d"], "scores": [0.0]},
+    ])
+    report = filter_file(str(src), tmp_path / "out.jsonl", threshold=0.5)
+    out = read(tmp_path / "out.jsonl")
+    assert [r.get("response") or r["responses"] for r in out] == ["y", ["b", "c"]]
+    assert out[1]["scores"] == [0.6, 0.5] and report.kept == 3 and report.rows_out == 2
+
+
+def test_filter_top_percent_groups_prompts_across_the_file(tmp_path):
+    rows = [{"prompt": "p", "response": f"r{i}", "score": s} for i, s in enumerate([1.0, 5.0, 3.0, 5.0, 2.0])]
+    rows.insert(2, {"prompt": "q", "response": "only", "score": -9.0})  # its prompt's best: always kept
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    filter_file(str(src), tmp_path / "top.jsonl", top_percent=40)  # ceil(0.4 * 5) = 2 of p's 5
+    assert [r["response"] for r in read(tmp_path / "top.jsonl")] == ["r1", "only", "r3"]
+    filter_file(str(src), tmp_path / "tie.jsonl", top_percent=20)  # 1 of p's: the first of the tied 5.0s
+    assert [r["response"] for r in read(tmp_path / "tie.jsonl")] == ["r1", "only"]
+    filter_file(str(src), tmp_path / "both.jsonl", top_percent=40, threshold=0.0)
+    assert [r["response"] for r in read(tmp_path / "both.jsonl")] == ["r1", "r3"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp files gone
+
+
+def test_make_pairs_rows(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"prompt": "p", "responses": ["a", "b", "c"], "scores": [0.5, 2.0, -1.0], "source": "gen1"},
+        {"prompt": "q", "responses": ["x", "y"], "scores": [1.0, 1.0]},
+    ])
+    report = make_pairs_file(str(src), tmp_path / "pairs.jsonl")
+    assert read(tmp_path / "pairs.jsonl") == [{"prompt": "p", "source": "gen1", "chosen": "b", "rejected": "c",
+                                               "chosen_reward": 2.0, "rejected_reward": -1.0, "margin": 3.0}]
+    assert report.dropped_ties == 1 and report.rows_out == 1
+
+
+def test_bad_row_names_the_line_and_leaves_no_output(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "p", "responses": ["a"], "scores": [1.0]}) + "\n"
+                   + json.dumps({"prompt": "p", "responses": "not a list"}) + "\n")
+    (tmp_path / "out.jsonl").write_text("previous\n")
+    with pytest.raises(DataError, match=r"in.jsonl:line 2: field `responses`"):
+        make_pairs_file(str(src), tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").read_text() == "previous\n"
+    with pytest.raises(DataError, match=r"line 1: field `scores`: no model given"):
+        make_pairs_file(str(write_jsonl(tmp_path / "noscores.jsonl", [{"prompt": "p", "responses": ["a", "b"]}])),
+                        tmp_path / "x.jsonl")
+
+
+def test_cli_rank_then_pairs_then_filter(tiny_models, tmp_path, capsys):
+    from rewardkit.models.reward_model import RewardModel
+    from rewardkit.scoring import RewardScorer
+
+    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]))
+    with torch.no_grad():
+        model.head.weight.mul_(30)  # random head, scaled so scores differ visibly
+    model.save_pretrained(tmp_path / "rm", tok, max_length=64)
+    chat = [{"role": "user", "content": "Tell me about tea."}]
+    gen = write_jsonl(tmp_path / "gen.jsonl", [
+        {"prompt": "Tell me about rain.", "responses": ["Rain is water.", "No.", "Rain falls from clouds."]},
+        {"prompt": chat, "responses": ["Tea is a drink.", [{"role": "assistant", "content": "Go away."}]]},
+    ])
+    assert main(["rank", str(tmp_path / "rm"), "--input", str(gen), "--output", str(tmp_path / "ranked.jsonl"),
+                 "--chunk-rows", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["responses"] == 5
+    ranked = read(tmp_path / "ranked.jsonl")
+    scorer = RewardScorer.load(tmp_path / "rm")
+    want = scorer.score(["Tell me about rain."] * 3, ["Rain is water.", "No.", "Rain falls from clouds."])
+    assert ranked[0]["scores"] == pytest.approx(want, abs=1e-4)
+
+    assert main(["make-pairs", "--input", str(tmp_path / "ranked.jsonl"), "--output", str(tmp_path / "pairs.jsonl"),
+                 "--strategy", "all"]) == 0
+    pairs = read(tmp_path / "pairs.jsonl")
+    assert len(pairs) == 3 + 1 and all(p["margin"] > 0 and p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+    assert pairs[-1]["prompt"] == chat and "scores" not in pairs[-1]
+
+    assert main(["filter", str(tmp_path / "rm"), "--input", str(gen), "--output", str(tmp_path / "best.jsonl"),
+                 "--top-percent", "1"]) == 0
+    best = read(tmp_path / "best.jsonl")
+    assert [len(r["responses"]) for r in best] == [1, 1] and best[0]["responses"] == [ranked[0]["best_response"]]
+    assert main(["filter", "--input", str(gen), "--output", str(tmp_path / "x.jsonl"), "--threshold", "0"]) == 2
+    assert "line 1: field `scores`" in capsys.readouterr().err
+
+
+def test_keys_are_configurable(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"question": "p", "candidates": ["a", "bbb"], "rewards": [0.0, 1.0]}])
+    keys = RowKeys(prompt="question", responses="candidates", scores="rewards")
+    make_pairs_file(str(src), tmp_path / "o.jsonl", keys=keys)
+    assert read(tmp_path / "o.jsonl")[0]["chosen"] == "bbb"
