@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+# Kept here (not imported from rewardkit.losses) so that `--help` does not import torch; a test checks
+# that it matches `rewardkit.losses.LOSSES`.
+LOSS_NAMES = ("bt", "logexp", "internlm2", "token", "kwise", "binary", "regression", "attributes", "gating")
+
+
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
     meta = {"help": help}
     if choices:
@@ -57,6 +62,15 @@ class ColumnsConfig:
     rejected: str = _f("rejected", "Column with the dispreferred response or transcript.")
     margin: str = _f("margin", "Optional per-pair margin column (used when present).")
     conversations: str = _f("conversations", "ShareGPT-style history column (`from`/`value`).")
+    rating: str = _f("rating", "Pairs: preference-strength column, mapped to a margin by `data.margin_table` "
+                               "or `data.margin_map`.")
+    response: str = _f("response", "Pointwise and multi-attribute data: the response column.")
+    label: str = _f("label", "loss=binary: accept (1/true) or reject (0/false) column.")
+    score: str = _f("score", "loss=regression: numeric target column.")
+    responses: str = _f("responses", "loss=kwise: column with the list of K completions.")
+    ranks: str = _f("ranks", "loss=kwise: per-completion ranks (1 = best); used when present.")
+    scores: str = _f("scores", "loss=kwise: per-completion scores (higher = better), when there are no ranks.")
+    attributes: list[str] = _f([], "loss=attributes: the attribute columns (numbers; null/NaN = missing).")
 
 
 @dataclass
@@ -75,6 +89,12 @@ class DataConfig:
     columns: ColumnsConfig = _f(ColumnsConfig(), "Column names.")
     on_error: str = _f("raise", "A malformed row stops with an error, or is skipped and counted.",
                        choices=("raise", "skip"))
+    margin_table: str | None = _f(None, "Pairs: margin from the rating column via the Llama 2 table "
+                                        "(small: significantly better 1, better 2/3, slightly better 1/3, "
+                                        "negligibly better/unsure 0; large: 3, 2, 1, 0).",
+                                  choices=("small", "large"))
+    margin_map: dict[str, float] = _f({}, "Pairs: your own rating -> margin mapping, e.g. {A: 2, B: 1}; "
+                                          "used instead of `margin_table`.")
 
 
 @dataclass
@@ -89,8 +109,10 @@ class TrainConfig:
     warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     bf16: bool = _f(False, "bf16 autocast for forward and backward.")
-    loss: str = _f("bt", "Pairwise loss name (see `rewardkit.losses.LOSSES`).")
-    center_rewards_coef: float = _f(0.0, "Weight of the reward-centering term mean((rc+rr)^2).")
+    loss: str = _f("bt", "Objective: bt, logexp, internlm2 (pairs); token (pairs, causal backbones); kwise "
+                         "(K ranked completions); binary, regression (pointwise); attributes, gating "
+                         "(multi-objective stages 1 and 2). Options in `loss.*`.", choices=LOSS_NAMES)
+    center_rewards_coef: float = _f(0.0, "Pairs: weight of the reward-centering term mean((rc+rr)^2).")
     disable_dropout: bool = _f(True, "Set every dropout probability to 0 (reward models train better).")
     eval_every: int = _f(0, "Evaluate every N optimiser steps (0: only at the end).")
     eval_batch_size: int = _f(32, "Pairs per eval batch.")
@@ -102,12 +124,32 @@ class TrainConfig:
 
 
 @dataclass
+class LossConfig:
+    gamma: float = _f(2.0, "internlm2: exponent of the difficulty-decay factor.")
+    penalty: str = _f("log_barrier", "internlm2: penalty on every score.", choices=("log_barrier", "l2", "none"))
+    penalty_weight: float = _f(0.01, "internlm2: weight of the penalty.")
+    huber_delta: float | None = _f(None, "regression: Huber loss with this delta instead of squared error.")
+    normalize_labels: bool = _f(False, "regression: fit (score - mean) / std of the training scores; the "
+                                       "saved config records mean and std.")
+    freeze_backbone: bool = _f(False, "attributes: train only the attribute head (ArmoRM fits it on a frozen "
+                                      "backbone).")
+    gate_hidden: int = _f(256, "gating: width of the gating MLP (ArmoRM: 1024).")
+    gate_layers: int = _f(2, "gating: hidden layers of the gating MLP (ArmoRM: 3).")
+    gate_temperature: float = _f(10.0, "gating: softmax temperature of the gate (ArmoRM: 10).")
+    verbosity_attribute: str | None = _f(None, "gating: debias every other attribute against this one (e.g. "
+                                               "verbosity) before gating; unset: no debiasing.")
+    verbosity_threshold: float = _f(0.03, "gating: per attribute, the smallest lambda in [0, 1] with "
+                                          "|Spearman(r_i - lambda r_v, r_v)| <= this, on the training pairs.")
+
+
+@dataclass
 class TrainRunConfig:
     """`rewardkit train`: everything a training run needs."""
 
     model: ModelConfig = _f(ModelConfig(), "Backbone options (`model=PATH` sets model.path).")
     data: DataConfig = _f(DataConfig(), "Data options.")
     train: TrainConfig = _f(TrainConfig(), "Optimisation options.")
+    loss: LossConfig = _f(LossConfig(), "Options of the objective chosen by `train.loss`.")
     output_dir: str = _f("runs/rm", "Folder for the saved model, metrics.jsonl and checkpoints.")
     seed: int = _f(42, "Seed for weights of the new head, shuffling and dropout.")
 

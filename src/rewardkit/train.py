@@ -1,7 +1,9 @@
 """Reward-model training: one explicit accelerate loop, read it top to bottom.
 
-setup (model, data, optimiser) -> loop (forward chosen+rejected together, pairwise loss, step, log,
-eval, checkpoint) -> final eval, normalisation stats, save.
+setup (objective, model, data, optimiser) -> loop (forward, loss, step, log, eval, checkpoint) -> final
+eval, normalisation stats, save. What differs between loss families (data format, batch -> loss, eval
+metric) sits behind `rewardkit.objectives.Objective`; for pairs a micro-batch is chosen+rejected in
+one forward.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rewardkit.config import TrainRunConfig, to_dict
-from rewardkit.data.collators import PairCollator
-from rewardkit.data.formats import Columns, PreferenceExample, load_preferences
-from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
-from rewardkit.evaluate import pair_rewards
+from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
-from rewardkit.losses import center_penalty, get_loss
-from rewardkit.metrics import pairwise_stats
-from rewardkit.models.reward_model import RewardModel
+from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +36,6 @@ class TrainResult:
     output_dir: Path
     steps: int
     final_eval: dict[str, float]
-
-
-def _load_data(cfg: TrainRunConfig) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
-    d = cfg.data
-    common = dict(fmt=d.format, columns=Columns(**to_dict(d.columns)), on_error=d.on_error, split=d.split)
-    train, _ = load_preferences(d.train, max_samples=d.max_samples, **common)
-    if d.eval:
-        held, _ = load_preferences(d.eval, **common)
-    elif d.eval_size > 0:
-        n = int(d.eval_size) if d.eval_size >= 1 else max(1, int(len(train) * d.eval_size))
-        if n >= len(train):
-            raise ValueError(f"data.eval_size={d.eval_size} leaves no training pairs (have {len(train)})")
-        train, held = train[:-n], train[-n:]
-    else:
-        held = []
-    return train, held
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -78,6 +58,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     t = cfg.train
     if not cfg.model.path or not cfg.data.train:
         raise ValueError("`model` and `data.train` are required")
+    objective = make_objective(cfg)  # checks the loss name and its options before anything loads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
@@ -88,31 +69,31 @@ def train(cfg: TrainRunConfig) -> TrainResult:
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
     # ---- model and data
-    model, tok = RewardModel.from_pretrained(cfg.model.path, gguf_file=cfg.model.gguf_file,
-                                             tokenizer=cfg.model.tokenizer, readout=cfg.model.readout,
-                                             trust_remote_code=cfg.model.trust_remote_code, seed=cfg.seed)
+    model, tok = objective.build_model(cfg)
     if t.disable_dropout:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
     encoder = SequenceEncoder(tok, cfg.data.max_length, model.is_encoder)
-    train_ex, eval_ex = _load_data(cfg)
-    train_pairs = tokenize_pairs(encoder, train_ex, "train")
-    eval_pairs = tokenize_pairs(encoder, eval_ex, "eval")
-    log.info("%d training pairs, %d eval pairs", len(train_pairs), len(eval_pairs))
-    loader = DataLoader(train_pairs, batch_size=t.batch_size, shuffle=True,  # type: ignore[arg-type]
-                        collate_fn=PairCollator(tok.pad_token_id))
+    data = objective.load_data(cfg, encoder)
+    log.info("%s: %d training %s, %d eval %s", objective.name, len(data.train), objective.unit, len(data.eval),
+             objective.unit)
+    objective.prepare(model, data.train, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
+                      device=accelerator.device)  # e.g. label statistics, verbosity debiasing
+    loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
+                        collate_fn=objective.collator(tok.pad_token_id))
     steps_per_epoch = math.ceil(len(loader) / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
 
     # ---- optimisation
     from transformers import get_scheduler
 
-    loss_fn = get_loss(t.loss)
     optimizer = _optimizer(model, t.lr, t.weight_decay)
     scheduler = get_scheduler("constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optimizer,
                               num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # accelerate wraps the module whose forward computes the loss (batch -> StepOutput), not the bare model
+    net, optimizer, loader, scheduler = accelerator.prepare(ObjectiveModule(model, objective), optimizer, loader,
+                                                            scheduler)
 
     step, epoch, skip_batches = 0, 0, 0
     resume = _latest_checkpoint(out) if t.resume == "auto" else (Path(t.resume) if t.resume else None)
@@ -132,22 +113,19 @@ def train(cfg: TrainRunConfig) -> TrainResult:
                 fh.write(json.dumps(row) + "\n")
 
     def run_eval() -> dict[str, float]:
-        if not eval_pairs:
+        if not data.eval:
             return {}
-        rc, rr = pair_rewards(model, eval_pairs, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
-                              device=accelerator.device)
-        stats = pairwise_stats(rc, rr)
-        stats["loss"] = float(loss_fn(rc, rr, margin=torch.tensor([p.margin for p in eval_pairs])).mean())
+        stats = objective.evaluate(model, data.eval, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
+                                   device=accelerator.device)
         log_row({"split": "eval", "step": step, **stats})
-        log.info("eval step %d: accuracy %.4f loss %.4f", step, stats["accuracy"], stats["loss"])
+        log.info("eval step %d: %s %.4f loss %.4f", step, objective.metric, stats[objective.metric], stats["loss"])
         return stats
 
     # ---- loop
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    window = {"loss": 0.0, "correct": 0, "pairs": 0, "tokens": 0, "margin": 0.0, "rewards": []}
-    t_window = time.perf_counter()
-    model.train()
+    window = StepWindow()
+    net.train()
     while step < total_steps:
         loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
@@ -155,47 +133,30 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         skip_batches = 0
         for batch in batches:
             batch_in_epoch += 1
-            with accelerator.accumulate(model):
-                rewards = model(batch.sequences)  # (2B,): chosen rows first
-                rc, rr = rewards.chunk(2)
-                loss = loss_fn(rc, rr, margin=batch.margin).mean()
-                if t.center_rewards_coef:
-                    loss = loss + t.center_rewards_coef * center_penalty(rc, rr).mean()
-                accelerator.backward(loss)
+            with accelerator.accumulate(net):
+                res = net(batch)  # StepOutput: loss, rewards, metric sums
+                accelerator.backward(res.loss)
                 grad_norm = None
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(net.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            d = (rc - rr).detach()
-            window["loss"] += float(loss.detach()) * d.numel()
-            window["correct"] += int((d > 0).sum())
-            window["pairs"] += d.numel()
-            window["margin"] += float(d.sum())
-            window["tokens"] += batch.sequences.num_tokens
-            window["rewards"].append(rewards.detach().float().cpu())
+            window.add(res, batch.sequences.num_tokens)
             if not accelerator.sync_gradients:
                 continue
             step += 1
             bar.update(1)
             if step % t.log_every == 0 or step == total_steps:
-                dt = time.perf_counter() - t_window
-                r = torch.cat(window["rewards"])
-                n = window["pairs"]
                 row = {"split": "train", "step": step, "epoch": epoch + batch_in_epoch / len(loader),
-                       "loss": window["loss"] / n, "accuracy": window["correct"] / n,
-                       "margin_mean": window["margin"] / n, "reward_mean": float(r.mean()),
-                       "reward_std": float(r.std(unbiased=False)), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                       "pairs_per_s": n / dt, "tokens_per_s": window["tokens"] / dt}
+                       **window.row(objective.unit), "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None}
                 log_row(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
-                window = {"loss": 0.0, "correct": 0, "pairs": 0, "tokens": 0, "margin": 0.0, "rewards": []}
-                t_window = time.perf_counter()
+                bar.set_postfix(loss=f"{row['loss']:.4f}", metric=f"{row.get(objective.metric, float('nan')):.3f}")
+                window = StepWindow()
             if t.eval_every and step % t.eval_every == 0 and step < total_steps:
                 run_eval()
-                model.train()
+                net.train()
             if t.save_every and step % t.save_every == 0 and step < total_steps:
                 _save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, len(loader))
             if step >= total_steps:
@@ -206,18 +167,14 @@ def train(cfg: TrainRunConfig) -> TrainResult:
 
     # ---- final eval, normalisation, save
     final = run_eval()
-    unwrapped: RewardModel = accelerator.unwrap_model(model)
-    unwrapped.temperature = 1.0  # a temperature fitted to the old weights does not hold for the new ones
-    if final:
-        unwrapped.mean, unwrapped.std = final["reward_mean"], final["reward_std"]
-    else:
-        rc, rr = pair_rewards(model, train_pairs[:1000], pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
-                              device=accelerator.device)
-        both = torch.cat([rc, rr])
-        unwrapped.mean, unwrapped.std = float(both.mean()), float(both.std(unbiased=False))
-        log.warning("no eval data: reward mean/std measured on up to 1000 training pairs")
+    stats = final or objective.evaluate(model, data.train[:1000], pad_id=tok.pad_token_id,
+                                        batch_size=t.eval_batch_size, device=accelerator.device)
+    if not final:
+        log.warning("no eval data: reward mean/std measured on up to 1000 training %s", objective.unit)
+    model.temperature = 1.0  # a temperature fitted to the old weights does not hold for the new ones
+    model.mean, model.std = stats["reward_mean"], stats["reward_std"]
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(out, tok, max_length=cfg.data.max_length)
+        model.save_pretrained(out, tok, max_length=cfg.data.max_length)
         with atomic_write(out / "train_config.yaml") as fh:
             yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
     accelerator.wait_for_everyone()

@@ -55,6 +55,7 @@ class Columns:
     rejected: str = "rejected"
     margin: str = "margin"
     conversations: str = "conversations"
+    rating: str = "rating"  # read only when a rating -> margin mapping is given
 
 
 @dataclass
@@ -262,6 +263,22 @@ def _margin(row: dict[str, Any], key: str, where: str) -> float | None:
     return m
 
 
+def rating_key(value: Any) -> str:
+    """Normalised rating label: lower case, `_`/`-` as spaces, whole numbers without `.0`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return " ".join(str(value).lower().replace("_", " ").replace("-", " ").split())
+
+
+def _rated_margin(row: dict[str, Any], key: str, where: str, margins: dict[str, float]) -> float:
+    value = _need(row, key, where)
+    try:
+        return margins[rating_key(value)]
+    except KeyError:
+        raise DataError(where, key, f"rating {value!r} is not in the margin table "
+                                    f"({', '.join(map(repr, margins))})") from None
+
+
 def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Split two transcripts sharing a history into (prompt, chosen response, rejected response).
 
@@ -291,9 +308,12 @@ def _split_messages(chosen: list[Message], rejected: list[Message]) -> tuple[lis
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str) -> PreferenceExample:
-    """One raw row in format `fmt` -> a `PreferenceExample`, or a `DataError` naming the field."""
-    margin = _margin(row, cols.margin, where)
+def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str,
+               margins: dict[str, float] | None = None) -> PreferenceExample:
+    """One raw row in format `fmt` -> a `PreferenceExample`, or a `DataError` naming the field.
+
+    With `margins` (normalised rating -> margin) the margin comes from the rating column instead."""
+    margin = _margin(row, cols.margin, where) if margins is None else _rated_margin(row, cols.rating, where, margins)
     if fmt == "explicit":
         prompt = _text(_need(row, cols.prompt, where), cols.prompt, where, allow_empty=True)
         chosen = _text(_need(row, cols.chosen, where), cols.chosen, where)
@@ -345,12 +365,13 @@ def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str) -> Pref
 
 def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None = None,
                      on_error: str = "raise", split: str = "train", max_samples: int | None = None,
-                     ) -> tuple[list[PreferenceExample], LoadReport]:
+                     margins: dict[str, float] | None = None) -> tuple[list[PreferenceExample], LoadReport]:
     """Read `source` and return its examples plus a report of skipped rows.
 
     With `on_error="raise"` the first malformed row raises `DataError`; with "skip" it is counted (rows
     that are not even valid JSON objects included). Unless `fmt` is given, the format is the one most of
     the first 32 rows have, so a single malformed first row cannot change how every row is read.
+    `margins` maps normalised ratings (`rating_key`) to margins, read from the `rating` column.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -373,7 +394,7 @@ def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None 
         try:
             if isinstance(row, DataError):
                 raise row
-            examples.append(to_example(row, fmt, cols, where))
+            examples.append(to_example(row, fmt, cols, where, margins))
         except DataError as e:
             if on_error == "raise":
                 raise

@@ -1,0 +1,146 @@
+"""What every objective family provides to the training loop, and the pieces they share.
+
+train.py runs ONE loop for every loss; what differs per family sits behind `Objective`:
+  build_model -> load_data (tokenised items) -> collator (items -> named batch) -> prepare (once, before
+  the loop) -> compute (batch -> loss and metric sums) -> evaluate (items -> metrics, incl. reward stats).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from rewardkit.config import DataConfig, TrainRunConfig
+from rewardkit.data.formats import Columns
+from rewardkit.data.tokenize import SequenceEncoder
+from rewardkit.models.reward_model import RewardModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    """One micro-batch through an objective.
+
+    loss: () tensor to back-propagate. rewards: (N,) detached scalar rewards of the batch's sequences
+    (for reward mean/std). n: training examples in the batch (pairs, prompts or sequences).
+    sums: metric name -> sum over the n examples (the window divides by n).
+    """
+
+    loss: torch.Tensor
+    rewards: torch.Tensor
+    n: int
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveData:
+    """Tokenised training and held-out items (pairs, rankings, points...)."""
+
+    train: list
+    eval: list
+
+
+class Objective(Protocol):
+    name: str  # the `train.loss` value
+    unit: str  # what one training example is: "pairs", "prompts" or "sequences"
+    metric: str  # the task metric shown in logs (higher is better unless it is an error)
+
+    def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]: ...
+
+    def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData: ...
+
+    def collator(self, pad_id: int) -> Callable[[list], Any]: ...
+
+    def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
+                device: torch.device | str) -> None: ...
+
+    def compute(self, model: RewardModel, batch: Any) -> StepOutput: ...
+
+    def evaluate(self, model: RewardModel, items: list, *, pad_id: int, batch_size: int,
+                 device: torch.device | str) -> dict[str, float]: ...
+
+
+class ObjectiveModule(nn.Module):
+    """The module accelerate wraps: forward(batch) -> StepOutput, so that distributed wrappers see every
+    forward even when an objective needs more than the scalar reward (token values, attributes)."""
+
+    def __init__(self, model: RewardModel, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Any) -> StepOutput:
+        return self.objective.compute(self.model, batch)
+
+
+class BaseObjective:
+    """Defaults shared by the families: plain model loading, no preparation, no options."""
+
+    name = ""
+    unit = "sequences"
+    metric = "loss"
+
+    def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
+        return load_model(cfg)
+
+    def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
+                device: torch.device | str) -> None:
+        return None
+
+
+def load_model(cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
+    m = cfg.model
+    return RewardModel.from_pretrained(m.path, gguf_file=m.gguf_file, tokenizer=m.tokenizer, readout=m.readout,
+                                       trust_remote_code=m.trust_remote_code, seed=cfg.seed)
+
+
+def pair_columns(d: DataConfig) -> Columns:
+    """The pair-format subset of `data.columns`."""
+    return Columns(**{f.name: getattr(d.columns, f.name) for f in fields(Columns)})
+
+
+def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:
+    """Split `data.eval_size` examples (a count >= 1 or a fraction < 1) off the END of `train`."""
+    if d.eval_size <= 0:
+        return train, []
+    n = int(d.eval_size) if d.eval_size >= 1 else max(1, int(len(train) * d.eval_size))
+    if n >= len(train):
+        raise ValueError(f"data.eval_size={d.eval_size} leaves no training {what} (have {len(train)})")
+    return train[:-n], train[-n:]
+
+
+def reward_stats(rewards: torch.Tensor) -> dict[str, float]:
+    r = rewards.double()
+    return {"reward_mean": float(r.mean()), "reward_std": float(r.std(unbiased=False))}
+
+
+class StepWindow:
+    """Sums of training metrics between two log rows."""
+
+    def __init__(self) -> None:
+        self.loss, self.n, self.tokens = 0.0, 0, 0
+        self.sums: dict[str, float] = {}
+        self.rewards: list[torch.Tensor] = []
+        self.start = time.perf_counter()
+
+    def add(self, out: StepOutput, tokens: int) -> None:
+        self.loss += float(out.loss.detach()) * out.n
+        self.n += out.n
+        self.tokens += tokens
+        for k, v in out.sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.rewards.append(out.rewards.detach().float().cpu())
+
+    def row(self, unit: str) -> dict[str, float]:
+        """loss and every metric as means over the window's examples, reward stats and throughput."""
+        dt = time.perf_counter() - self.start
+        n = max(self.n, 1)
+        return {"loss": self.loss / n, **{k: v / n for k, v in self.sums.items()},
+                **reward_stats(torch.cat(self.rewards)), f"{unit}_per_s": self.n / dt, "tokens_per_s": self.tokens / dt}
