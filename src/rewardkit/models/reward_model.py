@@ -86,6 +86,7 @@ class RewardModel(nn.Module):
         self.readout = readout
         self.mean, self.std = float(mean), float(std)
         self.temperature = float(temperature)
+        self.objective_info: dict[str, Any] = {}  # how it was trained (loss, label statistics), saved as-is
 
     @property
     def config(self):
@@ -121,6 +122,10 @@ class RewardModel(nn.Module):
         if gguf_file:
             _forget_gguf_quantizer(hf)
         saved = dict(getattr(hf.config, CONFIG_KEY, None) or {})
+        if cls is RewardModel and saved.get("multi_objective"):  # attribute heads and gate beside the backbone
+            from rewardkit.models.multi_objective import MultiObjectiveRewardModel
+
+            cls = MultiObjectiveRewardModel
         model = cls(hf, readout or saved.get("readout"), saved.get("mean", 0.0), saved.get("std", 1.0),
                     saved.get("temperature", 1.0))
         new_head = {k for k in info["missing_keys"] if k.startswith(("score.", "classifier."))}
@@ -137,18 +142,28 @@ class RewardModel(nn.Module):
             ensure_pad_token(tok, hf)
         hf.config.pad_token_id = tok.pad_token_id
         model.saved_max_length = saved.get("max_length")
+        model.objective_info = dict(saved.get("objective") or {})
+        model._load_extras(path, saved)
         return model, tok
+
+    def _load_extras(self, path: str, saved: dict[str, Any]) -> None:
+        """Subclasses load what they save beside the HF weights (see `_save_extras`)."""
+
+    def _save_extras(self, out_dir: Path) -> dict[str, Any]:
+        """Subclasses write extra files into `out_dir` and return keys for the config block."""
+        return {}
 
     def save_pretrained(self, out_dir: str | Path, tokenizer, *, max_length: int | None = None) -> None:
         """Write a plain HF folder; config.json carries readout and normalisation."""
         cfg = self.hf.config
         setattr(cfg, CONFIG_KEY, {"readout": self.readout, "mean": self.mean, "std": self.std,
                                   "max_length": max_length, "hf_equivalent": self.hf_equivalent,
-                                  "temperature": self.temperature})
+                                  "temperature": self.temperature, "objective": self.objective_info})
         # OpenRLHF reads these top-level keys for normalisation.
         cfg.mean, cfg.std = self.mean, self.std
         cfg.pad_token_id = tokenizer.pad_token_id
         with staged_dir(out_dir) as tmp:
+            getattr(cfg, CONFIG_KEY).update(self._save_extras(Path(tmp)))
             self.hf.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
 
@@ -217,6 +232,38 @@ class RewardModel(nn.Module):
             x = getattr(self.hf, "dropout", nn.Identity())(pooler(first))
             return self.hf.classifier(x)[:, 0].float()
         return self.hf.classifier(first)[:, 0].float()
+
+    # ------------------------------------------------------------------ per-token values and features
+
+    def hidden_states(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Last backbone layer on right-aligned rows (real tokens first): hidden (N, T, H) and the
+        attention and response masks (N, T) in that same layout."""
+        ids, mask, resp, types = _right_align(batch)
+        kw = {"token_type_ids": types} if types is not None else {}
+        return self.hf.base_model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state, mask, resp
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+        """The readout's hidden state per row, (N, H), from `hidden_states` output (`cls`: position 0,
+        before any pooler)."""
+        if self.readout == "last":
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
+        if self.readout == "mean":
+            w = resp.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+        return hidden[:, 0]
+
+    def token_values(self, batch: SequenceBatch) -> torch.Tensor:
+        """The value head applied to every hidden state: (N, T) float32, at the batch's own positions, 0 at
+        padding. Causal backbones only; the value at a row's last real token equals `forward` with the
+        `last` readout (the token-level loss trains these, inference still reads the last one)."""
+        if self.is_encoder:
+            raise ValueError("token_values needs a causal backbone: an encoder's states see the whole sequence")
+        hidden, mask, _ = self.hidden_states(batch)
+        values = self.head(hidden)[..., 0].float() * mask
+        if bool(batch.attention_mask[:, 0].all()):  # already right-aligned
+            return values
+        order = torch.sort(1 - batch.attention_mask, dim=1, stable=True).indices  # as in _right_align
+        return torch.zeros_like(values).scatter_(1, order, values)
 
     def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
         return (rewards - self.mean) / (self.std if self.std > 0 and math.isfinite(self.std) else 1.0)
