@@ -89,7 +89,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from rewardkit.evaluate import calibrate
 
     fit = calibrate(_eval_config(args), save=not args.no_save)
-    out = {"model_dir": args.model_dir, "saved": not args.no_save, **fit.to_dict()}
+    out = {"model_dir": args.model_dir, "saved": not (args.no_save or fit.at_bound), **fit.to_dict()}
     if args.json:
         print(json.dumps(out))
     else:

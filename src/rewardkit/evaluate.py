@@ -241,7 +241,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 def calibrate(cfg: EvalConfig, *, save: bool = True):
     """Fit the temperature T on the pairs of `cfg.data` (a dev split) and, if `save`, write it into the
-    model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. Returns `TemperatureFit`."""
+    model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. A fit stuck at its
+    bound (`fit.at_bound`) is never saved. Returns `TemperatureFit`."""
     from rewardkit.calibration import fit_temperature
     from rewardkit.models.reward_model import write_temperature
 
@@ -249,10 +250,10 @@ def calibrate(cfg: EvalConfig, *, save: bool = True):
     data = load_eval_data(cfg)
     rewards = score_responses(scorer, data.responses).rewards.double()
     fit = fit_temperature(rewards[data.chosen_idx] - rewards[data.rejected_idx])
-    if fit.at_bound:
-        log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right or the model is no better "
-                    "than chance; use more or harder dev data", fit.temperature)
-    if save:
+    if fit.at_bound:  # T -> 0 or T -> inf is no calibration; keep whatever the config holds
+        log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right, or the model is no better "
+                    "than chance; not saving it. Use more, or harder, dev data", fit.temperature)
+    elif save:
         path = write_temperature(Path(cfg.model_dir), fit.temperature)
         log.info("wrote rewardkit.temperature=%.4g to %s", fit.temperature, path)
     return fit
