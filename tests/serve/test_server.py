@@ -220,3 +220,18 @@ def test_request_bodies_are_not_logged(rm_dirs, caplog):  # noqa: F811
         _post(s.url + "/get_reward", {"query": [secret]})
         _post(s.url + "/get_reward", {"query": [secret, 3]})  # an error path too
     assert secret not in caplog.text and secret not in json.dumps([r.getMessage() for r in caplog.records])
+
+
+def test_openrlhf_reward_func_example(server, scorer, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "openrlhf_reward_func.py"
+    spec = importlib.util.spec_from_file_location("openrlhf_reward_func", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("REWARDKIT_URL", server.url)
+    out = mod.reward_func(QUERIES[:2], ["p1", "p2"], [None, None])
+    torch.testing.assert_close(out["rewards"], scorer.score_full_texts(QUERIES[:2]), atol=1e-4, rtol=1e-4)
+    assert set(out) == {"rewards", "scores", "extra_logs"} and out["extra_logs"]["reward_raw"].shape == (2,)
+    assert mod.reward_func([], [], [])["rewards"].numel() == 0
