@@ -81,7 +81,7 @@ class ObjectiveModule(nn.Module):
 
 
 class BaseObjective:
-    """Defaults shared by the families: plain model loading, no preparation, no options."""
+    """Defaults shared by the families: plain model loading; `prepare` records the loss in the model."""
 
     name = ""
     unit = "sequences"
@@ -92,7 +92,7 @@ class BaseObjective:
 
     def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:
-        return None
+        model.objective_info = {"loss": self.name}  # saved in config.json (rewardkit.objective)
 
 
 def load_model(cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
