@@ -131,18 +131,23 @@ def _read_score_rows(path: str, prompt_key: str, response_key: str, messages_key
 
 
 def _score(args: argparse.Namespace) -> int:
+    import torch
+
     from rewardkit.io import write_jsonl
     from rewardkit.scoring import RewardScorer
 
     rows, prompts, responses = _read_score_rows(args.input, args.prompt_key, args.response_key, args.messages_key)
     scorer = RewardScorer.load(args.model_dir, device=args.device, batch_size=args.batch_size,
                                max_length=args.max_length)
-    raw = scorer.score_texts(prompts, responses)
+    details = scorer.score_attributes(prompts, responses) if scorer.attribute_names else None
+    raw = torch.tensor([d["score"] for d in details]) if details else scorer.score_texts(prompts, responses)
     norm = scorer.model.normalize(raw)
-    for row, r, z in zip(rows, raw.tolist(), norm.tolist()):
+    for i, (row, r, z) in enumerate(zip(rows, raw.tolist(), norm.tolist())):
         row["score"] = z if args.normalize else r
         if args.normalize:
             row["raw_score"] = r
+        if details:  # multi-objective model: per-attribute predictions and the gate's weights
+            row["attributes"], row["gate"] = details[i]["attributes"], details[i]["gate"]
     n = write_jsonl(args.output, rows)
     log.info("scored %d rows -> %s", n, args.output)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,6 +72,28 @@ class RewardScorer:
         raw = score_sequences(self.model, seqs, pad_id=self.tokenizer.pad_token_id,
                               batch_size=self.batch_size, device=self.device)
         return self.model.normalize(raw) if normalize else raw
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Attributes of a multi-objective model (`train.loss=attributes`/`gating`); [] for scalar models."""
+        return list(getattr(self.model, "attribute_names", []))
+
+    def score_attributes(self, prompts: Sequence[Text], responses: Sequence[Text]) -> list[dict[str, Any]]:
+        """Multi-objective models: per (prompt, response) `{"score": s, "attributes": {name: value},
+        "gate": {name: weight}}`; `score` (raw) equals `score_texts`, the gate-weighted sum of the
+        (verbosity-debiased) attributes. `attributes` are the heads' raw predictions."""
+        from rewardkit.models.multi_objective import batched_outputs
+
+        if not self.attribute_names:
+            raise ValueError("score_attributes needs a multi-objective model (train.loss=attributes or gating)")
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        seqs = [self.encoder.encode(p, r) for p, r in zip(prompts, responses)]
+        out = batched_outputs(self.model, seqs, pad_id=self.tokenizer.pad_token_id, batch_size=self.batch_size,
+                              device=self.device)
+        names = self.attribute_names
+        return [{"score": s, "attributes": dict(zip(names, a)), "gate": dict(zip(names, g))}
+                for s, a, g in zip(out.score.tolist(), out.attributes.tolist(), out.gate.tolist())]
 
     def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries); see `encode_text`."""
