@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rewardkit-installed
 
-.PHONY: install demo test test-slow hh clean
+.PHONY: install demo test test-slow hh clean report
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) examples/demo.py
+
+# After `make demo`: calibrate on half of its held-out pairs, evaluate on the other half, write
+# runs/demo/report/report.html (+ report.md, plots/*.png).
+report: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) examples/report_demo.py
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -104,8 +104,10 @@ def test_calibrate_saves_temperature_used_by_compare_and_eval(run_dir, tmp_path,
     for r in rows[::4]:  # a quarter mislabelled, so the model is wrong on some pairs and T stays finite
         r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
     dev = write_jsonl(tmp_path / "dev.jsonl", rows)
+    mode = (model / "config.json").stat().st_mode & 0o777
     assert main(["calibrate", str(model), str(dev), "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)
+    assert (model / "config.json").stat().st_mode & 0o777 == mode
     t = fit["temperature"]
     assert fit["saved"] and fit["n"] == 40 and t > 0 and fit["nll_after"] <= fit["nll_before"] + 1e-12
     block = json.loads((model / "config.json").read_text())["rewardkit"]

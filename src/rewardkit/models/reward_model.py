@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -287,9 +288,11 @@ def write_temperature(model_dir: str | Path, temperature: float) -> Path:
     if block is not None and not isinstance(block, dict):
         raise ValueError(f"{path}: field `{CONFIG_KEY}` must be an object, got {type(block).__name__}")
     cfg[CONFIG_KEY] = {**(block or {}), "temperature": t}
+    mode = path.stat().st_mode & 0o777
     with atomic_write(path) as fh:
         json.dump(cfg, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    os.chmod(path, mode)  # the temp file was created 0600; keep the config readable as before
     return path
 
 
