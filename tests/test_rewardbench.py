@@ -160,3 +160,21 @@ def test_as_chat_wraps_strings(tmp_path):
     prompt, response = data.responses[0]
     assert prompt == [{"role": "user", "content": "Question 0?"}]
     assert response == [{"role": "assistant", "content": "A GOOD answer."}]
+
+
+def test_hub_ids_use_the_official_splits(monkeypatch):
+    """A hub id goes to `datasets.load_dataset` with RewardBench's split; no network here, so it is faked."""
+    import datasets
+
+    rows = [json.loads(x) for x in V1.read_text().splitlines()]
+    calls = []
+
+    def fake_load(name, split):
+        calls.append((name, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    data = load_eval_data(EvalConfig("unused", "allenai/reward-bench"))
+    assert data.kind == "rewardbench" and len(data.chosen_idx) == 19
+    assert set(calls) == {("allenai/reward-bench", "filtered")}
+    assert data.pair_source[0] == "allenai/reward-bench[filtered]:row 1"

@@ -190,8 +190,8 @@ def analyze(data: EvalData, scored: ScoredResponses, *, temperature: float = 1.0
     stats["benchmark"] = data.kind
     margins = chosen - rejected
     cal = calibration(margins, temperature)
-    stats["calibration"] = {**cal.to_dict(), "ece_t1": cal.ece if temperature == 1.0 else calibration(margins).ece,
-                            "nll_t1": cal.nll if temperature == 1.0 else calibration(margins).nll}
+    raw = cal if temperature == 1.0 else calibration(margins)  # T=1: what the raw rewards say
+    stats["calibration"] = {**cal.to_dict(), "ece_t1": raw.ece, "nll_t1": raw.nll}
     stats["length_bias"] = length_bias(rewards, scored.lengths, ci, ri, top_fraction).to_dict()
     rows = None
     if data.kind == "rewardbench":
