@@ -89,7 +89,8 @@ def _is_v2_completions(value: Any) -> bool:
 
 
 def detect_kind(rows: Sequence[dict[str, Any]], cols: Columns | None = None) -> str:
-    """"rewardbench2" if `chosen` holds lists of completions, "rewardbench" if every row has a `subset`, else "pairs"."""
+    """The kind of rows: "rewardbench2" if `chosen` holds lists of completions, "rewardbench" if every row
+    has a `subset`, else "pairs"."""
     cols = cols or Columns()
     if any(_is_v2_completions(r.get(cols.chosen)) for r in rows):
         return "rewardbench2"
