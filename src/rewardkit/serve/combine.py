@@ -77,12 +77,15 @@ class Single:
 class WeightedSum:
     weights: dict[str, float]
 
+    def __post_init__(self):
+        if not self.weights:
+            raise ValueError("weighted_sum needs at least one model weight")
+
     def model_names(self) -> tuple[str, ...]:
         return tuple(self.weights)
 
     def combine(self, scores, raw, fields) -> Combined:
-        total = sum(w * scores[name] for name, w in self.weights.items())
-        return Combined(total if isinstance(total, torch.Tensor) else torch.zeros(0))
+        return Combined(sum(w * scores[name] for name, w in self.weights.items()))
 
 
 @dataclass(frozen=True)

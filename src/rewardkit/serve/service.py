@@ -123,7 +123,7 @@ class RewardService:
             seqs = await loop.run_in_executor(m.tokenizer_thread, encode, m.scorer.encoder)
             return await m.batcher.submit(seqs)
 
-        raws = dict(zip(names, await asyncio.gather(*(raw_of(self.models[n_]) for n_ in names))))
+        raws = dict(zip(names, await asyncio.gather(*(raw_of(self.models[name]) for name in names))))
         scores, extra = {}, {}
         for name, raw in raws.items():
             m = self.models[name]
