@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    t = sub.add_parser("train", help="train a reward model on preference pairs",
-                       description="Train a reward model (backbone + linear value head) with a pairwise loss.",
+    t = sub.add_parser("train", help="train a reward model (pairs, rankings, labels, scores or attributes)",
+                       description="Train a reward model (backbone + linear value head) with the objective "
+                                   "`train.loss` (default: Bradley-Terry on preference pairs).",
                        epilog=TRAIN_EPILOG + "\n".join(describe(TrainRunConfig)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="YAML config file (optional)")

@@ -237,7 +237,8 @@ def tokenize_rankings(encoder: SequenceEncoder, examples: list[RankingExample]) 
             for ex in examples]
 
 
-def tokenize_targets(encoder: SequenceEncoder, examples: list[PointExample | AttributeExample]) -> list[TokenizedTarget]:
+def tokenize_targets(encoder: SequenceEncoder,
+                     examples: list[PointExample | AttributeExample]) -> list[TokenizedTarget]:
     return [TokenizedTarget(encoder.encode(ex.prompt, ex.response),
                             ex.values if isinstance(ex, AttributeExample) else ex.target) for ex in examples]
 
