@@ -78,8 +78,9 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     data = objective.load_data(cfg, encoder)
     log.info("%s: %d training %s, %d eval %s", objective.name, len(data.train), objective.unit, len(data.eval),
              objective.unit)
+    model.to(accelerator.device)  # prepare() may run the model (verbosity debiasing)
     objective.prepare(model, data.train, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
-                      device=accelerator.device)  # e.g. label statistics, verbosity debiasing
+                      device=accelerator.device)  # e.g. label statistics, debiasing lambdas
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
                         collate_fn=objective.collator(tok.pad_token_id))
     steps_per_epoch = math.ceil(len(loader) / t.grad_accum)
