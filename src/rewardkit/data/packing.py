@@ -89,20 +89,29 @@ def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment |
     return _Segment(ids, positions, parts, None, reads)
 
 
-def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_length: int | None) -> PackedBatch:
-    """First-fit decreasing into rows of `row_length` (default: the longest segment)."""
-    width = max(row_length or 0, max(len(s.ids) for s in segments))
-    rows: list[list[int]] = []  # segment indices per row
-    space: list[int] = []
-    for i in sorted(range(len(segments)), key=lambda i: -len(segments[i].ids)):
-        need = len(segments[i].ids)
-        j = next((k for k, free in enumerate(space) if free >= need), None)
+def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of `sizes` grouped into bins of `capacity`."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        j = next((k for k, f in enumerate(free) if f >= sizes[i]), None)
         if j is None:
             rows.append([])
-            space.append(width)
+            free.append(capacity)
             j = len(rows) - 1
         rows[j].append(i)
-        space[j] -= need
+        free[j] -= sizes[i]
+    return rows
+
+
+def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_length: int | None,
+          rows: list[list[int]] | None = None) -> PackedBatch:
+    """Lay segments into rows: the given `rows` (segment indices), or first-fit decreasing."""
+    if rows is None:
+        width = max(row_length or 0, max(len(s.ids) for s in segments))
+        rows = _first_fit([len(s.ids) for s in segments], width)
+    else:
+        width = max(row_length or 0, max(sum(len(segments[i].ids) for i in row) for row in rows))
     R, L = len(rows), width
     ids = torch.full((R, L), pad_id, dtype=torch.long)
     pos = torch.zeros((R, L), dtype=torch.long)
@@ -144,7 +153,7 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
 
 def pack_sequences(seqs: list[TokenizedSequence], pad_id: int, *, causal: bool,
                    row_length: int | None = None) -> PackedBatch:
-    """Pack sequences (any lengths <= row_length) into as few rows as first-fit finds; rewards keep input order."""
+    """Pack sequences into as few rows as first-fit decreasing finds; rewards keep input order."""
     return _pack([_lone(s, i) for i, s in enumerate(seqs)], len(seqs), pad_id, causal, row_length)
 
 
@@ -165,11 +174,42 @@ class PackedPairCollator:
         if self.shared_prompt and not self.causal:
             raise ValueError("shared-prompt packing needs a causal backbone: an encoder's prompt attends to the response")
 
-    def __call__(self, pairs: list[TokenizedPair]) -> PairBatch:
+    def __call__(self, items: list[TokenizedPair] | list[tuple[TokenizedPair, ...]]) -> PairBatch:
+        """Pairs (packed first-fit here), or rows of pairs already laid out by `PackedBatchSampler`."""
+        given_rows = bool(items) and isinstance(items[0], tuple)
+        pairs = [p for row in items for p in row] if given_rows else list(items)  # type: ignore[union-attr]
         b = len(pairs)
         segments: list[_Segment] = []
+        owner: list[int] = []  # pair index of each segment
         for i, p in enumerate(pairs):
             seg = _shared(p, i, b + i) if self.shared_prompt else None
-            segments.extend([seg] if seg else [_lone(p.chosen, i), _lone(p.rejected, b + i)])
-        packed = _pack(segments, 2 * b, self.pad_id, self.causal, self.row_length)
+            new = [seg] if seg else [_lone(p.chosen, i), _lone(p.rejected, b + i)]
+            segments.extend(new)
+            owner.extend([i] * len(new))
+        rows = None
+        if given_rows:
+            starts = [0]
+            for row in items:
+                starts.append(starts[-1] + len(row))
+            rows = [[k for k, o in enumerate(owner) if starts[r] <= o < starts[r + 1]] for r in range(len(items))]
+        packed = _pack(segments, 2 * b, self.pad_id, self.causal, self.row_length, rows)
         return PairBatch(packed, torch.tensor([p.margin for p in pairs], dtype=torch.float32))  # type: ignore[arg-type]
+
+
+def unit_length(pair: TokenizedPair, shared_prompt: bool) -> int:
+    """Row tokens one pair occupies: prompt + both responses when the prompt is shared, else both sequences."""
+    seg = _shared(pair, 0, 1) if shared_prompt else None
+    return len(seg.ids) if seg else len(pair.chosen.input_ids) + len(pair.rejected.input_ids)
+
+
+class RowDataset:
+    """Pairs indexed by an int (one pair) or by a tuple of ints (one packed row of pairs)."""
+
+    def __init__(self, pairs: list[TokenizedPair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, idx: int | tuple[int, ...]) -> TokenizedPair | tuple[TokenizedPair, ...]:
+        return tuple(self.pairs[i] for i in idx) if isinstance(idx, tuple) else self.pairs[idx]
