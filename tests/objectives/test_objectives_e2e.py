@@ -57,7 +57,9 @@ def _rows(kind: str, n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("objective-data")
-    out = {"pairs": write_jsonl(d / "pairs.jsonl", synthetic_pairs(96))}
+    ratings = ["significantly better", "better", "slightly better", "negligibly better / unsure"]
+    pairs = [{**row, "rating": ratings[i % 4]} for i, row in enumerate(synthetic_pairs(96))]
+    out = {"pairs": write_jsonl(d / "pairs.jsonl", pairs)}
     for kind, n in (("rank", 64), ("binary", 96), ("regression", 96), ("attributes", 96)):
         out[kind] = d / f"{kind}.jsonl"
         out[kind].write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in _rows(kind, n)))
@@ -85,6 +87,7 @@ def _train_rows(out) -> list[dict]:
 
 
 CASES = {  # loss -> (data, extra overrides, metric, better: "up"/"down", target)
+    "bt": ("pairs", ["data.margin_table=small"], "accuracy", "up", 0.9),
     "internlm2": ("pairs", ["loss.gamma=2", "loss.penalty=log_barrier"], "accuracy", "up", 0.9),
     "logexp": ("pairs", ["data.margin_map={}", "train.center_rewards_coef=0.01"], "accuracy", "up", 0.9),
     "token": ("pairs", [], "accuracy", "up", 0.9),
