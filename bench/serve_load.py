@@ -45,13 +45,14 @@ class LoadResult:
     mean_batch: float | None
 
 
-def make_texts(n: int, seed: int = 0) -> list[str]:
-    """HH-style full texts of 40-120 words, as a PPO trainer would send after decoding a rollout."""
+def make_texts(n: int, words: tuple[int, int] = (40, 120), seed: int = 0) -> list[str]:
+    """HH-style full texts of words[0]-words[1] words (a quarter prompt), as a PPO trainer sends them."""
     rng = random.Random(seed)
     texts = []
     for _ in range(n):
-        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30)))
-        a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 90)))
+        total = rng.randint(*words)
+        q = " ".join(rng.choice(WORDS) for _ in range(max(1, total // 4)))
+        a = " ".join(rng.choice(WORDS) for _ in range(max(1, total - total // 4)))
         texts.append(f"\n\nHuman: {q}?\n\nAssistant: {a}.")
     return texts
 
@@ -161,17 +162,20 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load per setting")
     p.add_argument("--max-batch-size", type=int, default=64, help="batching-on setting")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--words", type=int, nargs=2, default=(40, 120), metavar=("MIN", "MAX"),
+                   help="words per text (default: 40 120, about 50-125 MiniLM tokens)")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     args = p.parse_args()
 
-    texts = make_texts(512)
+    texts = make_texts(512, tuple(args.words))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = prepare_model(args.model, Path(tmp) / "rm")
         settings = [("batching", ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]),
                     ("no batching", ["--max-batch-size", "1"])]
         results = [asyncio.run(run_setting(n, model_dir, a, args, texts)) for n, a in settings]
 
-    print(f"{args.clients} clients, one text per request, {args.duration:.0f} s per setting, {os.cpu_count()} CPUs")
+    print(f"{args.clients} clients, one text ({args.words[0]}-{args.words[1]} words) per request, "
+          f"{args.duration:.0f} s per setting, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'setting':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6}")
     for r in results:
         mb = f"{r.mean_batch:.1f}" if r.mean_batch else "-"
