@@ -17,7 +17,8 @@ from rewardkit.data.objectives import (ObjectiveColumns, RankingCollator, Target
                                        point_example, ranking_example)
 from rewardkit.data.tokenize import TokenizedSequence
 from rewardkit.models.multi_objective import verbosity_lambdas
-from rewardkit.objectives.metrics import auc, binary_stats, ranking_stats, regression_stats, spearman
+from rewardkit.metrics import spearman
+from rewardkit.objectives.metrics import auc, binary_stats, ranking_stats, regression_stats
 
 COLS = ObjectiveColumns(attributes=("helpful", "verbosity"))
 

@@ -211,7 +211,7 @@ def verbosity_lambdas(attributes: torch.Tensor, verbosity: int, threshold: float
     |Spearman(r_i - lambda r_v, r_v)| <= threshold; where none qualifies, the lambda with the smallest
     |Spearman|. attributes: (N, A) predictions on reference responses; returns (A,), 0 for the verbosity
     attribute itself (ArmoRM's debiasing, arXiv 2406.12845 section 3)."""
-    from rewardkit.objectives.metrics import spearman
+    from rewardkit.metrics import spearman
 
     grid = torch.linspace(0, 1, 101, dtype=torch.float64) if grid is None else grid.double()
     a = attributes.double()
@@ -220,8 +220,8 @@ def verbosity_lambdas(attributes: torch.Tensor, verbosity: int, threshold: float
     for i in range(a.shape[1]):
         if i == verbosity:
             continue
-        rhos = [abs(spearman(a[:, i] - lam * rv, rv)) for lam in grid]
-        rhos = [r if math.isfinite(r) else math.inf for r in rhos]
+        rhos = [spearman(a[:, i] - lam * rv, rv) for lam in grid]
+        rhos = [abs(r) if r is not None and math.isfinite(r) else math.inf for r in rhos]  # None: constant
         ok = [j for j, r in enumerate(rhos) if r <= threshold]
         out[i] = grid[ok[0] if ok else min(range(len(rhos)), key=rhos.__getitem__)]
         if not ok:

@@ -1,9 +1,11 @@
 """Task metrics of the non-pairwise objectives (pure, over tensors): ranking accuracy, regression error,
-AUC, Spearman. Pairwise accuracy lives in `rewardkit.metrics`."""
+AUC. Pairwise accuracy and Spearman live in `rewardkit.metrics`."""
 
 from __future__ import annotations
 
 import torch
+
+from rewardkit.metrics import average_ranks
 
 
 def ranking_stats(rewards: torch.Tensor, preference: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -35,25 +37,13 @@ def regression_stats(pred: torch.Tensor, target: torch.Tensor) -> dict[str, floa
             "pearson": float((pc * tc).sum() / denom) if denom > 0 else float("nan"), "n": int(p.numel())}
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of x (N,), ties given their average rank, float64."""
-    x = x.double()
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, x.numel() + 1, dtype=torch.float64)
-    uniq, inv = torch.unique(x, return_inverse=True)
-    sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, ranks)
-    counts = torch.bincount(inv, minlength=uniq.numel()).double()
-    return (sums / counts)[inv]
-
-
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """ROC AUC of scores (N,) for 0/1 labels (N,) (Mann-Whitney U; tied scores count one half)."""
     y = labels.bool()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    r = _ranks(scores)
+    r = average_ranks(scores)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -62,11 +52,3 @@ def binary_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     y = labels.bool()
     return {"auc": auc(logits, labels), "accuracy": float(((logits > 0) == y).double().mean()),
             "positive_rate": float(y.double().mean()), "n": int(y.numel())}
-
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation of x, y (N,) (Pearson on average ranks); NaN if either is constant."""
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = (rx.norm() * ry.norm()).item()
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
