@@ -78,7 +78,7 @@ class DataConfig:
     train: str = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `save_to_disk` folder or a "
                         "hub dataset id.")
     eval: str | None = _f(None, "Held-out data, same forms as `train`.")
-    eval_size: float = _f(0.0, "When `eval` is unset: hold out this many pairs (>=1) or this fraction "
+    eval_size: float = _f(0.0, "When `eval` is unset: hold out this many examples (>=1) or this fraction "
                                "(<1) from the END of the training data.")
     split: str = _f("train", "Split to read from a hub dataset or a DatasetDict folder.")
     max_length: int = _f(512, "Max tokens per sequence; longer ones lose prompt tokens from the left "
@@ -101,7 +101,8 @@ class DataConfig:
 class TrainConfig:
     epochs: float = _f(1.0, "Passes over the training data (fractions allowed).")
     max_steps: int | None = _f(None, "Stop after this many optimiser steps (overrides epochs).")
-    batch_size: int = _f(8, "Pairs per micro-batch (each pair = 2 sequences in one forward).")
+    batch_size: int = _f(8, "Examples per micro-batch: pairs (2 sequences each, one forward), prompts "
+                            "(kwise: K sequences each) or rows (pointwise, attributes).")
     grad_accum: int = _f(1, "Micro-batches per optimiser step.")
     lr: float = _f(5e-5, "Peak learning rate (AdamW).")
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norms).")
