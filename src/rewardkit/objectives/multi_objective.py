@@ -56,7 +56,8 @@ class AttributeObjective(BaseObjective):
             model.add_attribute_head(self.names, seed=cfg.seed)
         for p in model.hf.parameters():  # the scalar head is unused; the backbone trains unless frozen
             p.requires_grad = not self.freeze_backbone
-        for p in model.head.parameters():
+        frozen = [model.head] + ([model.gate] if model.gate is not None else [])  # unused in this stage
+        for p in (p for m in frozen for p in m.parameters()):
             p.requires_grad = False
         return model, tok
 
