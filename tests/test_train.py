@@ -26,8 +26,10 @@ def _run(model, data, out, *extra):
 
 
 def test_grad_accumulation_equals_bigger_batch(tiny_models, data, tmp_path):
-    _run(tiny_models["llama"], data, tmp_path / "big", "train.batch_size=8", "train.max_steps=2")
-    _run(tiny_models["llama"], data, tmp_path / "acc", "train.batch_size=4", "train.grad_accum=2", "train.max_steps=2")
+    # random batching: the 8 pairs of a big batch are exactly the two small batches of 4
+    _run(tiny_models["llama"], data, tmp_path / "big", "train.batch_size=8", "train.max_steps=2", "train.batching=random")
+    _run(tiny_models["llama"], data, tmp_path / "acc", "train.batch_size=4", "train.grad_accum=2", "train.max_steps=2",
+         "train.batching=random")
     a, b = load_file(tmp_path / "big" / "model.safetensors"), load_file(tmp_path / "acc" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
@@ -59,3 +61,29 @@ def test_schedule_warmup_then_decay(tiny_models, data, tmp_path, scheduler):
 def test_eval_size_holds_out_the_end(tiny_models, data, tmp_path):
     res = _run(tiny_models["bert"], data, tmp_path / "e", "data.eval_size=0.25", "train.max_steps=1")
     assert res.final_eval["n"] == 16
+
+
+@pytest.mark.parametrize("opts", [["train.packing=plain"], ["train.packing=shared_prompt", "train.max_tokens=256"],
+                                  ["train.max_tokens=200"], ["train.batching=random"],
+                                  ["train.gradient_checkpointing=true"]])
+def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
+    res = _run(tiny_models["llama"], data, tmp_path / "o", "train.batch_size=8", "train.epochs=2", "train.log_every=1",
+               "data.eval_size=16", *opts)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert sum(r["pairs_per_s"] > 0 for r in train_rows) == len(train_rows)
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert res.final_eval["accuracy"] >= 0.9
+    if any("packing" in o for o in opts):
+        assert max(r["padding_fraction"] for r in train_rows) < 0.5
+
+
+def test_packed_training_equals_padded_first_step(tiny_models, data, tmp_path):
+    """All 64 pairs in one step, packed or padded: the same update (packing changes nothing but speed)."""
+    _run(tiny_models["llama"], data, tmp_path / "pad", "train.max_steps=1", "train.batch_size=64",
+         "train.batching=random", "train.row_length=4096")
+    _run(tiny_models["llama"], data, tmp_path / "pack", "train.max_steps=1", "train.packing=plain",
+         "train.row_length=4096", "train.max_tokens=4096")
+    a, b = load_file(tmp_path / "pad" / "model.safetensors"), load_file(tmp_path / "pack" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

@@ -122,6 +122,18 @@ class TrainConfig:
     resume: str | None = _f(None, "Resume from a checkpoint folder, or `auto` for the latest one in "
                                   "output_dir/checkpoints.")
     progress: bool = _f(True, "Show a tqdm progress bar.")
+    batching: str = _f("grouped", "Pairs: `grouped` sorts lengths inside large shuffled windows then shuffles "
+                                  "the batches (little padding); `random` is plain shuffling.",
+                       choices=("grouped", "random"))
+    max_tokens: int | None = _f(None, "Pairs: token budget per micro-batch (padded tokens, or packed row "
+                                      "tokens); batches then hold a varying number of pairs.")
+    packing: str = _f("none", "Pairs: `plain` packs sequences padding-free into rows (own positions and "
+                              "attention block each); `shared_prompt` (decoders) lays out [prompt][chosen]"
+                              "[rejected] so the prompt is computed once.",
+                      choices=("none", "plain", "shared_prompt"))
+    row_length: int | None = _f(None, "Packing: tokens per packed row (default 2 x data.max_length).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, ~30% slower.")
+    compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
 
 
 @dataclass

@@ -24,9 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rewardkit.config import TrainRunConfig, to_dict
+from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler
+from rewardkit.data.packing import PackedPairCollator, RowDataset, unit_length
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
+from rewardkit.objectives.pairwise import PairwiseObjective, TokenObjective
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,11 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     model.to(accelerator.device)  # prepare() may run the model (verbosity debiasing)
     objective.prepare(model, data.train, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
                       device=accelerator.device)  # e.g. label statistics, debiasing lambdas
-    loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
-                        collate_fn=objective.collator(tok.pad_token_id))
+    if t.gradient_checkpointing:
+        model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if t.compile:
+        model.hf.base_model.compile(dynamic=True)
+    loader, sampler = _train_loader(objective, data.train, model, tok.pad_token_id, cfg)
     steps_per_epoch = math.ceil(len(loader) / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
 
@@ -129,6 +135,8 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     net.train()
     while step < total_steps:
         loader.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         batch_in_epoch = skip_batches
         skip_batches = 0
@@ -143,7 +151,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            window.add(res, batch.sequences.num_tokens)
+            window.add(res, batch.sequences.num_tokens, batch.sequences.input_ids.numel())
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -180,6 +188,33 @@ def train(cfg: TrainRunConfig) -> TrainResult:
             yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
     accelerator.wait_for_everyone()
     return TrainResult(out, step, final)
+
+
+def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfig):
+    """The training DataLoader and its length-aware batch sampler (None for plain random batches).
+
+    Pair objectives get length grouping, token budgets and packing; other families shuffle plainly.
+    """
+    t = cfg.train
+    pairs = isinstance(objective, PairwiseObjective) and not isinstance(objective, TokenObjective)
+    if not pairs:
+        if t.packing != "none" or t.max_tokens:
+            raise ValueError(f"train.packing / train.max_tokens apply to pairwise losses, not {objective.name}")
+        return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=objective.collator(pad_id)), None
+    if t.packing != "none":
+        row = t.row_length or 2 * cfg.data.max_length
+        shared = t.packing == "shared_prompt"
+        collate = PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=shared, row_length=row)
+        sampler = PackedBatchSampler([unit_length(p, shared) for p in items], row_length=row,
+                                     rows_per_batch=max(1, (t.max_tokens or row) // row), seed=cfg.seed)
+        return DataLoader(RowDataset(items), batch_sampler=sampler, collate_fn=collate), sampler
+    if t.batching == "random" and not t.max_tokens:
+        return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=objective.collator(pad_id)), None
+    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in items]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=None if t.max_tokens else t.batch_size,
+                                        max_tokens=t.max_tokens, seqs_per_item=2, seed=cfg.seed,
+                                        group=t.batching == "grouped")
+    return DataLoader(items, batch_sampler=sampler, collate_fn=objective.collator(pad_id)), sampler
 
 
 def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,

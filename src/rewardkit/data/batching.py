@@ -24,7 +24,7 @@ class LengthGroupedBatchSampler:
 
     def __init__(self, lengths: Sequence[int], *, batch_size: int | None = None, max_tokens: int | None = None,
                  seqs_per_item: int = 1, window: int = 4096, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, group: bool = True):
         if batch_size is None and max_tokens is None:
             raise ValueError("give batch_size, max_tokens or both")
         if max_tokens is not None and max_tokens < max(lengths) * seqs_per_item:
@@ -33,7 +33,7 @@ class LengthGroupedBatchSampler:
         self.lengths = list(lengths)
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.seqs_per_item, self.window, self.shuffle = seqs_per_item, window, shuffle
-        self.seed, self.epoch, self.drop_last = seed, 0, drop_last
+        self.seed, self.epoch, self.drop_last, self.group = seed, 0, drop_last, group
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,8 +46,11 @@ class LengthGroupedBatchSampler:
         n = len(self.lengths)
         order = torch.randperm(n, generator=gen).tolist() if self.shuffle else list(range(n))
         out: list[list[int]] = []
-        for start in range(0, n, self.window):
-            chunk = sorted(order[start:start + self.window], key=lambda i: self.lengths[i])
+        window = self.window if self.group else n  # without grouping: budgets only, in shuffled order
+        for start in range(0, n, window):
+            chunk = order[start:start + window]
+            if self.group:
+                chunk = sorted(chunk, key=lambda i: self.lengths[i])
             batch: list[int] = []
             longest = 0
             for i in chunk:
@@ -64,7 +67,7 @@ class LengthGroupedBatchSampler:
                 out.append(batch)
         if self.drop_last and self.batch_size and not self.max_tokens:
             out = [b for b in out if len(b) == self.batch_size]
-        if self.shuffle:
+        if self.shuffle and self.group:
             out = [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
         self._cache = (self.epoch, out)
         return out

@@ -125,15 +125,17 @@ class StepWindow:
     """Sums of training metrics between two log rows."""
 
     def __init__(self) -> None:
-        self.loss, self.n, self.tokens = 0.0, 0, 0
+        self.loss, self.n, self.tokens, self.processed = 0.0, 0, 0, 0
         self.sums: dict[str, float] = {}
         self.rewards: list[torch.Tensor] = []
         self.start = time.perf_counter()
 
-    def add(self, out: StepOutput, tokens: int) -> None:
+    def add(self, out: StepOutput, tokens: int, processed: int | None = None) -> None:
+        """tokens: real tokens of the batch; processed: tokens the forward computed (with padding)."""
         self.loss += float(out.loss.detach()) * out.n
         self.n += out.n
         self.tokens += tokens
+        self.processed += processed if processed is not None else tokens
         for k, v in out.sums.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.rewards.append(out.rewards.detach().float().cpu())
@@ -143,4 +145,5 @@ class StepWindow:
         dt = time.perf_counter() - self.start
         n = max(self.n, 1)
         return {"loss": self.loss / n, **{k: v / n for k, v in self.sums.items()},
-                **reward_stats(torch.cat(self.rewards)), f"{unit}_per_s": self.n / dt, "tokens_per_s": self.tokens / dt}
+                **reward_stats(torch.cat(self.rewards)), f"{unit}_per_s": self.n / dt, "tokens_per_s": self.tokens / dt,
+                "padding_fraction": 1 - self.tokens / max(self.processed, 1)}
