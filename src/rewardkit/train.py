@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class TrainResult:
     output_dir: Path
     steps: int
     final_eval: dict[str, float]
+    loop_seconds: float = 0.0  # wall time of the optimisation loop only (no loading, eval or saving)
+    examples: int = 0  # training examples (pairs, prompts...) the loop processed
+    tokens: int = 0  # real tokens the loop processed
+    processed_tokens: int = 0  # tokens the forwards computed, padding included
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -132,6 +137,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     window = StepWindow()
+    totals = StepWindow()  # whole-run throughput for TrainResult
     net.train()
     while step < total_steps:
         loader.set_epoch(epoch)
@@ -152,6 +158,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             window.add(res, batch.sequences.num_tokens, batch.sequences.input_ids.numel())
+            totals.add(res, batch.sequences.num_tokens, batch.sequences.input_ids.numel())
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -173,6 +180,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         else:
             epoch += 1
     bar.close()
+    loop_seconds = time.perf_counter() - totals.start
 
     # ---- final eval, normalisation, save
     final = run_eval()
@@ -187,7 +195,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         with atomic_write(out / "train_config.yaml") as fh:
             yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
     accelerator.wait_for_everyone()
-    return TrainResult(out, step, final)
+    return TrainResult(out, step, final, loop_seconds, totals.n, totals.tokens, totals.processed)
 
 
 def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfig):

