@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rewardkit-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel installs offline; anything looser pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0

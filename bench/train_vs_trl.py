@@ -94,7 +94,7 @@ def worker_trl(spec: dict) -> dict:
 def worker_rewardkit(spec: dict) -> dict:
     from rewardkit.config import TrainRunConfig, load_config
     from rewardkit.io import write_jsonl
-    from rewardkit.train import train
+    from rewardkit.train import bf16_native, train
 
     d = Path(spec["out"])
     write_jsonl(d / "train.jsonl", spec["train_rows"])
@@ -108,10 +108,11 @@ def worker_rewardkit(spec: dict) -> dict:
     losses = [json.loads(x)["loss"] for x in (d / "rm" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["split"] == "train"]
     _, _, pairs = _encode(Path(spec["init"]), spec["train_rows"], spec["max_length"])
-    return {"engine": "rewardkit " + " ".join(o.split(".")[-1] for o in spec["rk_options"]),
+    return {"engine": "rewardkit " + (" ".join(o.split(".")[-1] for o in spec["rk_options"]) or "defaults"),
             "seconds": res.loop_seconds, "pairs": res.examples, "tokens": res.tokens,
             "processed": res.processed_tokens, "final_loss": losses[-1], "accuracy": res.final_eval["accuracy"],
-            "bf16": cfg.train.bf16, "lengths": _lengths(pairs) * int(spec["epochs"])}
+            "bf16": bf16_native() if cfg.train.bf16 is None else cfg.train.bf16,
+            "lengths": _lengths(pairs) * int(spec["epochs"])}
 
 
 def _lengths(pairs) -> list[int]:
@@ -128,8 +129,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rewardkit", nargs="*", default=None,
-                    help="rewardkit options (default: bf16 + plain packing for encoders, shared-prompt for decoders)")
-    ap.add_argument("--skip-trl-defaults", action="store_true", help="only run TRL tuned (it is the slow one)")
+                    help="rewardkit config overrides (default: none, i.e. rewardkit's defaults: bf16 where native, "
+                         "length-grouped batches, packing plain for encoders / shared_prompt for decoders)")
+    ap.add_argument("--engines", nargs="+", default=["trl", "trl-tuned", "rewardkit"],
+                    choices=["trl", "trl-tuned", "rewardkit"], help="which runs (default: all three)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -151,20 +154,10 @@ def main() -> None:
     m, _ = RewardModel.from_pretrained(str(init))
     n_params = sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and "wte" not in n and "wpe" not in n)
     del m
-    shared = a.model != "minilm"
-    # Packed batches hold about batch_size pairs on average: rows of 2 x max_length, as many as that takes.
-    from rewardkit.data.packing import unit_length
-
-    _, _, pairs = _encode(init, train_rows, a.max_length)
-    mean_unit = sum(unit_length(p, shared) for p in pairs) / len(pairs)
-    row = 2 * a.max_length
-    rows = max(1, round(a.batch_size * mean_unit / row))
-    rk = a.rewardkit if a.rewardkit is not None else [
-        "train.bf16=true", f"train.packing={'shared_prompt' if shared else 'plain'}", f"train.row_length={row}",
-        f"train.max_tokens={rows * row}"]
+    rk = a.rewardkit if a.rewardkit is not None else []  # rewardkit's defaults
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
                 batch_size=a.batch_size, lr=a.lr, epochs=a.epochs)
-    engines = ([] if a.skip_trl_defaults else ["trl"]) + ["trl-tuned", "rewardkit"]
+    engines = a.engines
     results = []
     for i, engine in enumerate(engines):
         out = work / f"run{i}"
@@ -187,7 +180,7 @@ def main() -> None:
           f"bf16 {peaks[True] / 1e9:.0f} GFLOP/s")
     print(table(results, cols))
     ours = results[-1]
-    for ref in results[:-1]:
+    for ref in (r for r in results if r["engine"].startswith("TRL")):
         print(f"rewardkit / {ref['engine']}: pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}, "
               f"peak RSS x{ours['peak_rss_gb'] / ref['peak_rss_gb']:.2f}, "
               f"accuracy {100 * (ours['accuracy'] - ref['accuracy']):+.1f} points")

@@ -109,7 +109,9 @@ class TrainConfig:
     scheduler: str = _f("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
     warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
-    bf16: bool = _f(False, "bf16 autocast for forward and backward.")
+    bf16: bool | None = _f(None, "bf16 autocast for forward and backward. Default (null): on where the hardware "
+                                 "computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), where it is "
+                                 "about 4x faster than fp32 here; weights stay fp32.")
     loss: str = _f("bt", "Objective: bt, logexp, internlm2 (pairs); token (pairs, causal backbones); kwise "
                          "(K ranked completions); binary, regression (pointwise); attributes, gating "
                          "(multi-objective stages 1 and 2). Options in `loss.*`.", choices=LOSS_NAMES)
@@ -127,11 +129,13 @@ class TrainConfig:
                        choices=("grouped", "random"))
     max_tokens: int | None = _f(None, "Pairs: token budget per micro-batch (padded tokens, or packed row "
                                       "tokens); batches then hold a varying number of pairs.")
-    packing: str = _f("none", "Pairs: `plain` packs sequences padding-free into rows (own positions and "
-                              "attention block each); `shared_prompt` (decoders) lays out [prompt][chosen]"
-                              "[rejected] so the prompt is computed once.",
-                      choices=("none", "plain", "shared_prompt"))
-    row_length: int | None = _f(None, "Packing: tokens per packed row (default 2 x data.max_length).")
+    packing: str = _f("auto", "Pairs: `plain` packs sequences into rows (own positions and attention block "
+                              "each); `shared_prompt` (decoders) lays out [prompt][chosen][rejected] so the "
+                              "prompt is computed once; `auto` = shared_prompt for decoders, plain for encoders.",
+                      choices=("auto", "none", "plain", "shared_prompt"))
+    row_length: int | None = _f(None, "Packing: fixed row length filled across the data (~0.3% padding; for GPUs "
+                                      "with varlen attention). Unset: rows as wide as each batch's longest "
+                                      "sequence (fastest on CPU).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, ~30% slower.")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
 

@@ -41,6 +41,8 @@ class EvalConfig:
     max_length: int | None = None
     max_samples: int | None = None
     device: str = "cpu"
+    max_tokens: int | None = None  # padded tokens per forward
+    bf16: bool = False  # bf16 autocast (faster where native; scores to ~1e-2)
     benchmark: str = "auto"  # auto-detects RewardBench v1 (`subset` column) and v2 (lists of completions)
     tie_policy: str = "0"  # RewardBench v1 ties: "0" (official), "0.5" or "random"
     seed: int = 0  # for tie_policy="random"
@@ -167,8 +169,7 @@ def load_eval_data(cfg: EvalConfig) -> EvalData:
 def score_responses(scorer: RewardScorer, responses: Sequence[tuple[Text, Text]]) -> ScoredResponses:
     """Raw rewards and token lengths of (prompt, response) pairs, (M,) each."""
     seqs = [scorer.encoder.encode(p, r) for p, r in responses]
-    rewards = score_sequences(scorer.model, seqs, pad_id=scorer.tokenizer.pad_token_id,
-                              batch_size=scorer.batch_size, device=scorer.device)
+    rewards = scorer._score(seqs)
     return ScoredResponses(rewards, torch.tensor([len(s.input_ids) - s.response_start for s in seqs]),
                            torch.tensor([s.truncated for s in seqs], dtype=torch.bool))
 
@@ -219,7 +220,7 @@ def analyze(data: EvalData, scored: ScoredResponses, *, temperature: float = 1.0
 def run_eval(cfg: EvalConfig, scorer: RewardScorer | None = None) -> EvalOutcome:
     """Load the model (unless given) and the data, score every response, analyse."""
     scorer = scorer or RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size,
-                                         max_length=cfg.max_length)
+                                         max_length=cfg.max_length, max_tokens=cfg.max_tokens, bf16=cfg.bf16)
     data = load_eval_data(cfg)
     scored = score_responses(scorer, data.responses)
     return analyze(data, scored, temperature=scorer.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
@@ -246,7 +247,8 @@ def calibrate(cfg: EvalConfig, *, save: bool = True):
     from rewardkit.calibration import fit_temperature
     from rewardkit.models.reward_model import write_temperature
 
-    scorer = RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length)
+    scorer = RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
+                                          bf16=cfg.bf16, max_length=cfg.max_length)
     data = load_eval_data(cfg)
     rewards = score_responses(scorer, data.responses).rewards.double()
     fit = fit_temperature(rewards[data.chosen_idx] - rewards[data.rejected_idx])

@@ -19,18 +19,35 @@ from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.reward_model import RewardModel
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length, cut at `batch_size` items or when items x longest > `max_tokens`."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (
+                max_tokens is None or (len(batches[-1]) + 1) * lengths[i] <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
 def score_sequences(model: RewardModel | torch.nn.Module, seqs: Sequence[TokenizedSequence], *, pad_id: int,
-                    batch_size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Raw rewards for tokenised sequences, shape (N,), in input order."""
+                    batch_size: int = 32, device: torch.device | str = "cpu", max_tokens: int | None = None,
+                    bf16: bool = False) -> torch.Tensor:
+    """Raw rewards for tokenised sequences, shape (N,), in input order.
+
+    Sorting by length keeps padding small; `max_tokens` caps padded tokens per forward; `bf16` runs the
+    forward under bf16 autocast (faster where bf16 is native, scores then agree to about 1e-2, not 1e-4).
+    """
     was_training = model.training
     model.eval()
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].input_ids))
     out = torch.empty(len(seqs), dtype=torch.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    dev_type = torch.device(device).type
+    for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
         batch = pad_sequences([seqs[i] for i in idx], pad_id).to(device)
-        out[idx] = model(batch).float().cpu()
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+            out[idx] = model(batch).float().cpu()
     model.train(was_training)
     return out
 
@@ -49,29 +66,34 @@ class RewardScorer:
     """A loaded reward model plus its tokenizer and sequence layout."""
 
     def __init__(self, model: RewardModel, tokenizer, *, max_length: int = 2048, batch_size: int = 32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", max_tokens: int | None = None, bf16: bool = False):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.encoder = SequenceEncoder(tokenizer, max_length, model.is_encoder)
         self.batch_size = batch_size
         self.device = device
+        self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
+        self.bf16 = bf16  # autocast: faster where native, scores to ~1e-2 instead of ~1e-4
 
     @classmethod
     def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,
-             max_length: int | None = None) -> "RewardScorer":
+             max_length: int | None = None, max_tokens: int | None = None, bf16: bool = False) -> "RewardScorer":
         """Load a saved reward model folder; `max_length` defaults to the one it was trained with."""
         model, tok = RewardModel.from_pretrained(str(path))
         return cls(model, tok, max_length=max_length or model.saved_max_length or 2048,
-                   batch_size=batch_size, device=device)
+                   batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
 
     def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N (prompt, response) pairs; each may be a string or chat messages."""
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         seqs = [self.encoder.encode(p, r) for p, r in zip(prompts, responses)]
-        raw = score_sequences(self.model, seqs, pad_id=self.tokenizer.pad_token_id,
-                              batch_size=self.batch_size, device=self.device)
+        raw = self._score(seqs)
         return self.model.normalize(raw) if normalize else raw
+
+    def _score(self, seqs: Sequence[TokenizedSequence]) -> torch.Tensor:
+        return score_sequences(self.model, seqs, pad_id=self.tokenizer.pad_token_id, batch_size=self.batch_size,
+                               device=self.device, max_tokens=self.max_tokens, bf16=self.bf16)
 
     @property
     def attribute_names(self) -> list[str]:
@@ -98,8 +120,7 @@ class RewardScorer:
     def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries); see `encode_text`."""
         seqs = [self.encoder.encode_text(t) for t in texts]
-        raw = score_sequences(self.model, seqs, pad_id=self.tokenizer.pad_token_id,
-                              batch_size=self.batch_size, device=self.device)
+        raw = self._score(seqs)
         return self.model.normalize(raw) if normalize else raw
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]:

@@ -51,8 +51,21 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is ~10% of a MiniLM step faster than the per-tensor loop on CPU.
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
+
+
+def bf16_native() -> bool:
+    """True where bf16 matmuls run in hardware: a bf16-capable GPU, or a CPU with AVX512-BF16 / AMX.
+    Elsewhere CPU autocast emulates bf16 and is slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -73,7 +86,8 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     # accelerate keeps mixed precision in a process-wide singleton; forget the previous run's choice so
     # train() can be called again in one process (notebooks, tests). The process group is kept.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no", gradient_accumulation_steps=t.grad_accum,
+    bf16 = bf16_native() if t.bf16 is None else t.bf16
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=t.grad_accum,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
     # ---- model and data
@@ -206,23 +220,31 @@ def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     t = cfg.train
     pairs = isinstance(objective, PairwiseObjective) and not isinstance(objective, TokenObjective)
     if not pairs:
-        if t.packing != "none" or t.max_tokens:
+        if t.packing not in ("none", "auto") or t.max_tokens:
             raise ValueError(f"train.packing / train.max_tokens apply to pairwise losses, not {objective.name}")
         return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=objective.collator(pad_id)), None
-    if t.packing != "none":
-        row = t.row_length or 2 * cfg.data.max_length
-        shared = t.packing == "shared_prompt"
-        collate = PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=shared, row_length=row)
-        sampler = PackedBatchSampler([unit_length(p, shared) for p in items], row_length=row,
-                                     rows_per_batch=max(1, (t.max_tokens or row) // row), seed=cfg.seed)
+    packing = t.packing
+    if packing == "auto":
+        packing = "plain" if model.is_encoder else "shared_prompt"
+    if packing != "none" and t.row_length:
+        # Fixed rows filled first-fit over the whole window: ~0.3% padding; best where attention is varlen (GPU).
+        shared = packing == "shared_prompt"
+        collate = PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=shared, row_length=t.row_length)
+        sampler = PackedBatchSampler([unit_length(p, shared) for p in items], row_length=t.row_length,
+                                     rows_per_batch=max(1, (t.max_tokens or t.row_length) // t.row_length),
+                                     seed=cfg.seed)
         return DataLoader(RowDataset(items), batch_sampler=sampler, collate_fn=collate), sampler
+    # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch, in
+    # rows as wide as its longest sequence: attention never spans more than that (what CPUs pay for).
+    collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt")
+               if packing != "none" else objective.collator(pad_id))
     if t.batching == "random" and not t.max_tokens:
-        return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=objective.collator(pad_id)), None
+        return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=collate), None
     lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in items]
     sampler = LengthGroupedBatchSampler(lengths, batch_size=None if t.max_tokens else t.batch_size,
                                         max_tokens=t.max_tokens, seqs_per_item=2, seed=cfg.seed,
                                         group=t.batching == "grouped")
-    return DataLoader(items, batch_sampler=sampler, collate_fn=objective.collator(pad_id)), sampler
+    return DataLoader(items, batch_sampler=sampler, collate_fn=collate), sampler
 
 
 def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,

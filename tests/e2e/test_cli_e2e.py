@@ -26,6 +26,7 @@ def _train(model, data, out, *extra):
     train, held = data
     argv = ["train", f"model={model}", f"data.train={train}", f"data.eval={held}", "data.max_length=64",
             "train.batch_size=8", "train.lr=1e-3", "train.log_every=5", "train.progress=false", "seed=0",
+            "train.bf16=false",
             f"output_dir={out}", *extra]
     assert main(argv) == 0
 

@@ -101,7 +101,7 @@ class RewardModel(nn.Module):
                         ) -> tuple["RewardModel", Any]:
         """Load any backbone or reward checkpoint; return (model, tokenizer).
 
-        A causal-LM checkpoint loses its LM head and gets a new value head initialised N(0, 1/(H+1))
+        A causal-LM checkpoint loses its LM head and gets a new value head with weights drawn with std 1/(H+1)
         (seeded by `seed`); a sequence-classification checkpoint keeps its head (continue training).
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
