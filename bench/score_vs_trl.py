@@ -38,7 +38,7 @@ def worker(spec: dict) -> dict:
         hf = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
         args = RewardConfig(output_dir=spec["out"], max_length=spec["max_length"], report_to=[], use_cpu=True,
                             dataloader_num_workers=0, save_strategy="no")
-        trainer = RewardTrainer(model=hf, args=args, eval_dataset=ds, processing_class=tok)
+        trainer = RewardTrainer(model=hf, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok)
         counts = {"processed": 0}
         collate = trainer.data_collator
 

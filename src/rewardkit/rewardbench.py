@@ -167,16 +167,8 @@ def load_benchmark(source: str, kind: str, *, split: str | None = None, on_error
                 raise row
             out.append(convert(row, where, columns))
         except DataError as e:
-            if on_error == "raise":
-                raise
-            report.skipped += 1
-            if len(report.errors) < 5:
-                report.errors.append(str(e))
-    if report.skipped:
-        log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, report.skipped, report.rows,
-                    report.errors[0])
-    if not out:
-        raise DataError(source, None, "no usable rows")
+            report.skip(e, on_error)
+    report.finish(source, len(out))
     odd = [r.source for r in out if isinstance(r, BestOfNRow) and r.num_correct not in (None, len(r.chosen))]
     if odd:
         log.warning("%s: %d row(s) have `num_correct` != len(chosen) (first: %s); the chosen lists are used",

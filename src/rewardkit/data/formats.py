@@ -66,6 +66,22 @@ class LoadReport:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)  # first few skip reasons
 
+    def skip(self, err: DataError, on_error: str) -> None:
+        """Count a malformed row, or re-raise it when `on_error` is "raise"."""
+        if on_error == "raise":
+            raise err
+        self.skipped += 1
+        if len(self.errors) < 5:
+            self.errors.append(str(err))
+
+    def finish(self, source: str, kept: int) -> None:
+        """Warn about skipped rows; a source with nothing usable is an error."""
+        if self.skipped:
+            log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, self.skipped, self.rows,
+                        self.errors[0])
+        if not kept:
+            raise DataError(source, None, "no usable rows")
+
 
 # --------------------------------------------------------------------------- reading rows
 
@@ -396,14 +412,6 @@ def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None 
                 raise row
             examples.append(to_example(row, fmt, cols, where, margins))
         except DataError as e:
-            if on_error == "raise":
-                raise
-            report.skipped += 1
-            if len(report.errors) < 5:
-                report.errors.append(str(e))
-    if report.skipped:
-        log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, report.skipped,
-                    report.rows, report.errors[0])
-    if not examples:
-        raise DataError(source, None, "no usable rows")
+            report.skip(e, on_error)
+    report.finish(source, len(examples))
     return examples, report

@@ -11,7 +11,6 @@ Also the Llama 2 rating -> margin tables for pairs. Errors name the file, the li
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -23,7 +22,6 @@ from rewardkit.data.collators import SequenceBatch, pad_sequences
 from rewardkit.data.formats import DataError, LoadReport, Text, _iter_rows, _messages, _need, _text, rating_key
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 
-log = logging.getLogger(__name__)
 
 # Llama 2 (Touvron et al. 2023, Table 27): margin by the annotator's preference strength.
 MARGIN_TABLES: dict[str, dict[str, float]] = {
@@ -203,16 +201,8 @@ def load_examples(source: str, convert: Callable[[dict[str, Any], str], Any], *,
                 raise row
             examples.append(convert(row, where))
         except DataError as e:
-            if on_error == "raise":
-                raise
-            report.skipped += 1
-            if len(report.errors) < 5:
-                report.errors.append(str(e))
-    if report.skipped:
-        log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, report.skipped, report.rows,
-                    report.errors[0])
-    if not examples:
-        raise DataError(source, None, "no usable rows")
+            report.skip(e, on_error)
+    report.finish(source, len(examples))
     return examples, report
 
 
