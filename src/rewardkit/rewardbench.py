@@ -14,7 +14,6 @@ subset uses RB2's weighted formula when its ids are `ref:N` / `tied:N` (see `tie
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import random
@@ -22,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rewardkit.data.formats import (Columns, DataError, LoadReport, PreferenceExample, Text, _iter_rows, _messages,
-                                    detect_format, to_example)
+from rewardkit.data.formats import (Columns, DataError, LoadReport, PreferenceExample, Text, _messages, detect_format,
+                                    to_example)
+from rewardkit.data.objectives import load_examples
 
 log = logging.getLogger(__name__)
 
@@ -156,19 +156,8 @@ def load_benchmark(source: str, kind: str, *, split: str | None = None, on_error
     if kind not in ("rewardbench", "rewardbench2"):
         raise ValueError(f"unknown benchmark kind {kind!r}")
     convert = to_bench_pair if kind == "rewardbench" else to_best_of_n_row
-    report, out = LoadReport(), []
-    rows = _iter_rows(source, resolve_split(source, split))  # yields unreadable rows as DataError, for skipping
-    if max_samples is not None:
-        rows = itertools.islice(rows, max(0, max_samples))
-    for where, row in rows:
-        report.rows += 1
-        try:
-            if isinstance(row, DataError):
-                raise row
-            out.append(convert(row, where, columns))
-        except DataError as e:
-            report.skip(e, on_error)
-    report.finish(source, len(out))
+    out, report = load_examples(source, lambda row, where: convert(row, where, columns), on_error=on_error,
+                                split=resolve_split(source, split), max_samples=max_samples)
     odd = [r.source for r in out if isinstance(r, BestOfNRow) and r.num_correct not in (None, len(r.chosen))]
     if odd:
         log.warning("%s: %d row(s) have `num_correct` != len(chosen) (first: %s); the chosen lists are used",
