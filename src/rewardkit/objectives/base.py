@@ -7,6 +7,7 @@ train.py runs ONE loop for every loss; what differs per family sits behind `Obje
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -114,6 +115,19 @@ def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:
     if n >= len(train):
         raise ValueError(f"data.eval_size={d.eval_size} leaves no training {what} (have {len(train)})")
     return train[:-n], train[-n:]
+
+
+def load_split(cfg: TrainRunConfig, convert: Callable[[dict, str], Any], what: str) -> tuple[list, list]:
+    """`data.train` rows converted with `convert(row, where)`, and the held-out rows: `data.eval`, or
+    `data.eval_size` split off the end of the training rows."""
+    from rewardkit.data.objectives import load_examples
+
+    d = cfg.data
+    load = functools.partial(load_examples, convert=convert, on_error=d.on_error, split=d.split)
+    train, _ = load(d.train, max_samples=d.max_samples)
+    if d.eval:
+        return train, load(d.eval)[0]
+    return hold_out(train, d, what)
 
 
 def reward_stats(rewards: torch.Tensor) -> dict[str, float]:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,13 +16,13 @@ import torch
 from rewardkit.config import TrainRunConfig
 from rewardkit.data.collators import PairBatch, PairCollator
 from rewardkit.data.objectives import (ObjectiveColumns, TargetBatch, TargetCollator, TokenizedTarget,
-                                       attribute_example, load_examples, tokenize_targets)
+                                       attribute_example, tokenize_targets)
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.evaluate import pair_rewards
 from rewardkit.losses import attribute_regression, bradley_terry, gating_bt
 from rewardkit.metrics import pairwise_stats
 from rewardkit.models.multi_objective import MultiObjectiveRewardModel, batched_outputs, verbosity_lambdas
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, StepOutput, hold_out, reward_stats
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, StepOutput, load_split, reward_stats
 from rewardkit.objectives.metrics import regression_stats
 from rewardkit.objectives.pairwise import load_pairs
 
@@ -62,15 +61,8 @@ class AttributeObjective(BaseObjective):
         return model, tok
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        d = cfg.data
-        cols = ObjectiveColumns.from_config(d.columns)
-        load = functools.partial(load_examples, convert=lambda row, where: attribute_example(row, cols, where),
-                                 on_error=d.on_error, split=d.split)
-        train, _ = load(d.train, max_samples=d.max_samples)
-        if d.eval:
-            held, _ = load(d.eval)
-        else:
-            train, held = hold_out(train, d, "rows")
+        cols = ObjectiveColumns.from_config(cfg.data.columns)
+        train, held = load_split(cfg, lambda row, where: attribute_example(row, cols, where), "rows")
         return ObjectiveData(tokenize_targets(encoder, train), tokenize_targets(encoder, held))
 
     def collator(self, pad_id: int) -> Callable[[list], Any]:

@@ -11,15 +11,16 @@ import torch
 from rewardkit.config import TrainRunConfig
 from rewardkit.data.collators import PairBatch, PairCollator
 from rewardkit.data.formats import load_preferences
-from rewardkit.data.objectives import (ObjectiveColumns, RankingBatch, RankingCollator, load_examples,
-                                       margin_mapping, ranking_example, tokenize_rankings)
+from rewardkit.data.objectives import (ObjectiveColumns, RankingBatch, RankingCollator, margin_mapping, ranking_example,
+                                       tokenize_rankings)
 from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
 from rewardkit.evaluate import pair_rewards
 from rewardkit.losses import PAIRWISE_LOSSES, center_penalty, first_divergence, kwise_bt, token_level
 from rewardkit.metrics import pairwise_stats
 from rewardkit.objectives.metrics import ranking_stats
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, StepOutput, hold_out, pair_columns, reward_stats
+from rewardkit.objectives.base import (BaseObjective, ObjectiveData, StepOutput, hold_out, load_split,
+                                      pair_columns, reward_stats)
 from rewardkit.scoring import score_sequences
 
 
@@ -137,15 +138,8 @@ class KwiseObjective(BaseObjective):
         self.name = name
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        d = cfg.data
-        cols = ObjectiveColumns.from_config(d.columns)
-        load = functools.partial(load_examples, convert=lambda row, where: ranking_example(row, cols, where),
-                                 on_error=d.on_error, split=d.split)
-        train, _ = load(d.train, max_samples=d.max_samples)
-        if d.eval:
-            held, _ = load(d.eval)
-        else:
-            train, held = hold_out(train, d, "prompts")
+        cols = ObjectiveColumns.from_config(cfg.data.columns)
+        train, held = load_split(cfg, lambda row, where: ranking_example(row, cols, where), "prompts")
         return ObjectiveData(tokenize_rankings(encoder, train), tokenize_rankings(encoder, held))
 
     def collator(self, pad_id: int) -> Callable[[list], Any]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,11 +11,11 @@ import torch
 
 from rewardkit.config import TrainRunConfig
 from rewardkit.data.objectives import (ObjectiveColumns, TargetBatch, TargetCollator, TokenizedTarget,
-                                       load_examples, point_example, tokenize_targets)
+                                       point_example, tokenize_targets)
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.losses import binary, regression
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, StepOutput, hold_out, reward_stats
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, StepOutput, load_split, reward_stats
 from rewardkit.objectives.metrics import binary_stats, regression_stats
 from rewardkit.scoring import score_sequences
 
@@ -36,15 +35,8 @@ class PointwiseObjective(BaseObjective):
         self.label_mean, self.label_std = 0.0, 1.0
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        d = cfg.data
-        cols = ObjectiveColumns.from_config(d.columns)
-        load = functools.partial(load_examples, convert=lambda row, where: point_example(row, cols, where, self.name),
-                                 on_error=d.on_error, split=d.split)
-        train, _ = load(d.train, max_samples=d.max_samples)
-        if d.eval:
-            held, _ = load(d.eval)
-        else:
-            train, held = hold_out(train, d, "rows")
+        cols = ObjectiveColumns.from_config(cfg.data.columns)
+        train, held = load_split(cfg, lambda row, where: point_example(row, cols, where, self.name), "rows")
         return ObjectiveData(tokenize_targets(encoder, train), tokenize_targets(encoder, held))
 
     def prepare(self, model: RewardModel, train: list[TokenizedTarget], *, pad_id: int, batch_size: int,
