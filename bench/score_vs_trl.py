@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -48,26 +49,32 @@ def worker(spec: dict) -> dict:
             return batch
 
         trainer.data_collator = counting
-        t0 = time.perf_counter()
-        metrics = trainer.evaluate()
-        seconds = time.perf_counter() - t0
-        return {"engine": "TRL evaluate (defaults)", "seconds": seconds, "pairs": len(pairs), "tokens": real,
-                "processed": counts["processed"], "accuracy": metrics.get("eval_accuracy", float("nan"))}
+        times = []
+        for _ in range(spec["repeats"]):
+            counts["processed"] = 0
+            t0 = time.perf_counter()
+            metrics = trainer.evaluate()
+            times.append(time.perf_counter() - t0)
+        return {"engine": "TRL evaluate (defaults)", "seconds": statistics.median(times), "times": times,
+                "pairs": len(pairs), "tokens": real, "processed": counts["processed"],
+                "accuracy": metrics.get("eval_accuracy", float("nan"))}
     from rewardkit.scoring import length_batches, score_sequences
     from rewardkit.train import bf16_native
 
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     bf16 = bf16_native()
-    t0 = time.perf_counter()
-    with torch.no_grad():
+    times = []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
         r = score_sequences(model, seqs, pad_id=tok.pad_token_id, batch_size=spec["batch_size"],
                             max_tokens=spec["max_tokens"], bf16=bf16)
-    seconds = time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
     rc, rr = r[:len(pairs)], r[len(pairs):]
     lengths = [len(s.input_ids) for s in seqs]
     processed = sum(len(b) * max(lengths[i] for i in b)
                     for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
-    return {"engine": f"rewardkit (sorted, max_tokens {spec['max_tokens']}, bf16 {bf16})", "seconds": seconds,
+    return {"engine": f"rewardkit (sorted, max_tokens {spec['max_tokens']}, bf16 {bf16})",
+            "seconds": statistics.median(times), "times": times,
             "pairs": len(pairs), "tokens": real, "processed": processed, "accuracy": float((rc > rr).double().mean())}
 
 
@@ -77,7 +84,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=600, help="pairs to score (the last N of the HH file)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64, help="rewardkit: max sequences per forward")
-    ap.add_argument("--max-tokens", type=int, default=16384, help="rewardkit: max padded tokens per forward")
+    ap.add_argument("--max-tokens", type=int, nargs="+", default=[4096],
+                    help="rewardkit: max padded tokens per forward; several values run rewardkit once per value")
+    ap.add_argument("--repeats", type=int, default=3, help="passes per engine (in one process); the median is "
+                                                              "reported")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -88,23 +98,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rk-score-bench-"))
     init = make_initial_model(a.model, work / "init")
     results = []
-    for i, engine in enumerate(["trl", "rewardkit"]):
+    runs = [("trl", None)] + [("rewardkit", m) for m in a.max_tokens]
+    for i, (engine, max_tokens) in enumerate(runs):
         out = work / f"run{i}"
         out.mkdir()
         print(f"running {engine} ...", file=sys.stderr, flush=True)
         results.append(run_worker(Path(__file__), dict(engine=engine, init=str(init), rows=rows, out=str(out),
                                                        max_length=a.max_length, batch_size=a.batch_size,
-                                                       max_tokens=a.max_tokens)))
+                                                       max_tokens=max_tokens, repeats=a.repeats)))
     for r in results:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         r["padding"] = 1 - r["tokens"] / r["processed"]
-    print(f"\n{a.model}: scoring {a.pairs} HH pairs, max_length {a.max_length}")
+    print(f"\n{a.model}: scoring {a.pairs} HH pairs, max_length {a.max_length}; median of {a.repeats} passes")
     print(table(results, [("engine", "engine", ""), ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
                           ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"),
                           ("accuracy", "accuracy", ".3f")]))
-    print(f"rewardkit / TRL evaluate: pairs/s x{results[1]['pairs_per_s'] / results[0]['pairs_per_s']:.2f}, "
-          f"peak RSS x{results[1]['peak_rss_gb'] / results[0]['peak_rss_gb']:.2f}")
+    for r in results[1:]:
+        print(f"{r['engine']} / TRL evaluate: pairs/s x{r['pairs_per_s'] / results[0]['pairs_per_s']:.2f}, "
+              f"peak RSS x{r['peak_rss_gb'] / results[0]['peak_rss_gb']:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

@@ -65,6 +65,8 @@ def test_eval_size_holds_out_the_end(tiny_models, data, tmp_path):
 
 
 @pytest.mark.parametrize("opts", [["train.packing=plain"], ["train.packing=shared_prompt", "train.max_tokens=256"],
+                                  ["train.packing=shared_prompt", "train.pack_layout=flat"],
+                                  ["train.packing=plain", "train.pack_layout=flat"],
                                   ["train.max_tokens=200"], ["train.batching=random"],
                                   ["train.gradient_checkpointing=true"]])
 def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
@@ -77,6 +79,19 @@ def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
     assert res.final_eval["accuracy"] >= 0.9
     if any("packing" in o for o in opts):
         assert max(r["padding_fraction"] for r in train_rows) < 0.5
+    if "train.pack_layout=flat" in opts:
+        assert max(r["padding_fraction"] for r in train_rows) == 0
+
+
+@pytest.mark.parametrize("packing", ["plain", "shared_prompt"])
+def test_flat_layout_training_equals_padded_first_step(tiny_models, data, tmp_path, packing):
+    """One padding-free row per batch with per-unit attention: the same update as plain padded batches."""
+    common = ("train.max_steps=1", "train.batch_size=64")
+    _run(tiny_models["llama"], data, tmp_path / "pad", *common, "train.packing=none")
+    _run(tiny_models["llama"], data, tmp_path / "flat", *common, f"train.packing={packing}", "train.pack_layout=flat")
+    a, b = load_file(tmp_path / "pad" / "model.safetensors"), load_file(tmp_path / "flat" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
 def test_packed_training_equals_padded_first_step(tiny_models, data, tmp_path):

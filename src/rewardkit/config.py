@@ -53,6 +53,9 @@ class ModelConfig:
                                    "tokens, or the encoder's [CLS] pooler. Default: last for decoders, "
                                    "cls for encoders.", choices=("last", "mean", "cls"))
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the checkpoint.")
+    attn_implementation: str = _f("auto", "Attention kernel: transformers' `attn_implementation` name (sdpa, "
+                                          "eager, flash_attention_2, ...). auto: transformers' default (sdpa); "
+                                          "on CPU, sdpa trained MiniLM on HH 1.4x faster than eager.")
 
 
 @dataclass
@@ -133,9 +136,13 @@ class TrainConfig:
                               "each); `shared_prompt` (decoders) lays out [prompt][chosen][rejected] so the "
                               "prompt is computed once; `auto` = shared_prompt for decoders, plain for encoders.",
                       choices=("auto", "none", "plain", "shared_prompt"))
+    pack_layout: str = _f("flat", "Packing inside each micro-batch: `flat` lays all its sequences in one "
+                                        "padding-free row and confines attention to each sequence with one "
+                                        "SDPA call per unit (0% padding); `batch_rows` fills rows as wide as "
+                                        "its longest sequence (block-diagonal masks).",
+                          choices=("flat", "batch_rows"))
     row_length: int | None = _f(None, "Packing: fixed row length filled across the data (~0.3% padding; for GPUs "
-                                      "with varlen attention). Unset: rows as wide as each batch's longest "
-                                      "sequence (fastest on CPU).")
+                                      "with varlen attention); overrides `pack_layout`.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, ~30% slower.")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
 

@@ -92,10 +92,13 @@ def train(cfg: TrainRunConfig) -> TrainResult:
 
     # ---- model and data
     model, tok = objective.build_model(cfg)
+    log.info("attention: %s", model.set_attention(cfg.model.attn_implementation))
     if t.disable_dropout:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
+            if isinstance(getattr(m, "attention_dropout", None), float):  # Llama/Qwen keep attention dropout as a float
+                m.attention_dropout = 0.0
     encoder = SequenceEncoder(tok, cfg.data.max_length, model.is_encoder)
     data = objective.load_data(cfg, encoder)
     log.info("%s: %d training %s, %d eval %s", objective.name, len(data.train), objective.unit, len(data.eval),
@@ -234,9 +237,10 @@ def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
                                      rows_per_batch=max(1, (t.max_tokens or t.row_length) // t.row_length),
                                      seed=cfg.seed)
         return DataLoader(RowDataset(items), batch_sampler=sampler, collate_fn=collate), sampler
-    # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch, in
-    # rows as wide as its longest sequence: attention never spans more than that (what CPUs pay for).
-    collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt")
+    # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch: one
+    # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
+    collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt",
+                                  flat=t.pack_layout == "flat")
                if packing != "none" else objective.collator(pad_id))
     if t.batching == "random" and not t.max_tokens:
         return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=collate), None

@@ -53,6 +53,34 @@ def test_causal_packing_matches_padded(tiny_models, kind, shared, readout):
         torch.testing.assert_close(g1[name], g0[name], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2", "bert"])
+def test_flat_segment_attention_matches_padded(tiny_models, kind, shared):
+    """One padding-free row, attention confined per unit by segment attention: same rewards and gradients."""
+    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), readout="mean" if kind == "bert" else "last",
+                                             seed=1)
+    if shared and model.is_encoder:
+        pytest.skip("shared prompts need a causal backbone")
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+    pairs = _pairs(model, tok)
+    plain = PairCollator(tok.pad_token_id)(pairs)
+    flat = PackedPairCollator(tok.pad_token_id, causal=not model.is_encoder, shared_prompt=shared, flat=True)(pairs)
+    b = flat.sequences
+    assert b.input_ids.shape[0] == 1 and b.attention_mask is None
+    assert b.input_ids.numel() == b.num_tokens  # no padding at all
+    units = sum(1 if shared and p.chosen.response_start > 0 else 2 for p in pairs)  # no prompt: nothing to share
+    assert (b.units[-1][1], len(b.units)) == (b.num_tokens, units)
+    r0, g0 = _rewards_and_grads(model, plain)
+    r1, g1 = _rewards_and_grads(model, flat)
+    r2, _ = _rewards_and_grads(model, plain)  # padded batches still work (plain SDPA) after the switch
+    torch.testing.assert_close(r1, r0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(r2, r0, atol=1e-4, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-4, rtol=1e-3)
+
+
 def test_shared_prompt_computes_the_prompt_once(tiny_models):
     model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]))
     pairs = _pairs(model, tok)

@@ -121,3 +121,23 @@ def test_scorer_batch_size_does_not_change_scores(tiny_models):
     scorer.batch_size = 3
     three = scorer.score_texts([p for p, _ in TEXTS], [r for _, r in TEXTS])
     torch.testing.assert_close(one, three, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_attention_kernel_switch_keeps_rewards(tiny_models, kind):
+    """model.attn_implementation only picks a kernel: eager and sdpa give the same rewards, padded or packed."""
+    from rewardkit.data.packing import pack_sequences
+
+    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]))
+    model.eval()
+    seqs = _encode(model, tok)
+    padded, packed = pad_sequences(seqs, tok.pad_token_id), pack_sequences(seqs, tok.pad_token_id,
+                                                                            causal=not model.is_encoder)
+    assert model.set_attention("auto") == "sdpa"  # auto keeps what transformers chose
+    with torch.no_grad():
+        ref = model(padded), model(packed)
+        assert model.set_attention("eager") == "eager"
+        got = model(padded), model(packed)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[1], ref[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ref[1], ref[0], atol=1e-4, rtol=0)

@@ -28,15 +28,17 @@ class PackedBatch:
     """R rows of L tokens holding N sequences (N = number of rewards to read).
 
     input_ids, position_ids: (R, L) long.
-    attention_mask: (R, 1, L, L) bool, True where a query may attend to a key.
+    attention_mask: (R, 1, L, L) bool, True where a query may attend to a key; None for a flat batch.
     token_type_ids: (R, L) long or None.
     last_index, first_index: (N,) long, flat index `row * L + col` of each sequence's last / first token.
     response_seq: (R, L) long, the sequence number of each response token, -1 elsewhere.
+    units: flat batches only (R = 1, no padding): (start, end, mask) of each packed unit along L, where
+      mask is None for a lone sequence (its backbone's own pattern) or (n, n) bool for a shared-prompt unit.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     last_index: torch.Tensor
     first_index: torch.Tensor
     response_seq: torch.Tensor
@@ -44,10 +46,14 @@ class PackedBatch:
     real_tokens: int = 0
     # True when the mask is plain block-diagonal causal, which position_ids alone describe (FlashAttention varlen).
     position_ids_suffice: bool = False
+    units: list[tuple[int, int, torch.Tensor | None]] | None = None
 
     def to(self, device: torch.device | str) -> "PackedBatch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        if self.units is not None:
+            moved["units"] = [(s, e, None if m is None else m.to(device)) for s, e, m in self.units]
+        return replace(self, **moved)
 
     @property
     def num_tokens(self) -> int:
@@ -104,9 +110,21 @@ def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def _unit_mask(s: _Segment, causal: bool) -> torch.Tensor | None:
+    """(n, n) attention pattern of a shared-prompt unit; None for a lone sequence (plain causal/full)."""
+    if REJECTED not in s.parts:
+        return None
+    part = torch.tensor(s.parts)
+    allowed = ~((part.unsqueeze(1) == REJECTED) & (part.unsqueeze(0) == CHOSEN))
+    return allowed & torch.ones(len(part), len(part), dtype=torch.bool).tril() if causal else allowed
+
+
 def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_length: int | None,
-          rows: list[list[int]] | None = None) -> PackedBatch:
-    """Lay segments into rows: the given `rows` (segment indices), or first-fit decreasing."""
+          rows: list[list[int]] | None = None, flat: bool = False) -> PackedBatch:
+    """Lay segments into rows: one padding-free row (`flat`), the given `rows` (segment indices), or
+    first-fit decreasing."""
+    if flat:
+        rows = [list(range(len(segments)))]
     if rows is None:
         width = max(row_length or 0, max(len(s.ids) for s in segments))
         rows = _first_fit([len(s.ids) for s in segments], width)
@@ -140,6 +158,13 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
                 resp[r, off + rs:off + l + 1] = number
             real += n
             off += n
+    if flat:  # attention stays inside each unit through `units`; no (L, L) mask is ever built
+        starts = [0]
+        for seg in segments:
+            starts.append(starts[-1] + len(seg.ids))
+        units = [(a, b, _unit_mask(seg, causal)) for a, b, seg in zip(starts[:-1], starts[1:], segments)]
+        varlen = causal and all(u[2] is None for u in units)
+        return PackedBatch(ids, pos, None, last, first, resp, types, real, varlen, units)
     same = group.unsqueeze(2) == group.unsqueeze(1)  # (R, Lq, Lk)
     allowed = same & (group.unsqueeze(2) >= 0)
     if causal:
@@ -152,9 +177,10 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
 
 
 def pack_sequences(seqs: list[TokenizedSequence], pad_id: int, *, causal: bool,
-                   row_length: int | None = None) -> PackedBatch:
-    """Pack sequences into as few rows as first-fit decreasing finds; rewards keep input order."""
-    return _pack([_lone(s, i) for i, s in enumerate(seqs)], len(seqs), pad_id, causal, row_length)
+                   row_length: int | None = None, flat: bool = False) -> PackedBatch:
+    """Pack sequences into as few rows as first-fit decreasing finds, or into one padding-free row
+    (`flat`); rewards keep input order."""
+    return _pack([_lone(s, i) for i, s in enumerate(seqs)], len(seqs), pad_id, causal, row_length, flat=flat)
 
 
 @dataclass
@@ -163,12 +189,14 @@ class PackedPairCollator:
 
     Sequence numbers follow `PairCollator`: chosen of pair i is i, rejected is B + i.
     shared_prompt (causal backbones only): `[prompt][chosen][rejected]` per pair, prompt computed once.
+    flat: every unit in one padding-free row, attention kept inside units per unit (segment attention).
     """
 
     pad_id: int
     causal: bool
     shared_prompt: bool = False
     row_length: int | None = None
+    flat: bool = False
 
     def __post_init__(self):
         if self.shared_prompt and not self.causal:
@@ -192,7 +220,8 @@ class PackedPairCollator:
             for row in items:
                 starts.append(starts[-1] + len(row))
             rows = [[k for k, o in enumerate(owner) if starts[r] <= o < starts[r + 1]] for r in range(len(items))]
-        packed = _pack(segments, 2 * b, self.pad_id, self.causal, self.row_length, rows)
+        packed = _pack(segments, 2 * b, self.pad_id, self.causal, self.row_length, rows,
+                       flat=self.flat and not given_rows)
         return PairBatch(packed, torch.tensor([p.margin for p in pairs], dtype=torch.float32))  # type: ignore[arg-type]
 
 

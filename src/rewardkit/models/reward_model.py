@@ -23,6 +23,7 @@ from torch import nn
 from rewardkit.data.collators import SequenceBatch
 from rewardkit.data.packing import PackedBatch
 from rewardkit.io import staged_dir
+from rewardkit.models.segment_attention import NAME as SEGMENTS, use_segment_attention
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ class RewardModel(nn.Module):
         self.mean, self.std = float(mean), float(std)
         self.temperature = float(temperature)
         self.objective_info: dict[str, Any] = {}  # how it was trained (loss, label statistics), saved as-is
+
+    def set_attention(self, impl: str) -> str:
+        """Switch the backbone's attention kernel (a transformers `attn_implementation` name); "auto" keeps
+        the one transformers chose at load time. Returns the kernel in use."""
+        if impl != "auto" and impl != self.hf.config._attn_implementation:
+            self.hf.set_attn_implementation(impl)
+        return self.hf.config._attn_implementation
 
     @property
     def config(self):
@@ -197,14 +205,20 @@ class RewardModel(nn.Module):
         """Rewards (N,) for a packed batch: one forward over (R, L), then each sequence's readout."""
         mask = b.attention_mask
         impl = self.hf.config._attn_implementation or "sdpa"
-        if impl.startswith("flash") or "varlen" in impl:
+        kw: dict[str, Any] = {"token_type_ids": b.token_type_ids} if b.token_type_ids is not None else {}
+        varlen = impl.startswith("flash") or "varlen" in impl
+        if varlen:
             if not b.position_ids_suffice:
                 raise ValueError(f"{impl} takes no custom masks: use packing without shared prompts, or sdpa")
             mask = None  # transformers builds varlen boundaries from the position_ids resets
+        elif b.units is not None:  # flat batch: one SDPA call per unit (see segment_attention)
+            if impl != SEGMENTS:
+                use_segment_attention(self.hf.config)  # stays: padded batches then run as plain SDPA
+            kw["rk_units"] = b.units
+            mask = torch.ones(b.input_ids.shape, dtype=torch.long, device=b.input_ids.device)  # no (T, T) mask built
         elif impl == "eager":  # eager wants an additive float mask
             mask = torch.zeros(mask.shape, dtype=self.hf.dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(self.hf.dtype).min)
-        kw = {"token_type_ids": b.token_type_ids} if b.token_type_ids is not None else {}
         hidden = self.hf.base_model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
                                     **kw).last_hidden_state
         flat = hidden.reshape(-1, hidden.shape[-1])  # (R*L, H)
