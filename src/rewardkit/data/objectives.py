@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from rewardkit.data.collators import SequenceBatch, pad_sequences
-from rewardkit.data.formats import DataError, LoadReport, Text, _iter_rows, _messages, _need, _text, rating_key
+from rewardkit.data.formats import DataError, LoadReport, Text, _messages, _need, _text, rating_key
+from rewardkit.data.readers import _iter_rows
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 
 
