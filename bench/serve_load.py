@@ -164,6 +164,8 @@ def main() -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--words", type=int, nargs=2, default=(40, 120), metavar=("MIN", "MAX"),
                    help="words per text (default: 40 120, about 50-125 MiniLM tokens)")
+    p.add_argument("--server-args", nargs="*", default=[], metavar="ARG",
+                   help="extra `rewardkit serve` flags for both settings, e.g. --server-args=--bf16")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     args = p.parse_args()
 
@@ -172,7 +174,7 @@ def main() -> int:
         model_dir = prepare_model(args.model, Path(tmp) / "rm")
         settings = [("batching", ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]),
                     ("no batching", ["--max-batch-size", "1"])]
-        results = [asyncio.run(run_setting(n, model_dir, a, args, texts)) for n, a in settings]
+        results = [asyncio.run(run_setting(n, model_dir, a + args.server_args, args, texts)) for n, a in settings]
 
     print(f"{args.clients} clients, one text ({args.words[0]}-{args.words[1]} words) per request, "
           f"{args.duration:.0f} s per setting, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")

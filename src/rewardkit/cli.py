@@ -272,7 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("REWARDKIT_API_KEY") or None,
         batch=BatchSettings(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms, args.max_queue))
     run_server(models, settings, host=args.host, port=args.port, device=args.device, max_length=args.max_length,
-               access_log=args.access_log)
+               access_log=args.access_log, bf16=args.bf16)
     return 0
 
 
@@ -327,6 +327,8 @@ def _add_serving_commands(sub) -> None:
                                                                                 "413 (default: 16 MiB)")
     v.add_argument("--max-length", type=int, help="max tokens per text (default: the model's training value)")
     v.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    v.add_argument("--bf16", action="store_true", help="bf16 autocast: faster where bf16 is native; scores agree "
+                                                       "with fp32 to about 1e-2 instead of 1e-4")
     v.add_argument("--access-log", action="store_true", help="one log line per request (never the body)")
     v.set_defaults(func=_serve)
 

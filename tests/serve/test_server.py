@@ -235,3 +235,16 @@ def test_openrlhf_reward_func_example(server, scorer, monkeypatch):
     torch.testing.assert_close(out["rewards"], scorer.score_full_texts(QUERIES[:2]), atol=1e-4, rtol=1e-4)
     assert set(out) == {"rewards", "scores", "extra_logs"} and out["extra_logs"]["reward_raw"].shape == (2,)
     assert mod.reward_func([], [], [])["rewards"].numel() == 0
+
+
+def test_bf16_server_scores_close_to_fp32(rm_dirs):  # noqa: F811
+    """`serve --bf16`: the batched forward runs under bf16 autocast; scores stay close to fp32."""
+    texts = ["Hello there, how are you?", "A longer answer that explains the question in some detail."]
+    with ServerThread(build_app(single_model(str(rm_dirs["llama"])), SETTINGS)) as s:
+        fp32 = RewardClient(s.url, retries=0).get_reward(texts).rewards
+    service = RewardService.load(single_model(str(rm_dirs["llama"])), SETTINGS, bf16=True)
+    assert service.models["reward"].scorer.bf16
+    with ServerThread(create_app(service, SETTINGS)) as s:
+        bf16 = RewardClient(s.url, retries=0).get_reward(texts).rewards
+    assert bf16 != fp32  # really a different dtype path
+    assert max(abs(a - b) for a, b in zip(bf16, fp32)) < 0.05 * max(1.0, max(abs(x) for x in fp32))

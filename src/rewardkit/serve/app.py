@@ -209,20 +209,22 @@ async def _send_json(send, status: int, detail: str) -> None:
 
 
 def build_app(models: ModelsConfig, settings: ServeSettings, *, device: str = "cpu",
-              max_length: int | None = None) -> FastAPI:
+              max_length: int | None = None, bf16: bool = False) -> FastAPI:
     """Load the models of `models` and wrap them in an app."""
-    return create_app(RewardService.load(models, settings, device=device, max_length=max_length), settings)
+    return create_app(RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16),
+                      settings)
 
 
 def run_server(models: ModelsConfig, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 5000,
-               device: str = "cpu", max_length: int | None = None, access_log: bool = False) -> None:
+               device: str = "cpu", max_length: int | None = None, access_log: bool = False,
+               bf16: bool = False) -> None:
     """Load, then serve until interrupted (uvicorn, one process: the model worker holds the model once)."""
     import uvicorn
 
     if not _is_loopback(host) and settings.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or REWARDKIT_API_KEY)", host)
-    app = build_app(models, settings, device=device, max_length=max_length)
+    app = build_app(models, settings, device=device, max_length=max_length, bf16=bf16)
     log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward)",
              host, port, host, port)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")

@@ -83,12 +83,12 @@ class RewardService:
 
     @classmethod
     def load(cls, cfg: ModelsConfig, settings: ServeSettings, *, device: str = "cpu", max_length: int | None = None,
-             metrics: Metrics | None = None) -> "RewardService":
+             metrics: Metrics | None = None, bf16: bool = False) -> "RewardService":
         scorers = {}
         for name, spec in cfg.models.items():
             log.info("loading model %s from %s", name, spec.path)
             scorers[name] = RewardScorer.load(spec.path, device=device, batch_size=settings.batch.max_batch_size,
-                                              max_length=spec.max_length or max_length)
+                                              max_length=spec.max_length or max_length, bf16=bf16)
         return cls(scorers, cfg.rule, settings, metrics, {n: s.normalize for n, s in cfg.models.items()})
 
     def start(self) -> None:
@@ -144,5 +144,5 @@ class RewardService:
 def _runner(scorer: RewardScorer, batch_size: int) -> Callable[[list[TokenizedSequence]], torch.Tensor]:
     def run(seqs: list[TokenizedSequence]) -> torch.Tensor:
         return score_sequences(scorer.model, seqs, pad_id=scorer.tokenizer.pad_token_id, batch_size=batch_size,
-                               device=scorer.device)
+                               device=scorer.device, bf16=scorer.bf16)
     return run
