@@ -67,6 +67,7 @@ def test_eval_size_holds_out_the_end(tiny_models, data, tmp_path):
 @pytest.mark.parametrize("opts", [["train.packing=plain"], ["train.packing=shared_prompt", "train.max_tokens=256"],
                                   ["train.packing=shared_prompt", "train.pack_layout=flat"],
                                   ["train.packing=plain", "train.pack_layout=flat"],
+                                  ["train.packing=plain", "model.attn_implementation=eager"],
                                   ["train.max_tokens=200"], ["train.batching=random"],
                                   ["train.gradient_checkpointing=true"]])
 def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
@@ -81,6 +82,8 @@ def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
         assert max(r["padding_fraction"] for r in train_rows) < 0.5
     if "train.pack_layout=flat" in opts:
         assert max(r["padding_fraction"] for r in train_rows) == 0
+    if "model.attn_implementation=eager" in opts:  # eager is kept: batch rows, not the flat layout's SDPA
+        assert max(r["padding_fraction"] for r in train_rows) > 0
 
 
 @pytest.mark.parametrize("packing", ["plain", "shared_prompt"])

@@ -139,7 +139,8 @@ class TrainConfig:
     pack_layout: str = _f("flat", "Packing inside each micro-batch: `flat` lays all its sequences in one "
                                         "padding-free row and confines attention to each sequence with one "
                                         "SDPA call per unit (0% padding); `batch_rows` fills rows as wide as "
-                                        "its longest sequence (block-diagonal masks).",
+                                        "its longest sequence (block-diagonal masks; also used when "
+                                        "model.attn_implementation=eager).",
                           choices=("flat", "batch_rows"))
     row_length: int | None = _f(None, "Packing: fixed row length filled across the data (~0.3% padding; for GPUs "
                                       "with varlen attention); overrides `pack_layout`.")

@@ -239,8 +239,10 @@ def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
         return DataLoader(RowDataset(items), batch_sampler=sampler, collate_fn=collate), sampler
     # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch: one
     # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
+    # The flat layout brings its own SDPA-based attention; a model explicitly set to eager keeps batch rows.
+    flat = t.pack_layout == "flat" and model.hf.config._attn_implementation != "eager"
     collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt",
-                                  flat=t.pack_layout == "flat")
+                                  flat=flat)
                if packing != "none" else objective.collator(pad_id))
     if t.batching == "random" and not t.max_tokens:
         return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=collate), None
