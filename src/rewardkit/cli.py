@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from rewardkit.config import ConfigError, TrainRunConfig, describe
+from rewardkit.config import SCORE_MAX_TOKENS, ConfigError, TrainRunConfig, describe
 
 log = logging.getLogger("rewardkit")
 
@@ -373,9 +373,9 @@ def _scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (default: 32)")
     p.add_argument("--max-length", type=int, help="max tokens per sequence (default: the model's training value)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--max-tokens", type=int, default=4096,
-                   help="cap on padded tokens per forward; sequences are length-sorted (default: 4096, the fastest "
-                        "per token on a 2-core CPU; raise it on a GPU)")
+    p.add_argument("--max-tokens", type=int, default=SCORE_MAX_TOKENS,
+                   help=f"cap on padded tokens per forward; sequences are length-sorted (default: {SCORE_MAX_TOKENS}, "
+                        "the fastest per token on a 2-core CPU; raise it on a GPU)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast: faster where bf16 is native; scores agree "
                                                        "with fp32 to about 1e-2 instead of 1e-4")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.formats import Columns, LoadReport, PreferenceExample, Text, load_preferences, read_rows
 from rewardkit.data.tokenize import TokenizedPair
 from rewardkit.io import write_jsonl
@@ -41,7 +42,7 @@ class EvalConfig:
     max_length: int | None = None
     max_samples: int | None = None
     device: str = "cpu"
-    max_tokens: int | None = 4096  # padded tokens per forward (4096: fastest per token on the CPU here)
+    max_tokens: int | None = SCORE_MAX_TOKENS  # padded tokens per forward
     bf16: bool = False  # bf16 autocast (faster where native; scores to ~1e-2)
     benchmark: str = "auto"  # auto-detects RewardBench v1 (`subset` column) and v2 (lists of completions)
     tie_policy: str = "0"  # RewardBench v1 ties: "0" (official), "0.5" or "random"
@@ -91,7 +92,8 @@ class EvalOutcome:
 
 
 def pair_rewards(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_id: int, batch_size: int = 32,
-                 device: torch.device | str = "cpu", max_tokens: int | None = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) raw rewards, each (B,), for tokenised pairs."""
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     r = score_sequences(model, seqs, pad_id=pad_id, batch_size=batch_size, device=device, max_tokens=max_tokens)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
 from rewardkit.data.formats import Message, Text
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
@@ -66,19 +67,19 @@ class RewardScorer:
     """A loaded reward model plus its tokenizer and sequence layout."""
 
     def __init__(self, model: RewardModel, tokenizer, *, max_length: int = 2048, batch_size: int = 32,
-                 device: torch.device | str = "cpu", max_tokens: int | None = 4096, bf16: bool = False):
+                 device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS, bf16: bool = False):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.encoder = SequenceEncoder(tokenizer, max_length, model.is_encoder)
         self.batch_size = batch_size
         self.device = device
-        # padded tokens per forward (None: batch_size alone); on CPU, ~4k-token forwards ran fastest per token
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
         self.bf16 = bf16  # autocast: faster where native, scores to ~1e-2 instead of ~1e-4
 
     @classmethod
     def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,
-             max_length: int | None = None, max_tokens: int | None = 4096, bf16: bool = False) -> "RewardScorer":
+             max_length: int | None = None, max_tokens: int | None = SCORE_MAX_TOKENS,
+             bf16: bool = False) -> "RewardScorer":
         """Load a saved reward model folder; `max_length` defaults to the one it was trained with."""
         model, tok = RewardModel.from_pretrained(str(path))
         return cls(model, tok, max_length=max_length or model.saved_max_length or 2048,
