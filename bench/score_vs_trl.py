@@ -4,8 +4,8 @@
 
 Each engine runs in its own process and scores the same HH pairs (the file's last N) with the same initial
 reward model. TRL runs with its RewardConfig defaults (bf16 autocast, eval batch 8, padding to the longest
-in input order); rewardkit sorts by length, caps padded tokens per forward and uses bf16 autocast where it
-is native. Prints pairs/s, tokens/s, padding, peak RSS, accuracy, and the ratio.
+in input order); rewardkit sorts by length, caps tokens per forward, packs each batch into one padding-free
+row on CPU and uses bf16 autocast where it is native. Prints pairs/s, tokens/s, padding, peak RSS, accuracy, and the ratio.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     rc, rr = r[:len(pairs)], r[len(pairs):]
     lengths = [len(s.input_ids) for s in seqs]
-    processed = sum(len(b) * max(lengths[i] for i in b)
-                    for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
-    return {"engine": f"rewardkit (sorted, max_tokens {spec['max_tokens']}, bf16 {bf16})",
+    flat = model.packed_input  # on CPU score_sequences packs each batch into one padding-free row
+    processed = real if flat else sum(len(b) * max(lengths[i] for i in b)
+                                      for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
+    return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})",
             "seconds": statistics.median(times), "times": times,
             "pairs": len(pairs), "tokens": real, "processed": processed, "accuracy": float((rc > rr).double().mean())}
 

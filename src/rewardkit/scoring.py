@@ -1,7 +1,9 @@
 """Scoring with a trained reward model: `RewardScorer.load(path).score(prompts, responses)`.
 
 Sequences are sorted by length and scored in batches, then returned in input order; results do not
-depend on batch size or padding side (every readout is computed on right-aligned rows).
+depend on batch size or padding side (every readout is computed on right-aligned rows). On CPU each batch
+is one padding-free packed row (segment attention), which runs attention about 2x faster there than padded
+SDPA batches; elsewhere batches are padded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
+from rewardkit.data.packing import pack_sequences
 from rewardkit.data.formats import Message, Text
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.reward_model import RewardModel
@@ -45,9 +48,13 @@ def score_sequences(model: RewardModel | torch.nn.Module, seqs: Sequence[Tokeniz
     model.eval()
     out = torch.empty(len(seqs), dtype=torch.float32)
     dev_type = torch.device(device).type
-    for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
-        batch = pad_sequences([seqs[i] for i in idx], pad_id).to(device)
-        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+    flat = dev_type == "cpu" and getattr(model, "packed_input", False)
+    # One autocast context for all batches: it caches the bf16 copies of the weights until it exits.
+    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+        for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
+            chunk = [seqs[i] for i in idx]
+            batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True) if flat
+                     else pad_sequences(chunk, pad_id)).to(device)
             out[idx] = model(batch).float().cpu()
     model.train(was_training)
     return out

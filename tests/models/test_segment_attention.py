@@ -1,12 +1,13 @@
-"""segment_attention: each unit attends only to itself, on both SDPA paths (math for short units on CPU,
-the default kernel for long ones), with causal, shared-prompt-style masks and grouped-query heads."""
+"""segment_attention: each unit attends only to itself, on both paths (explicit ops for units up to
+EXPLICIT_MAX_LEN on CPU, SDPA's kernel for longer ones), with causal, shared-prompt-style masks and
+grouped-query heads; outputs and gradients."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from rewardkit.models.segment_attention import _MATH_MAX_LEN, segment_attention
+from rewardkit.models.segment_attention import EXPLICIT_MAX_LEN, segment_attention
 
 
 class _Attn(torch.nn.Module):
@@ -27,7 +28,7 @@ def _reference(q, k, v, units, causal):
 
 def test_units_short_and_long_match_per_unit_attention():
     g = torch.Generator().manual_seed(0)
-    lengths = [5, _MATH_MAX_LEN, _MATH_MAX_LEN + 60, 17]  # both sides of the math/flash switch
+    lengths = [5, EXPLICIT_MAX_LEN, EXPLICIT_MAX_LEN + 60, 17]  # both sides of the explicit/SDPA switch
     T = sum(lengths)
     q = torch.randn(1, 4, T, 8, generator=g)
     kv = [torch.randn(1, 2, T, 8, generator=g) for _ in range(2)]  # 2 KV heads shared by 4 query heads
@@ -37,9 +38,31 @@ def test_units_short_and_long_match_per_unit_attention():
     shared = torch.ones(17, 17, dtype=torch.bool).tril()
     shared[10:, 4:10] = False  # a "rejected" part that must not see the "chosen" part
     units = [(a, b, None) for a, b in zip(bounds[:-2], bounds[1:-1])] + [(bounds[-2], bounds[-1], shared)]
+    grad_out = torch.randn(1, T, 4, 8, generator=g)
     for causal in (False, True):
-        k, v = (t.repeat_interleave(2, dim=1) for t in kv)
-        want = _reference(q, k, v, units, causal)
-        got, _ = segment_attention(_Attn(causal), q, kv[0], kv[1], None, rk_units=units)
+        leaves = [t.clone().requires_grad_() for t in (q, *kv)]
+        k, v = (t.repeat_interleave(2, dim=1) for t in leaves[1:])
+        want = _reference(leaves[0], k, v, units, causal)
+        want_grads = torch.autograd.grad(want, leaves, grad_out)
+        got, _ = segment_attention(_Attn(causal), *leaves, None, rk_units=units)
+        got_grads = torch.autograd.grad(got, leaves, grad_out)
         assert got.shape == (1, T, 4, 8)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        for a, b in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_explicit_path_in_bf16_stays_close_to_fp32():
+    """Under bf16 autocast the explicit path keeps scores in bf16; it must stay as close to the fp32 result
+    as the SDPA kernel does (both ~1e-2 relative)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 12, 200, 32, generator=g) for _ in range(3))
+    units = [(0, 120, None), (120, 200, None)]
+    want, _ = segment_attention(_Attn(True), q, k, v, None, rk_units=units)
+    got, _ = segment_attention(_Attn(True), q.bfloat16(), k.bfloat16(), v.bfloat16(), None, rk_units=units)
+    kernel = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e].bfloat16(), k[:, :, s:e].bfloat16(),
+                                                       v[:, :, s:e].bfloat16(), is_causal=True)
+                        for s, e, _ in units], 2).transpose(1, 2)
+    err = (got.float() - want).abs().max() / want.abs().max()
+    kernel_err = (kernel.float() - want).abs().max() / want.abs().max()
+    assert err < 2e-2 and err < 3 * kernel_err + 1e-3

@@ -78,6 +78,8 @@ class MultiObjectiveRewardModel(RewardModel):
 
     The backbone's own 1-output head is kept (so the folder stays a valid HF checkpoint) but unused."""
 
+    packed_input = False  # forward reads padded batches only
+
     def __init__(self, hf_model: nn.Module, readout: str | None = None, mean: float = 0.0, std: float = 1.0,
                  temperature: float = 1.0):
         super().__init__(hf_model, readout, mean, std, temperature)

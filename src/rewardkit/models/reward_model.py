@@ -72,6 +72,8 @@ class RewardModel(nn.Module):
         temperature: T of P(a ≻ b) = sigmoid((r_a − r_b) / T), fitted by `rewardkit calibrate` (1.0 = unfitted).
     """
 
+    packed_input = True  # forward takes PackedBatch as well as SequenceBatch
+
     def __init__(self, hf_model: nn.Module, readout: str | None = None, mean: float = 0.0, std: float = 1.0,
                  temperature: float = 1.0):
         super().__init__()
