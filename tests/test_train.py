@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import synthetic_pairs, write_jsonl
 from rewardkit.config import TrainRunConfig, load_config
-from rewardkit.train import train
+from rewardkit.train import resolve_batching, train
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_eval_size_holds_out_the_end(tiny_models, data, tmp_path):
                                   ["train.packing=shared_prompt", "train.pack_layout=flat"],
                                   ["train.packing=plain", "train.pack_layout=flat"],
                                   ["train.packing=plain", "model.attn_implementation=eager"],
-                                  ["train.max_tokens=200"], ["train.batching=random"],
+                                  ["train.max_tokens=200"], ["train.batching=random"], ["train.batching=grouped"],
                                   ["train.gradient_checkpointing=true"]])
 def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
     res = _run(tiny_models["llama"], data, tmp_path / "o", "train.batch_size=8", "train.epochs=2", "train.log_every=1",
@@ -84,6 +84,12 @@ def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
         assert max(r["padding_fraction"] for r in train_rows) == 0
     if "model.attn_implementation=eager" in opts:  # eager is kept: batch rows, not the flat layout's SDPA
         assert max(r["padding_fraction"] for r in train_rows) > 0
+
+
+def test_auto_batching_is_random_for_flat_rows_only():
+    assert resolve_batching("auto", flat=True) == "random"
+    assert resolve_batching("auto", flat=False) == "grouped"
+    assert resolve_batching("grouped", flat=True) == "grouped"
 
 
 @pytest.mark.parametrize("packing", ["plain", "shared_prompt"])

@@ -131,9 +131,11 @@ class TrainConfig:
     resume: str | None = _f(None, "Resume from a checkpoint folder, or `auto` for the latest one in "
                                   "output_dir/checkpoints.")
     progress: bool = _f(True, "Show a tqdm progress bar.")
-    batching: str = _f("grouped", "Pairs: `grouped` sorts lengths inside large shuffled windows then shuffles "
-                                  "the batches (little padding); `random` is plain shuffling.",
-                       choices=("grouped", "random"))
+    batching: str = _f("auto", "Pairs: `grouped` sorts lengths inside large shuffled windows then shuffles "
+                               "the batches (little padding); `random` is plain shuffling; `auto` = random for "
+                               "the flat layout (no padding to save; grouping only raised peak memory and "
+                               "changed the data order), grouped otherwise.",
+                       choices=("auto", "grouped", "random"))
     max_tokens: int | None = _f(None, "Pairs: token budget per micro-batch (padded tokens, or packed row "
                                       "tokens); batches then hold a varying number of pairs.")
     packing: str = _f("auto", "Pairs: `plain` packs sequences into rows (own positions and attention block "

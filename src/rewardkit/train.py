@@ -215,6 +215,15 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     return TrainResult(out, step, final, loop_seconds, totals.n, totals.tokens, totals.processed)
 
 
+def resolve_batching(batching: str, *, flat: bool) -> str:
+    """`auto` -> `random` for flat packed rows (no padding whatever the lengths, and grouping only raised peak
+    memory and changed the data order: MiniLM on HH, 1,500 pairs: 2.87 vs 3.74 GB, 16.1 vs 14.7 pairs/s),
+    `grouped` for padded layouts, where it cuts padding (58% -> ~10% on HH)."""
+    if batching != "auto":
+        return batching
+    return "random" if flat else "grouped"
+
+
 def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfig):
     """The training DataLoader and its length-aware batch sampler (None for plain random batches).
 
@@ -244,12 +253,14 @@ def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt",
                                   flat=flat)
                if packing != "none" else objective.collator(pad_id))
-    if t.batching == "random" and not t.max_tokens:
+    batching = resolve_batching(t.batching, flat=flat and packing != "none")
+    log.info("batching: %s", batching)
+    if batching == "random" and not t.max_tokens:
         return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=collate), None
     lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in items]
     sampler = LengthGroupedBatchSampler(lengths, batch_size=None if t.max_tokens else t.batch_size,
                                         max_tokens=t.max_tokens, seqs_per_item=2, seed=cfg.seed,
-                                        group=t.batching == "grouped")
+                                        group=batching == "grouped")
     return DataLoader(items, batch_sampler=sampler, collate_fn=collate), sampler
 
 
