@@ -4,9 +4,10 @@
     .venv/bin/python bench/train_vs_trl.py --model smollm2 --pairs 64 --max-length 256 --batch-size 4
 
 Runs, one after the other, each in its own process: TRL with its RewardConfig defaults (bf16 autocast +
-gradient checkpointing), TRL tuned (gradient checkpointing off), and rewardkit. Prints pairs/s, real
-tokens/s, padding fraction, peak RSS, final train loss, held-out accuracy (same scorer for all), model FLOP
-utilisation against a matmul peak measured here in the dtype used, and the rewardkit/TRL ratios.
+gradient checkpointing), TRL tuned (gradient checkpointing off), rewardkit, and one more rewardkit run per
+`--also`. Prints pairs/s, real tokens/s, padding fraction, peak RSS, final train loss, held-out accuracy (same
+scorer for all), model FLOP utilisation against a matmul peak measured here in the dtype used, and the
+rewardkit/TRL ratios.
 """
 
 from __future__ import annotations
@@ -130,7 +131,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rewardkit", nargs="*", default=None,
                     help="rewardkit config overrides (default: none, i.e. rewardkit's defaults: bf16 where native, "
-                         "length-grouped batches, packing plain for encoders / shared_prompt for decoders)")
+                         "flat padding-free rows with random batches, packing plain for encoders / shared_prompt "
+                         "for decoders)")
+    ap.add_argument("--also", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more rewardkit run with these overrides on top of --rewardkit's (repeatable), e.g. "
+                         "--also train.gradient_checkpointing=true")
     ap.add_argument("--engines", nargs="+", default=["trl", "trl-tuned", "rewardkit"],
                     choices=["trl", "trl-tuned", "rewardkit"], help="which runs (default: all three)")
     ap.add_argument("--json", help="also write the results here")
@@ -157,13 +162,13 @@ def main() -> None:
     rk = a.rewardkit if a.rewardkit is not None else []  # rewardkit's defaults
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
                 batch_size=a.batch_size, lr=a.lr, epochs=a.epochs)
-    engines = a.engines
+    runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
     results = []
-    for i, engine in enumerate(engines):
+    for i, (engine, options) in enumerate(runs):
         out = work / f"run{i}"
         out.mkdir()
-        print(f"running {engine} ...", file=sys.stderr, flush=True)
-        results.append(run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": rk}))
+        print(f"running {engine} {' '.join(options)} ...", file=sys.stderr, flush=True)
+        results.append(run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options}))
     peaks = {True: matmul_peak(torch.bfloat16), False: matmul_peak(torch.float32)}
     for r in results:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
@@ -179,11 +184,11 @@ def main() -> None:
     print(f"matmul peak here (2048^2, {torch.get_num_threads()} threads): fp32 {peaks[False] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks[True] / 1e9:.0f} GFLOP/s")
     print(table(results, cols))
-    ours = results[-1]
-    for ref in (r for r in results if r["engine"].startswith("TRL")):
-        print(f"rewardkit / {ref['engine']}: pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}, "
-              f"peak RSS x{ours['peak_rss_gb'] / ref['peak_rss_gb']:.2f}, "
-              f"accuracy {100 * (ours['accuracy'] - ref['accuracy']):+.1f} points")
+    for ours in (r for r in results if not r["engine"].startswith("TRL")):
+        for ref in (r for r in results if r["engine"].startswith("TRL")):
+            print(f"{ours['engine']} / {ref['engine']}: pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}, "
+                  f"peak RSS x{ours['peak_rss_gb'] / ref['peak_rss_gb']:.2f}, "
+                  f"accuracy {100 * (ours['accuracy'] - ref['accuracy']):+.1f} points")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

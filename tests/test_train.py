@@ -69,7 +69,8 @@ def test_eval_size_holds_out_the_end(tiny_models, data, tmp_path):
                                   ["train.packing=plain", "train.pack_layout=flat"],
                                   ["train.packing=plain", "model.attn_implementation=eager"],
                                   ["train.max_tokens=200"], ["train.batching=random"], ["train.batching=grouped"],
-                                  ["train.gradient_checkpointing=true"]])
+                                  ["train.gradient_checkpointing=true"],
+                                  ["train.gradient_checkpointing=true", "train.checkpoint_every=2"]])
 def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
     res = _run(tiny_models["llama"], data, tmp_path / "o", "train.batch_size=8", "train.epochs=2", "train.log_every=1",
                "data.eval_size=16", *opts)
@@ -84,6 +85,11 @@ def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
         assert max(r["padding_fraction"] for r in train_rows) == 0
     if "model.attn_implementation=eager" in opts:  # eager is kept: batch rows, not the flat layout's SDPA
         assert max(r["padding_fraction"] for r in train_rows) > 0
+
+
+def test_checkpoint_every_below_one_is_refused(tiny_models, data, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _run(tiny_models["llama"], data, tmp_path / "c", "train.checkpoint_every=0")
 
 
 def test_auto_batching_is_random_for_flat_rows_only():

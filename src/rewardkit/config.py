@@ -144,13 +144,15 @@ class TrainConfig:
                       choices=("auto", "none", "plain", "shared_prompt"))
     pack_layout: str = _f("flat", "Packing inside each micro-batch: `flat` lays all its sequences in one "
                                         "padding-free row and confines attention to each sequence with one "
-                                        "SDPA call per unit (0% padding); `batch_rows` fills rows as wide as "
+                                        "attention call per unit (0% padding); `batch_rows` fills rows as wide as "
                                         "its longest sequence (block-diagonal masks; also used when "
                                         "model.attn_implementation=eager).",
                           choices=("flat", "batch_rows"))
     row_length: int | None = _f(None, "Packing: fixed row length filled across the data (~0.3% padding; for GPUs "
                                       "with varlen attention); overrides `pack_layout`.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, ~30% slower.")
+    checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (2: about half "
+                                  "the activation memory saved at about half the recompute cost).")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
 
 

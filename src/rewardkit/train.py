@@ -79,6 +79,8 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     t = cfg.train
     if not cfg.model.path or not cfg.data.train:
         raise ValueError("`model` and `data.train` are required")
+    if t.checkpoint_every < 1:
+        raise ValueError(f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
     objective = make_objective(cfg)  # checks the loss name and its options before anything loads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,8 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     objective.prepare(model, data.train, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
                       device=accelerator.device)  # e.g. label statistics, debiasing lambdas
     if t.gradient_checkpointing:
-        model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                                 every_n_layers=t.checkpoint_every)
     if t.compile:
         model.hf.base_model.compile(dynamic=True)
     loader, sampler = _train_loader(objective, data.train, model, tok.pad_token_id, cfg)

@@ -213,7 +213,7 @@ class RewardModel(nn.Module):
             if not b.position_ids_suffice:
                 raise ValueError(f"{impl} takes no custom masks: use packing without shared prompts, or sdpa")
             mask = None  # transformers builds varlen boundaries from the position_ids resets
-        elif b.units is not None:  # flat batch: one SDPA call per unit (see segment_attention)
+        elif b.units is not None:  # flat batch: one attention call per unit (see segment_attention)
             if impl != SEGMENTS:
                 use_segment_attention(self.hf.config)  # stays: padded batches then run as plain SDPA
             kw["rk_units"] = b.units

@@ -1,4 +1,4 @@
-"""Variable-length attention without FlashAttention: one SDPA call per packed unit.
+"""Variable-length attention without FlashAttention: one attention call per packed unit.
 
 A flat packed batch holds every sequence of a micro-batch in ONE row with no padding at all. The linear layers
 see (1, T, H) and never care where sequences start; only attention must stay inside each unit. FlashAttention
