@@ -150,7 +150,8 @@ class TrainConfig:
                           choices=("flat", "batch_rows"))
     row_length: int | None = _f(None, "Packing: fixed row length filled across the data (~0.3% padding; for GPUs "
                                       "with varlen attention); overrides `pack_layout`.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, ~30% slower.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, slower (SmolLM2 "
+                                             "on HH here: 54% of the peak RSS, 13% slower).")
     checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (2: about half "
                                   "the activation memory saved at about half the recompute cost).")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")

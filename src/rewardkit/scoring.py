@@ -2,8 +2,8 @@
 
 Sequences are sorted by length and scored in batches, then returned in input order; results do not
 depend on batch size or padding side (every readout is computed on right-aligned rows). On CPU each batch
-is one padding-free packed row (segment attention), which runs attention about 2x faster there than padded
-SDPA batches; elsewhere batches are padded.
+is one padding-free packed row (segment attention), which scored HH pairs with MiniLM 11-20% faster there
+than padded batches (48.6-52.2 vs 43.7 pairs/s, bf16); elsewhere batches are padded.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 
 from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
-from rewardkit.data.packing import pack_sequences
 from rewardkit.data.formats import Message, Text
+from rewardkit.data.packing import pack_sequences
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.reward_model import RewardModel
 
