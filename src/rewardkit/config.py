@@ -152,8 +152,9 @@ class TrainConfig:
                                       "with varlen attention); overrides `pack_layout`.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, slower (SmolLM2 "
                                              "on HH here: 54% of the peak RSS, 13% slower).")
-    checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (2: about half "
-                                  "the activation memory saved at about half the recompute cost).")
+    checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer. SmolLM2 on HH "
+                                  "here: off 2.31 pairs/s at 6.22 GB, every layer 2.01 at 3.36 GB, every 2nd "
+                                  "2.09 at 4.78 GB.")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
 
 
