@@ -4,6 +4,7 @@ grouped-query heads; outputs and gradients."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +67,9 @@ def test_explicit_path_in_bf16_stays_close_to_fp32():
     err = (got.float() - want).abs().max() / want.abs().max()
     kernel_err = (kernel.float() - want).abs().max() / want.abs().max()
     assert err < 2e-2 and err < 3 * kernel_err + 1e-3
+
+
+def test_units_that_do_not_tile_the_row_are_refused():
+    q = torch.randn(1, 2, 10, 4)
+    with pytest.raises(ValueError, match="tile"):
+        segment_attention(_Attn(False), q, q, q, None, rk_units=[(0, 4, None), (5, 10, None)])

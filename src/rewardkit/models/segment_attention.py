@@ -40,16 +40,13 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     causal = bool(getattr(module, "is_causal", False))
     p = dropout if module.training else 0.0
     explicit = EXPLICIT_MAX_LEN if query.device.type == "cpu" else 0
-    bounds = [(s, e) for s, e, _ in rk_units]
-    tiles = bounds[0][0] == 0 and bounds[-1][1] == query.shape[2] and all(
-        a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    if tiles:
-        # Units tile the row: split, whose backward is one cat, instead of slices, each of whose backward
-        # writes a zero-filled gradient of the full row (measured: 8% of a MiniLM training step).
-        sizes = [e - s for s, e in bounds]
-        parts = zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))
-    else:
-        parts = ((query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]) for s, e in bounds)
+    sizes = [e - s for s, e, _ in rk_units]
+    if rk_units[0][0] != 0 or sum(sizes) != query.shape[2] or any(
+            a[1] != b[0] for a, b in zip(rk_units, rk_units[1:])):
+        raise ValueError("rk_units must tile the packed row: consecutive (start, end) covering all of it")
+    # split, whose backward is one cat, rather than slices, each of whose backward writes a zero-filled
+    # gradient of the full row (measured: 8% of a MiniLM training step).
+    parts = zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))
     outs = []
     for (q, k, v), (_, _, mask) in zip(parts, rk_units):
         if q.shape[2] <= explicit:
