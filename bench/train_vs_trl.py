@@ -24,7 +24,7 @@ from common import BACKBONES, hh_rows, make_initial_model, matmul_peak, run_work
 
 
 def _encode(init: Path, rows: list[dict], max_length: int):
-    from rewardkit.data.formats import load_preferences
+    from rewardkit.data.pairs import load_preferences
     from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
     from rewardkit.models.reward_model import RewardModel
     from rewardkit.io import write_jsonl
@@ -37,7 +37,7 @@ def _encode(init: Path, rows: list[dict], max_length: int):
 
 
 def _accuracy(model, tok, pairs) -> float:
-    from rewardkit.evaluate import pair_rewards
+    from rewardkit.scoring import pair_rewards
 
     rc, rr = pair_rewards(model, pairs, pad_id=tok.pad_token_id, batch_size=16)
     return float((rc > rr).double().mean())

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from rewardkit.client import RewardClient
+from rewardkit.serve.client import RewardClient
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ import torch
 from conftest import write_jsonl
 from rewardkit.apps import RowKeys, filter_file, make_pairs_file, pick_pairs, rank_file
 from rewardkit.cli import main
-from rewardkit.data.formats import DataError
+from rewardkit.data.pairs import DataError
 
 
 def read(path):
@@ -21,17 +21,16 @@ def read(path):
 class LengthScorer:
     """Stands in for RewardScorer: score = len(response); records how many texts each call got."""
 
-    class model:  # noqa: N801
-        @staticmethod
-        def normalize(x):
-            return (x - 1.0) / 2.0
+    @staticmethod
+    def normalize(x):
+        return (x - 1.0) / 2.0
 
     def __init__(self):
         self.calls: list[int] = []
 
-    def score_texts(self, prompts, responses):
+    def score(self, prompts, responses):
         self.calls.append(len(responses))
-        return torch.tensor([float(len(r)) for r in responses])
+        return [float(len(r)) for r in responses]
 
 
 @pytest.mark.parametrize("strategy,scores,min_margin,want,dropped", [
@@ -122,7 +121,7 @@ def test_cli_rank_then_pairs_then_filter(tiny_models, tmp_path, capsys):
 
     model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]))
     with torch.no_grad():
-        model.head.weight.mul_(30)  # random head, scaled so scores differ visibly
+        model.head.linear.weight.mul_(30)  # random head, scaled so scores differ visibly
     model.save_pretrained(tmp_path / "rm", tok, max_length=64)
     chat = [{"role": "user", "content": "Tell me about tea."}]
     gen = write_jsonl(tmp_path / "gen.jsonl", [

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rewardkit.calibration import calibration, confidence_and_correct, expected_calibration_error, fit_temperature
+from rewardkit.eval.calibration import calibration, confidence_and_correct, expected_calibration_error, fit_temperature
 from rewardkit.metrics import average_ranks, length_bias, spearman
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rewardkit.data.formats import load_preferences
+from rewardkit.data.pairs import load_preferences
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "demo_data" / "prefs.jsonl"

@@ -151,7 +151,7 @@ def test_report_on_a_training_run(run_dir, tmp_path):
 
 def test_works_without_matplotlib(run_dir, tmp_path, monkeypatch, capsys):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "import rewardkit, rewardkit.cli, rewardkit.evaluate, rewardkit.report, rewardkit.plots\n"
+            "import rewardkit, rewardkit.cli, rewardkit.eval.evaluate, rewardkit.eval.report, rewardkit.eval.plots\n"
             "rewardkit.cli.build_parser().parse_args(['--help'])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "usage: rewardkit" in res.stdout, res.stderr

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewardkit.data.formats import DataError
-from rewardkit.evaluate import EvalConfig, ScoredResponses, analyze, load_eval_data
-from rewardkit.rewardbench import (EXAMPLE_COUNTS, SECTIONS, BestOfNScores, best_of_n, detect_kind, pair_outcomes,
+from rewardkit.data import DataError
+from rewardkit.eval.evaluate import EvalConfig, analyze, load_eval_data
+from rewardkit.scoring import ScoreDetails
+from rewardkit.eval.rewardbench import (EXAMPLE_COUNTS, SECTIONS, BestOfNScores, best_of_n, detect_kind, pair_outcomes,
                                    resolve_split, score_rewardbench, score_rewardbench2, ties_score)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,7 +32,7 @@ def keyword_eval(path: Path, **kw):
     data = load_eval_data(EvalConfig("unused", str(path)))
     rewards = torch.tensor([float(_text(r).count("GOOD") - _text(r).count("BAD")) for _, r in data.responses])
     lengths = torch.tensor([len(_text(r).split()) for _, r in data.responses])
-    return data, analyze(data, ScoredResponses(rewards, lengths, torch.zeros(len(lengths), dtype=torch.bool)), **kw)
+    return data, analyze(data, ScoreDetails(rewards, lengths, torch.zeros(len(lengths), dtype=torch.bool)), **kw)
 
 
 # Per-subset accuracy in rewardbench_v1.jsonl with ties as 0 (row 5 of llmbar-natural is a GOOD/GOOD tie).

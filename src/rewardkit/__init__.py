@@ -15,7 +15,7 @@ _LAZY = {
     "RewardScorer": ("rewardkit.scoring", "RewardScorer"),
     "TrainRunConfig": ("rewardkit.config", "TrainRunConfig"),
     "train": ("rewardkit.train", "train"),
-    "evaluate": ("rewardkit.evaluate", "evaluate"),
+    "evaluate": ("rewardkit.eval.evaluate", "evaluate"),
 }
 
 

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewardkit.data.formats import DataError, read_rows
+import torch
+
+from rewardkit.data import DataError, read_rows
 from rewardkit.io import atomic_write
 
 STRATEGIES = ("max_min", "max_random", "all")
@@ -119,8 +121,8 @@ def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool) -> list[Scored
         return chunk
     prompts = [r.prompt for r in chunk for _ in r.responses]
     responses = [x for r in chunk for x in r.responses]
-    raw = scorer.score_texts(prompts, responses)
-    final = (scorer.model.normalize(raw) if normalize else raw).tolist()
+    raw = torch.tensor(scorer.score(prompts, responses), dtype=torch.float64)
+    final = (scorer.normalize(raw) if normalize else raw).tolist()
     raw_list, start = raw.tolist(), 0
     for r in chunk:
         n = len(r.responses)

@@ -47,8 +47,8 @@ def _columns(pairs: list[str]) -> dict[str, str]:
 
 
 def _eval_config(args: argparse.Namespace):
-    from rewardkit.data.formats import Columns
-    from rewardkit.evaluate import EvalConfig
+    from rewardkit.config import Columns
+    from rewardkit.eval.evaluate import EvalConfig
 
     try:
         columns = Columns(**_columns(args.column))
@@ -76,7 +76,7 @@ def _print_flat(stats: dict, prefix: str = "") -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rewardkit.evaluate import evaluate
+    from rewardkit.eval.evaluate import evaluate
 
     stats = evaluate(_eval_config(args))
     if args.json:
@@ -87,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from rewardkit.evaluate import calibrate
+    from rewardkit.eval.evaluate import calibrate
 
     fit = calibrate(_eval_config(args), save=not args.no_save)
     out = {"model_dir": args.model_dir, "saved": not (args.no_save or fit.at_bound), **fit.to_dict()}
@@ -99,7 +99,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rewardkit.report import write_report
+    from rewardkit.eval.report import write_report
 
     files = write_report(args.path, args.output_dir)
     print(json.dumps({"html": str(files.html), "markdown": str(files.markdown),
@@ -108,7 +108,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _read_score_rows(path: str, prompt_key: str, response_key: str, messages_key: str) -> tuple[list[dict], list, list]:
-    from rewardkit.data.formats import DataError, read_rows
+    from rewardkit.data import DataError, read_rows
 
     rows, prompts, responses = [], [], []
     for where, row in read_rows(path):
@@ -140,15 +140,14 @@ def _score(args: argparse.Namespace) -> int:
     rows, prompts, responses = _read_score_rows(args.input, args.prompt_key, args.response_key, args.messages_key)
     scorer = RewardScorer.load(args.model_dir, device=args.device, batch_size=args.batch_size,
                                max_length=args.max_length, max_tokens=args.max_tokens, bf16=args.bf16)
-    details = scorer.score_attributes(prompts, responses) if scorer.attribute_names else None
-    raw = torch.tensor([d["score"] for d in details]) if details else scorer.score_texts(prompts, responses)
-    norm = scorer.model.normalize(raw)
-    for i, (row, r, z) in enumerate(zip(rows, raw.tolist(), norm.tolist())):
+    details = scorer.score_details(prompts, responses)
+    norm = scorer.normalize(details.rewards)
+    for row, extra, z in zip(rows, details.rows(), norm.tolist()):
+        r = extra.pop("score")
         row["score"] = z if args.normalize else r
         if args.normalize:
             row["raw_score"] = r
-        if details:  # multi-objective model: per-attribute predictions and the gate's weights
-            row["attributes"], row["gate"] = details[i]["attributes"], details[i]["gate"]
+        row.update(extra)  # e.g. a multi-objective model's attributes and gate weights
     n = write_jsonl(args.output, rows)
     log.info("scored %d rows -> %s", n, args.output)
     return 0
@@ -384,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rewardkit.data.formats import DataError
+    from rewardkit.data import DataError
 
     try:
         return args.func(args)

@@ -63,7 +63,9 @@ class ModelConfig:
 
 
 @dataclass
-class ColumnsConfig:
+class Columns:
+    """Column names of every row format (the one column map: train, eval, score and the apps read it)."""
+
     prompt: str = _f("prompt", "Column with the prompt (string or chat messages).")
     chosen: str = _f("chosen", "Column with the preferred response or transcript.")
     rejected: str = _f("rejected", "Column with the dispreferred response or transcript.")
@@ -78,6 +80,7 @@ class ColumnsConfig:
     ranks: str = _f("ranks", "loss=kwise: per-completion ranks (1 = best); used when present.")
     scores: str = _f("scores", "loss=kwise: per-completion scores (higher = better), when there are no ranks.")
     attributes: list[str] = _f([], "loss=attributes: the attribute columns (numbers; null/NaN = missing).")
+    messages: str = _f("messages", "score: a whole chat column (the last message is the response).")
 
 
 @dataclass
@@ -93,7 +96,7 @@ class DataConfig:
     max_samples: int | None = _f(None, "Use only the first N rows of the training data.")
     format: str = _f("auto", "Row format (auto-detected by default).",
                      choices=("auto", "explicit", "implicit", "conversational", "sharegpt"))
-    columns: ColumnsConfig = _f(ColumnsConfig(), "Column names.")
+    columns: Columns = _f(Columns(), "Column names.")
     on_error: str = _f("raise", "A malformed row stops with an error, or is skipped and counted.",
                        choices=("raise", "skip"))
     margin_table: str | None = _f(None, "Pairs: margin from the rating column via the Llama 2 table "

@@ -1,4 +1,5 @@
-"""Pure metrics over reward tensors (no model, no I/O): pair accuracy, Spearman, length-bias diagnostics."""
+"""Pure metrics over reward tensors (no model, no I/O): pair accuracy, reward statistics, ranking accuracy,
+regression error, AUC, Spearman, length-bias diagnostics. Imports torch only."""
 
 from __future__ import annotations
 
@@ -6,6 +7,27 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+
+
+def check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return t
+
+
+def preference_prob(delta: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """P(a ≻ b) = sigmoid((r_a − r_b) / T), the one definition of a model's preference probability
+    (Python, CLI and HTTP all use it). delta: (N,) reward differences r_a − r_b -> (N,) float64."""
+    return torch.sigmoid(delta.double() / check_temperature(temperature))
+
+
+def reward_stats(rewards: torch.Tensor) -> dict[str, float]:
+    """Mean and (population) standard deviation of rewards (N,): what config.json saves for normalisation."""
+    r = rewards.double()
+    if not r.numel():
+        return {"reward_mean": float("nan"), "reward_std": float("nan")}
+    return {"reward_mean": float(r.mean()), "reward_std": float(r.std(unbiased=False))}
 
 
 def pairwise_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
@@ -24,8 +46,7 @@ def pairwise_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, fl
         "margin_mean": float(delta.mean()) if n else float("nan"),
         "chosen_mean": float(chosen.mean()) if n else float("nan"),
         "rejected_mean": float(rejected.mean()) if n else float("nan"),
-        "reward_mean": float(both.mean()) if n else float("nan"),
-        "reward_std": float(both.std(unbiased=False)) if n else float("nan"),
+        **reward_stats(both),
     }
 
 
@@ -54,6 +75,52 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = float((rx.square().sum() * ry.square().sum()).sqrt())
     return float((rx * ry).sum()) / denom if denom > 0 else None
+
+
+def ranking_stats(rewards: torch.Tensor, preference: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Pairwise accuracy within each prompt's completions. rewards, preference: (P, K); mask: (P, K) bool.
+
+    Over the ordered pairs (preference_i > preference_j; ties in preference skipped), a pair is right when
+    reward_i > reward_j (a reward tie is wrong). `accuracy` averages each prompt's share of right pairs
+    over the prompts that have pairs; `pair_accuracy` pools all pairs.
+    """
+    r, p = rewards.double(), preference.double()
+    pairs = mask[:, :, None] & mask[:, None, :] & (p[:, :, None] > p[:, None, :])
+    right = pairs & (r[:, :, None] > r[:, None, :])
+    per_prompt, n_right = pairs.sum((1, 2)), right.sum((1, 2))
+    has = per_prompt > 0
+    return {
+        "accuracy": float((n_right[has] / per_prompt[has]).mean()) if has.any() else float("nan"),
+        "pair_accuracy": float(n_right.sum() / per_prompt.sum()) if has.any() else float("nan"),
+        "prompts": int(has.sum()),
+        "pairs": int(per_prompt.sum()),
+    }
+
+
+def regression_stats(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """MSE, MAE and Pearson correlation of predictions (N,) against numeric targets (N,)."""
+    p, t = pred.double(), target.double()
+    pc, tc = p - p.mean(), t - t.mean()
+    denom = (pc.norm() * tc.norm()).item()
+    return {"mse": float(((p - t) ** 2).mean()), "mae": float((p - t).abs().mean()),
+            "pearson": float((pc * tc).sum() / denom) if denom > 0 else float("nan"), "n": int(p.numel())}
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC of scores (N,) for 0/1 labels (N,) (Mann-Whitney U; tied scores count one half)."""
+    y = labels.bool()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = average_ranks(scores)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """AUC, accuracy of `logit > 0` and positive rate for 0/1 labels. logits, labels: (N,)."""
+    y = labels.bool()
+    return {"auc": auc(logits, labels), "accuracy": float(((logits > 0) == y).double().mean()),
+            "positive_rate": float(y.double().mean()), "n": int(y.numel())}
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,31 @@
-"""Scoring with a trained reward model: `RewardScorer.load(path).score(prompts, responses)`.
+"""Scoring with a trained model: the `Scorer` interface every consumer talks to, and the one batched loop.
 
-Sequences are sorted by length and scored in batches, then returned in input order; results do not
-depend on batch size or padding side (every readout is computed on right-aligned rows). On CPU each batch
-is one padding-free packed row (segment attention), which scored HH pairs with MiniLM 11-20% faster there
-than padded batches (48.6-52.2 vs 43.7 pairs/s, bf16); elsewhere batches are padded.
+`Scorer` is what eval, calibrate, the apps (score/rank/filter/make-pairs) and the server use:
+  score(prompts, responses)  -> a reward per (prompt, response)
+  compare(prompts, a, b)     -> P(a ≻ b) per prompt (`metrics.preference_prob` at the model's temperature)
+  rank(prompt, candidates)   -> candidates ordered best first
+`RewardScorer` implements it for every value-head kind (`models.kinds`). `run_model` is the one batched
+forward: sequences sorted by length, cut by count and token budget, returned in input order, so results do
+not depend on batch size or padding side. On CPU each batch is one padding-free packed row (segment
+attention); elsewhere batches are padded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
-from rewardkit.data.formats import Message, Text
+from rewardkit.data.fields import Message, Text
 from rewardkit.data.packing import pack_sequences
-from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
+from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence
+from rewardkit.metrics import check_temperature, preference_prob
+from rewardkit.models.heads import HeadOutput
 from rewardkit.models.reward_model import RewardModel
 
 
@@ -36,28 +42,42 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 
 
 @torch.no_grad()
-def score_sequences(model: RewardModel | torch.nn.Module, seqs: Sequence[TokenizedSequence], *, pad_id: int,
-                    batch_size: int = 32, device: torch.device | str = "cpu", max_tokens: int | None = None,
-                    bf16: bool = False) -> torch.Tensor:
-    """Raw rewards for tokenised sequences, shape (N,), in input order.
+def run_model(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id: int, batch_size: int = 32,
+              device: torch.device | str = "cpu", max_tokens: int | None = None, bf16: bool = False) -> HeadOutput:
+    """Head outputs for tokenised sequences, in input order, on the CPU: score (N,) and extras (N, ...).
 
-    Sorting by length keeps padding small; `max_tokens` caps padded tokens per forward; `bf16` runs the
-    forward under bf16 autocast (faster where bf16 is native, scores then agree to about 1e-2, not 1e-4).
+    `max_tokens` caps padded tokens per forward; `bf16` runs the forward under bf16 autocast.
     """
     was_training = model.training
     model.eval()
-    out = torch.empty(len(seqs), dtype=torch.float32)
+    score = torch.empty(len(seqs), dtype=torch.float32)
+    extras: dict[str, torch.Tensor] = {}
     dev_type = torch.device(device).type
-    flat = dev_type == "cpu" and getattr(model, "packed_input", False)
     # One autocast context for all batches: it caches the bf16 copies of the weights until it exits.
     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
         for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
             chunk = [seqs[i] for i in idx]
-            batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True) if flat
+            batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True) if dev_type == "cpu"
                      else pad_sequences(chunk, pad_id)).to(device)
-            out[idx] = model(batch).float().cpu()
+            out = model.outputs(batch)
+            score[idx] = out.score.float().cpu()
+            for name, t in out.extras.items():
+                if name not in extras:
+                    extras[name] = torch.empty((len(seqs), *t.shape[1:]))
+                extras[name][idx] = t.float().cpu()
     model.train(was_training)
-    return out
+    return HeadOutput(score, extras)
+
+
+def score_sequences(model: RewardModel, seqs: Sequence[TokenizedSequence], **kw: Any) -> torch.Tensor:
+    """Raw rewards (N,) of tokenised sequences, in input order (`run_model`'s score)."""
+    return run_model(model, seqs, **kw).score
+
+
+def pair_rewards(model: RewardModel, pairs: Sequence[TokenizedPair], **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) raw rewards, each (B,), for tokenised pairs (one sorted pass over all 2B)."""
+    r = score_sequences(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], **kw)
+    return r[:len(pairs)], r[len(pairs):]
 
 
 @dataclass(frozen=True)
@@ -70,8 +90,58 @@ class Comparison:
     temperature: float
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """N candidates for one prompt: their scores, indices best first (ties keep input order), the best."""
+
+    scores: list[float]
+    order: list[int]
+    best: int
+
+
+@dataclass
+class ScoreDetails:
+    """Everything a scoring pass knows per (prompt, response), (N,) each: raw rewards, response tokens the
+    model saw (after truncation, incl. the end token), whether it was truncated, and the head's published
+    extras (e.g. a multi-objective model's attributes and gate, (N, A)) with their column names."""
+
+    rewards: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per item: {"score": raw reward, <extra>: {name: value}, ...}."""
+        out = [{"score": r} for r in self.rewards.tolist()]
+        for key, t in self.extras.items():
+            for row, values in zip(out, t.tolist()):
+                row[key] = dict(zip(self.names[key], values))
+        return out
+
+
+class Scorer(Protocol):
+    """What every consumer of a trained model calls (eval, apps, server)."""
+
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]: ...
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor: ...
+
+    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                temperature: float | None = None) -> list[Comparison]: ...
+
+    def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking: ...
+
+
+def rank_scores(scores: Sequence[float], tiebreak: Sequence[float] | None = None) -> Ranking:
+    """Indices best first: by score, then `tiebreak` (e.g. raw scores), then input order."""
+    tb = tiebreak if tiebreak is not None else scores
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], -tb[i]))
+    return Ranking(list(scores), order, order[0])
+
+
 class RewardScorer:
-    """A loaded reward model plus its tokenizer and sequence layout."""
+    """A loaded reward model plus its tokenizer and sequence layout; implements `Scorer`."""
 
     def __init__(self, model: RewardModel, tokenizer, *, max_length: int = 2048, batch_size: int = 32,
                  device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS, bf16: bool = False):
@@ -87,50 +157,55 @@ class RewardScorer:
     def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,
              max_length: int | None = None, max_tokens: int | None = SCORE_MAX_TOKENS,
              bf16: bool = False) -> "RewardScorer":
-        """Load a saved reward model folder; `max_length` defaults to the one it was trained with."""
+        """Load a saved reward model folder (any kind); `max_length` defaults to the one it was trained with."""
         model, tok = RewardModel.from_pretrained(str(path))
         return cls(model, tok, max_length=max_length or model.saved_max_length or 2048,
                    batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
+
+    # ------------------------------------------------------------------ tokens in, rewards out
+
+    def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        return self.encoder.encode(prompt, response)
+
+    def encode_text(self, text: str) -> TokenizedSequence:
+        """A full prompt+response text, as a PPO trainer decodes it (see `SequenceEncoder.encode_text`)."""
+        return self.encoder.encode_text(text)
+
+    def run(self, seqs: Sequence[TokenizedSequence], **overrides: Any) -> HeadOutput:
+        """The model's outputs for tokenised sequences, (N,) score plus extras, in input order; `overrides`
+        replace this scorer's `run_model` settings (batch_size, max_tokens, bf16)."""
+        kw = dict(pad_id=self.tokenizer.pad_token_id, device=self.device, batch_size=self.batch_size,
+                  max_tokens=self.max_tokens, bf16=self.bf16)
+        return run_model(self.model, seqs, **{**kw, **overrides})
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """(raw − mean) / std with the statistics saved in the model's config.json."""
+        return self.model.normalize(raw)
+
+    # ------------------------------------------------------------------ the Scorer interface
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
+        """Raw rewards, token lengths and the head's published extras of N (prompt, response) pairs."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        out = self.run(seqs)
+        names = self.model.head.published
+        return ScoreDetails(out.score, torch.tensor([len(s.input_ids) - s.response_start for s in seqs]),
+                            torch.tensor([s.truncated for s in seqs], dtype=torch.bool),
+                            {k: out.extras[k] for k in names}, dict(names))
 
     def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N (prompt, response) pairs; each may be a string or chat messages."""
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        seqs = [self.encoder.encode(p, r) for p, r in zip(prompts, responses)]
-        raw = self._score(seqs)
-        return self.model.normalize(raw) if normalize else raw
-
-    def _score(self, seqs: Sequence[TokenizedSequence]) -> torch.Tensor:
-        return score_sequences(self.model, seqs, pad_id=self.tokenizer.pad_token_id, batch_size=self.batch_size,
-                               device=self.device, max_tokens=self.max_tokens, bf16=self.bf16)
-
-    @property
-    def attribute_names(self) -> list[str]:
-        """Attributes of a multi-objective model (`train.loss=attributes`/`gating`); [] for scalar models."""
-        return list(getattr(self.model, "attribute_names", []))
-
-    def score_attributes(self, prompts: Sequence[Text], responses: Sequence[Text]) -> list[dict[str, Any]]:
-        """Multi-objective models: per (prompt, response) `{"score": s, "attributes": {name: value},
-        "gate": {name: weight}}`; `score` (raw) equals `score_texts`, the gate-weighted sum of the
-        (verbosity-debiased) attributes. `attributes` are the heads' raw predictions."""
-        from rewardkit.models.multi_objective import batched_outputs
-
-        if not self.attribute_names:
-            raise ValueError("score_attributes needs a multi-objective model (train.loss=attributes or gating)")
-        if len(prompts) != len(responses):
-            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        seqs = [self.encoder.encode(p, r) for p, r in zip(prompts, responses)]
-        out = batched_outputs(self.model, seqs, pad_id=self.tokenizer.pad_token_id, batch_size=self.batch_size,
-                              device=self.device)
-        names = self.attribute_names
-        return [{"score": s, "attributes": dict(zip(names, a)), "gate": dict(zip(names, g))}
-                for s, a, g in zip(out.score.tolist(), out.attributes.tolist(), out.gate.tolist())]
+        raw = self.run([self.encode(p, r) for p, r in zip(prompts, responses)]).score
+        return self.normalize(raw) if normalize else raw
 
     def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
-        """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries); see `encode_text`."""
-        seqs = [self.encoder.encode_text(t) for t in texts]
-        raw = self._score(seqs)
-        return self.model.normalize(raw) if normalize else raw
+        """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries)."""
+        raw = self.run([self.encode_text(t) for t in texts]).score
+        return self.normalize(raw) if normalize else raw
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]:
         """Rewards as floats, one per (prompt, response)."""
@@ -143,7 +218,7 @@ class RewardScorer:
     @property
     def temperature(self) -> float:
         """T from the model's config.json (`rewardkit.temperature`, set by `rewardkit calibrate`); 1.0 if unfitted."""
-        return float(getattr(self.model, "temperature", 1.0))
+        return self.model.temperature
 
     def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
                 temperature: float | None = None) -> list[Comparison]:
@@ -151,15 +226,19 @@ class RewardScorer:
         n = len(prompts)
         if not len(responses_a) == len(responses_b) == n:
             raise ValueError(f"got {n} prompts, {len(responses_a)} responses_a and {len(responses_b)} responses_b")
-        t = self.temperature if temperature is None else float(temperature)
-        if not (t > 0 and t != float("inf")):
-            raise ValueError(f"temperature must be a finite number > 0, got {t}")
+        t = check_temperature(self.temperature if temperature is None else temperature)
         r = self.score_texts(list(prompts) * 2, list(responses_a) + list(responses_b))  # one sorted pass: (2n,)
         ra, rb = r[:n].double(), r[n:].double()
-        p = torch.sigmoid((ra - rb) / t)
+        p = preference_prob(ra - rb, t)
         return [Comparison(a, b, q, t) for a, b, q in zip(ra.tolist(), rb.tolist(), p.tolist())]
 
     def prob_better(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
                     temperature: float | None = None) -> list[float]:
         """P(a ≻ b) per prompt, as `compare(...)[i].prob_a_better`."""
         return [c.prob_a_better for c in self.compare(prompts, responses_a, responses_b, temperature=temperature)]
+
+    def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking:
+        """Candidates for one prompt, best first (one scoring pass; ties keep input order)."""
+        if not candidates:
+            raise ValueError("rank needs at least one candidate")
+        return rank_scores(self.score([prompt] * len(candidates), list(candidates), normalize=normalize))

@@ -29,8 +29,8 @@ from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSample
 from rewardkit.data.packing import PackedPairCollator, RowDataset, unit_length
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
+from rewardkit.models.backbone import disable_dropout
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
-from rewardkit.objectives.pairwise import PairwiseObjective, TokenObjective
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     model, tok = objective.build_model(cfg)
     log.info("attention: %s", model.set_attention(cfg.model.attn_implementation))
     if t.disable_dropout:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-            if isinstance(getattr(m, "attention_dropout", None), float):  # Llama/Qwen keep attention dropout as a float
-                m.attention_dropout = 0.0
+        disable_dropout(model)
     encoder = SequenceEncoder(tok, cfg.data.max_length, model.is_encoder)
     data = objective.load_data(cfg, encoder)
     log.info("%s: %d training %s, %d eval %s", objective.name, len(data.train), objective.unit, len(data.eval),
@@ -230,11 +226,10 @@ def resolve_batching(batching: str, *, flat: bool) -> str:
 def _train_loader(objective, items: list, model, pad_id: int, cfg: TrainRunConfig):
     """The training DataLoader and its length-aware batch sampler (None for plain random batches).
 
-    Pair objectives get length grouping, token budgets and packing; other families shuffle plainly.
+    Packable objectives (pairs) get length grouping, token budgets and packing; other families shuffle plainly.
     """
     t = cfg.train
-    pairs = isinstance(objective, PairwiseObjective) and not isinstance(objective, TokenObjective)
-    if not pairs:
+    if not objective.packable:
         if t.packing not in ("none", "auto") or t.max_tokens:
             raise ValueError(f"train.packing / train.max_tokens apply to pairwise losses, not {objective.name}")
         return DataLoader(items, batch_size=t.batch_size, shuffle=True, collate_fn=objective.collator(pad_id)), None

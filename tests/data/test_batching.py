@@ -60,7 +60,7 @@ def test_hh_padding_under_three_percent():
     """The issue's target on the shared HH data: packed rows waste < 3% of processed tokens."""
     if not HH_DATA.exists():
         pytest.skip(f"shared HH data not found at {HH_DATA}")
-    from rewardkit.data.formats import load_preferences
+    from rewardkit.data.pairs import load_preferences
     from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
 
     examples, _ = load_preferences(str(HH_DATA), max_samples=600)

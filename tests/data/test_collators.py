@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import bert_tokenizer
-from rewardkit.data.collators import PairBatch, PairCollator, SequenceBatch, pad_sequences
-from rewardkit.data.formats import PreferenceExample
+from rewardkit.batches import PairBatch, SequenceBatch
+from rewardkit.data.collators import PairCollator, pad_sequences
+from rewardkit.data.pairs import PreferenceExample
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence, tokenize_pairs
 
 PAD = 0

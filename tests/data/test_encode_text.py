@@ -6,7 +6,7 @@ import pytest
 
 from conftest import bert_tokenizer, gpt2_tokenizer
 from rewardkit.data.tokenize import SequenceEncoder, render
-from rewardkit.models.reward_model import ensure_pad_token
+from rewardkit.models.backbone import ensure_pad_token
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 

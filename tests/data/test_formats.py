@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import HH_DATA, write_jsonl
-from rewardkit.data.formats import (Columns, DataError, PreferenceExample, detect_format, load_preferences,
-                                    read_rows, split_transcripts, to_example)
+from rewardkit.config import Columns
+from rewardkit.data import DataError, read_rows
+from rewardkit.data.pairs import PreferenceExample, detect_format, load_preferences, split_transcripts, to_example
 
 ROWS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "margin": 1.5},
@@ -307,7 +308,7 @@ def test_sharegpt_unknown_role_names_the_field():
 def test_auto_detection(tmp_path, caplog, row, fmt):
     assert detect_format(row, Columns()) == fmt
     path = write_jsonl(tmp_path / "d.jsonl", [row, row])
-    with caplog.at_level(logging.INFO, logger="rewardkit.data.formats"):
+    with caplog.at_level(logging.INFO, logger="rewardkit.data.pairs"):
         examples, _ = load_preferences(str(path))
     assert f"detected format `{fmt}`" in caplog.text
     assert examples[0] == to_example(row, fmt, Columns(), f"{path}:line 1")
@@ -437,7 +438,7 @@ def test_skip_counts_bad_rows(tmp_path, caplog):
              json.dumps(dict(GOOD, margin="x")),            # bad margin
              json.dumps(dict(GOOD, prompt="last"))]
     path.write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="rewardkit.data.formats"):
+    with caplog.at_level(logging.WARNING, logger="rewardkit.data.pairs"):
         examples, report = load_preferences(str(path), on_error="skip")
     assert [e.prompt for e in examples] == ["p", "last"]
     assert report.rows == 7 and report.skipped == 5

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rewardkit.data.collators import PairCollator
-from rewardkit.data.formats import PreferenceExample
+from rewardkit.data.pairs import PreferenceExample
 from rewardkit.data.packing import PackedPairCollator, pack_sequences
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.losses import bradley_terry
@@ -40,7 +40,7 @@ def _rewards_and_grads(model, batch):
 def test_causal_packing_matches_padded(tiny_models, kind, shared, readout):
     model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), readout=readout, seed=1)
     with torch.no_grad():
-        model.head.weight.normal_(0, 0.5)
+        model.head.linear.weight.normal_(0, 0.5)
     pairs = _pairs(model, tok)
     plain = PairCollator(tok.pad_token_id)(pairs)
     packed = PackedPairCollator(tok.pad_token_id, causal=True, shared_prompt=shared, row_length=96)(pairs)
@@ -62,7 +62,7 @@ def test_flat_segment_attention_matches_padded(tiny_models, kind, shared):
     if shared and model.is_encoder:
         pytest.skip("shared prompts need a causal backbone")
     with torch.no_grad():
-        model.head.weight.normal_(0, 0.5)
+        model.head.linear.weight.normal_(0, 0.5)
     pairs = _pairs(model, tok)
     plain = PairCollator(tok.pad_token_id)(pairs)
     flat = PackedPairCollator(tok.pad_token_id, causal=not model.is_encoder, shared_prompt=shared, flat=True)(pairs)
@@ -94,7 +94,7 @@ def test_shared_prompt_computes_the_prompt_once(tiny_models):
 def test_encoder_packing_matches_padded(tiny_models, readout):
     model, tok = RewardModel.from_pretrained(str(tiny_models["bert"]), readout=readout, seed=1)
     with torch.no_grad():
-        model.head.weight.normal_(0, 0.5)
+        model.head.linear.weight.normal_(0, 0.5)
     pairs = _pairs(model, tok)
     plain = PairCollator(tok.pad_token_id)(pairs)
     packed = PackedPairCollator(tok.pad_token_id, causal=False, row_length=128)(pairs)

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from conftest import CHATML, bert_tokenizer, gpt2_tokenizer, package_dir
-from rewardkit.data.formats import PreferenceExample
+from rewardkit.data.pairs import PreferenceExample
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, render, tokenize_pairs
 
 PROMPT = [{"role": "system", "content": "You are helpful."},

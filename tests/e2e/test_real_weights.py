@@ -61,7 +61,7 @@ def test_minilm_on_hh_harmless(tmp_path):
 
 def test_smollm2_shared_prompt_packing_matches_plain():
     from rewardkit.data.collators import PairCollator
-    from rewardkit.data.formats import PreferenceExample
+    from rewardkit.data.pairs import PreferenceExample
     from rewardkit.data.packing import PackedPairCollator
     from rewardkit.data.tokenize import SequenceEncoder
     from rewardkit.models.reward_model import RewardModel

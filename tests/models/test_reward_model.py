@@ -8,7 +8,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rewardkit.data.collators import pad_sequences
 from rewardkit.data.tokenize import SequenceEncoder
-from rewardkit.models.reward_model import RewardModel, ensure_pad_token
+from rewardkit.models.backbone import ensure_pad_token
+from rewardkit.models.reward_model import RewardModel
 from rewardkit.scoring import RewardScorer
 
 TEXTS = [("Tell me about cats.", "Cats are small domesticated felines that sleep a lot."),
@@ -46,7 +47,7 @@ def test_last_readout_reads_the_eos_token(tiny_models):
     batch = pad_sequences(seqs, tok.pad_token_id)
     with torch.no_grad():
         hidden = model.hf.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        expected = torch.stack([model.head(hidden[i, len(s.input_ids) - 1]) for i, s in enumerate(seqs)])[:, 0]
+        expected = torch.stack([model.head.linear(hidden[i, len(s.input_ids) - 1]) for i, s in enumerate(seqs)])[:, 0]
         assert all(s.input_ids[-1] == tok.eos_token_id for s in seqs)
         torch.testing.assert_close(model(batch), expected, atol=1e-5, rtol=0)
 
@@ -75,7 +76,7 @@ def test_ensure_pad_token_when_pad_is_eos(tiny_models):
 def test_saved_folder_loads_in_transformers_with_same_scores(tiny_models, tmp_path, kind):
     model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), seed=3)
     with torch.no_grad():  # a non-trivial head so equal scores mean something
-        model.head.weight.normal_(0, 0.5)
+        model.head.linear.weight.normal_(0, 0.5)
     model.mean, model.std = 0.25, 2.0
     model.save_pretrained(tmp_path / "rm", tok, max_length=64)
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
@@ -98,16 +99,16 @@ def test_reload_keeps_head_and_readout(tiny_models, tmp_path):
     model.save_pretrained(tmp_path / "rm", tok, max_length=32)
     again, _ = RewardModel.from_pretrained(str(tmp_path / "rm"))
     assert again.readout == "mean" and again.saved_max_length == 32
-    torch.testing.assert_close(again.head.weight, model.head.weight)
+    torch.testing.assert_close(again.head.linear.weight, model.head.linear.weight)
 
 
 def test_new_head_is_seeded_and_small(tiny_models):
     a, _ = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=5)
     b, _ = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=5)
     c, _ = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=6)
-    torch.testing.assert_close(a.head.weight, b.head.weight)
-    assert not torch.equal(a.head.weight, c.head.weight)
-    assert a.head.weight.std() < 0.1
+    torch.testing.assert_close(a.head.linear.weight, b.head.linear.weight)
+    assert not torch.equal(a.head.linear.weight, c.head.linear.weight)
+    assert a.head.linear.weight.std() < 0.1
 
 
 def test_unknown_readout_is_an_error(tiny_models):

@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rewardkit.data.formats import DataError, load_preferences
-from rewardkit.data.objectives import (ObjectiveColumns, RankingCollator, TargetCollator, TokenizedRanking,
-                                       TokenizedTarget, attribute_example, load_examples, margin_mapping,
-                                       point_example, ranking_example)
+from rewardkit.config import Columns
+from rewardkit.data import DataError, load_examples, load_preferences
+from rewardkit.data.collators import RankingCollator, TargetCollator
+from rewardkit.data.pairs import margin_mapping
+from rewardkit.data.rankings import TokenizedRanking, ranking_example
+from rewardkit.data.targets import TokenizedTarget, attribute_example, point_example
 from rewardkit.data.tokenize import TokenizedSequence
-from rewardkit.models.multi_objective import verbosity_lambdas
-from rewardkit.metrics import spearman
-from rewardkit.objectives.metrics import auc, binary_stats, ranking_stats, regression_stats
+from rewardkit.metrics import auc, binary_stats, ranking_stats, regression_stats, spearman
+from rewardkit.objectives.multi_objective import verbosity_lambdas
 
-COLS = ObjectiveColumns(attributes=("helpful", "verbosity"))
+COLS = Columns(attributes=["helpful", "verbosity"])
 
 
 def _pair(rating, **kw):

@@ -139,7 +139,7 @@ def test_multi_objective_two_stages(tiny_models, files, tmp_path):
     scorer = RewardScorer.load(tmp_path / "s2")
     prompts, bad = ["Tell me about tea."] * 2, "No. Go away."
     good = "Happy to help: tea are interesting, here is an answer."
-    details = scorer.score_attributes(prompts, [good, bad])
+    details = scorer.score_details(prompts, [good, bad]).rows()
     assert set(details[0]["attributes"]) == set(details[0]["gate"]) == {"helpful", "verbosity"}
     assert [d["score"] for d in details] == pytest.approx(scorer.score(prompts, [good, bad]), abs=1e-5)
     assert details[0]["score"] > details[1]["score"]

@@ -22,7 +22,7 @@ def save_rm(src: Path, out: Path, *, scale: float, mean: float, std: float) -> P
     """A saved reward model whose (random) head is scaled so rewards are O(1), with given normalisation."""
     model, tok = RewardModel.from_pretrained(str(src))
     with torch.no_grad():
-        model.head.weight.mul_(scale)
+        model.head.linear.weight.mul_(scale)
     model.mean, model.std = mean, std
     model.save_pretrained(out, tok, max_length=64)
     return out

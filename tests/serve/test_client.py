@@ -8,7 +8,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 
-from rewardkit.client import AsyncRewardClient, RewardClient, RewardClientError  # noqa: E402
+from rewardkit.serve.client import AsyncRewardClient, RewardClient, RewardClientError  # noqa: E402
 
 OK = {"rewards": [1.5], "scores": [1.5], "extra_logs": {"reward_raw": [1.5]}}
 

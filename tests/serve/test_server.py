@@ -16,7 +16,7 @@ from serve_helpers import rm_dirs  # noqa: F401  (fixture)
 
 aiohttp = pytest.importorskip("aiohttp")
 
-from rewardkit.client import AsyncRewardClient, RewardClient, RewardClientError  # noqa: E402
+from rewardkit.serve.client import AsyncRewardClient, RewardClient, RewardClientError  # noqa: E402
 from rewardkit.scoring import RewardScorer  # noqa: E402
 from rewardkit.serve.app import build_app, create_app  # noqa: E402
 from rewardkit.serve.batcher import BatchSettings  # noqa: E402

@@ -1,5 +1,8 @@
-"""Preference data: reading and formats, tokenisation, collation."""
+"""Data: rows (readers) -> typed examples (pairs, rankings, targets) -> tokens (tokenize) -> batches
+(collators, packing) in the order `batching` draws them."""
 
-from rewardkit.data.formats import Columns, DataError, PreferenceExample, load_preferences
+from rewardkit.config import Columns
+from rewardkit.data.pairs import PreferenceExample, load_preferences
+from rewardkit.data.readers import DataError, LoadReport, load_examples, read_rows
 
-__all__ = ["Columns", "DataError", "PreferenceExample", "load_preferences"]
+__all__ = ["Columns", "DataError", "LoadReport", "PreferenceExample", "load_examples", "load_preferences", "read_rows"]

@@ -1,53 +1,15 @@
-"""Tokenised sequences -> padded tensors in named batches."""
+"""Tokenised items -> padded tensors in the named batches of `rewardkit.batches` (packed layouts: `packing`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
+from rewardkit.batches import PairBatch, RankingBatch, SequenceBatch, TargetBatch
+from rewardkit.data.rankings import TokenizedRanking
+from rewardkit.data.targets import TokenizedTarget
 from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
-
-
-@dataclass
-class SequenceBatch:
-    """N padded sequences.
-
-    input_ids, attention_mask, response_mask: (N, T) long. response_mask is 1 on response tokens.
-    token_type_ids: (N, T) long, or None when the backbone has no segments.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-    token_type_ids: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str) -> "SequenceBatch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if getattr(self, f.name) is not None})
-
-    @property
-    def num_tokens(self) -> int:
-        """Real (non-pad) tokens."""
-        return int(self.attention_mask.sum())
-
-
-@dataclass
-class PairBatch:
-    """B preference pairs in one forward: rows [0, B) of `sequences` are chosen, rows [B, 2B) rejected.
-
-    margin: (B,) float.
-    """
-
-    sequences: SequenceBatch
-    margin: torch.Tensor
-
-    def to(self, device: torch.device | str) -> "PairBatch":
-        return PairBatch(self.sequences.to(device), self.margin.to(device))
-
-    @property
-    def num_pairs(self) -> int:
-        return int(self.margin.shape[0])
 
 
 def pad_sequences(seqs: list[TokenizedSequence], pad_id: int, padding_side: str = "right",
@@ -96,3 +58,31 @@ class PairCollator:
         batch = pad_sequences(seqs, self.pad_id, self.padding_side, self.pad_to_multiple_of)
         margin = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
         return PairBatch(batch, margin)
+
+
+@dataclass
+class RankingCollator:
+    """`list[TokenizedRanking]` -> `RankingBatch` (every completion of every prompt in one forward)."""
+
+    pad_id: int
+
+    def __call__(self, items: list[TokenizedRanking]) -> RankingBatch:
+        k = max(len(it.sequences) for it in items)
+        pref = torch.zeros(len(items), k)
+        mask = torch.zeros(len(items), k, dtype=torch.bool)
+        for i, it in enumerate(items):
+            pref[i, :len(it.preference)] = torch.tensor(it.preference)
+            mask[i, :len(it.sequences)] = True
+        seqs = [s for it in items for s in it.sequences]
+        return RankingBatch(pad_sequences(seqs, self.pad_id), pref, mask)
+
+
+@dataclass
+class TargetCollator:
+    """`list[TokenizedTarget]` -> `TargetBatch` (NaN targets are masked out)."""
+
+    pad_id: int
+
+    def __call__(self, items: list[TokenizedTarget]) -> TargetBatch:
+        target = torch.tensor([it.target for it in items], dtype=torch.float32)
+        return TargetBatch(pad_sequences([it.sequence for it in items], self.pad_id), target, ~target.isnan())

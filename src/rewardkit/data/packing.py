@@ -13,56 +13,14 @@ not (query in rejected and key in chosen). Encoders drop the causal condition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
-from rewardkit.data.collators import PairBatch
+from rewardkit.batches import PackedBatch, PairBatch
 from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
-
-
-@dataclass
-class PackedBatch:
-    """R rows of L tokens holding N sequences (N = number of rewards to read).
-
-    input_ids, position_ids: (R, L) long.
-    attention_mask: (R, 1, L, L) bool, True where a query may attend to a key; None for a flat batch.
-    token_type_ids: (R, L) long or None.
-    last_index, first_index: (N,) long, flat index `row * L + col` of each sequence's last / first token.
-    response_seq: (R, L) long, the sequence number of each response token, -1 elsewhere.
-    units: flat batches only (R = 1, no padding): (start, end, mask) of each packed unit along L, where
-      mask is None for a lone sequence (its backbone's own pattern) or (n, n) bool for a shared-prompt unit.
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    last_index: torch.Tensor
-    first_index: torch.Tensor
-    response_seq: torch.Tensor
-    token_type_ids: torch.Tensor | None = None
-    real_tokens: int = 0
-    # True when the mask is plain block-diagonal causal, which position_ids alone describe (FlashAttention varlen).
-    position_ids_suffice: bool = False
-    units: list[tuple[int, int, torch.Tensor | None]] | None = None
-
-    def to(self, device: torch.device | str) -> "PackedBatch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
-        if self.units is not None:
-            moved["units"] = [(s, e, None if m is None else m.to(device)) for s, e, m in self.units]
-        return replace(self, **moved)
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens actually processed for sequences (shared prompts count once)."""
-        return self.real_tokens
-
-    @property
-    def num_sequences(self) -> int:
-        return int(self.last_index.shape[0])
 
 
 @dataclass
@@ -73,13 +31,14 @@ class _Segment:
     positions: list[int]
     parts: list[int]
     types: list[int] | None
-    reads: list[tuple[int, int, int, int]]  # (sequence number, first offset, last offset, response start offset)
+    # (sequence number, first offset, last offset, response start offset, last prompt token offset)
+    reads: list[tuple[int, int, int, int, int]]
 
 
 def _lone(seq: TokenizedSequence, number: int) -> _Segment:
     n = len(seq.input_ids)
     return _Segment(list(seq.input_ids), list(range(n)), [PROMPT] * n, seq.token_type_ids,
-                    [(number, 0, n - 1, seq.response_start)])
+                    [(number, 0, n - 1, seq.response_start, max(seq.response_start - 1, 0))])
 
 
 def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment | None:
@@ -91,7 +50,9 @@ def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment |
     ids = c.input_ids + r.input_ids[p:]
     positions = list(range(p + nc)) + list(range(p, p + nr))
     parts = [PROMPT] * p + [CHOSEN] * nc + [REJECTED] * nr
-    reads = [(chosen_no, 0, p + nc - 1, c.response_start), (rejected_no, 0, p + nc + nr - 1, p + nc + (r.response_start - p))]
+    at = lambda j: j if j < p else j + nc  # noqa: E731  (rejected position -> offset in the unit)
+    reads = [(chosen_no, 0, p + nc - 1, c.response_start, max(c.response_start - 1, 0)),
+             (rejected_no, 0, p + nc + nr - 1, at(r.response_start), at(max(r.response_start - 1, 0)))]
     return _Segment(ids, positions, parts, None, reads)
 
 
@@ -140,6 +101,7 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
     resp = torch.full((R, L), -1, dtype=torch.long)
     last = torch.empty(n_seqs, dtype=torch.long)
     first = torch.empty(n_seqs, dtype=torch.long)
+    prompt_end = torch.empty(n_seqs, dtype=torch.long)
     real = 0
     for r, members in enumerate(rows):
         off = 0
@@ -152,8 +114,9 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
             part[r, off:off + n] = torch.tensor(s.parts)
             if types is not None:
                 types[r, off:off + n] = torch.tensor(s.types)
-            for number, f, l, rs in s.reads:
+            for number, f, l, rs, pe in s.reads:
                 first[number] = r * L + off + f
+                prompt_end[number] = r * L + off + pe
                 last[number] = r * L + off + l
                 resp[r, off + rs:off + l + 1] = number
             real += n
@@ -164,7 +127,7 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
             starts.append(starts[-1] + len(seg.ids))
         units = [(a, b, _unit_mask(seg, causal)) for a, b, seg in zip(starts[:-1], starts[1:], segments)]
         varlen = causal and all(u[2] is None for u in units)
-        return PackedBatch(ids, pos, None, last, first, resp, types, real, varlen, units)
+        return PackedBatch(ids, pos, None, last, first, resp, prompt_end, types, real, varlen, units)
     same = group.unsqueeze(2) == group.unsqueeze(1)  # (R, Lq, Lk)
     allowed = same & (group.unsqueeze(2) >= 0)
     if causal:
@@ -173,7 +136,7 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
     # Pad queries attend to themselves only: an all-masked row would make SDPA return NaN.
     allowed |= torch.eye(L, dtype=torch.bool) & (group < 0).unsqueeze(2)
     varlen = causal and not (part == REJECTED).any()
-    return PackedBatch(ids, pos, allowed.unsqueeze(1), last, first, resp, types, real, bool(varlen))
+    return PackedBatch(ids, pos, allowed.unsqueeze(1), last, first, resp, prompt_end, types, real, bool(varlen))
 
 
 def pack_sequences(seqs: list[TokenizedSequence], pad_id: int, *, causal: bool,

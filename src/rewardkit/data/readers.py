@@ -1,15 +1,22 @@
 """Reading raw rows: .jsonl (streamed), .json, .parquet, .csv, `datasets.save_to_disk` folders and hub ids.
 
 Every row comes with where it is ("path:line N" or "path:row N", 1-based), so errors can name it.
+`load_examples` is the one loader loop: rows -> typed examples with the `on_error` policy (raise, or skip
+and count), used by every row format (pairs, rankings, targets, benchmarks).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -19,6 +26,69 @@ class DataError(ValueError):
         self.where, self.field, self.problem = where, field, problem
         at = f"{where}: field `{field}`" if field else where
         super().__init__(f"{at}: {problem}")
+
+
+@dataclass
+class LoadReport:
+    """What loading did besides returning examples: counts that must never be silent."""
+
+    rows: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # first few skip reasons
+
+    def skip(self, err: DataError, on_error: str) -> None:
+        """Count a malformed row, or re-raise it when `on_error` is "raise"."""
+        if on_error == "raise":
+            raise err
+        self.skipped += 1
+        if len(self.errors) < 5:
+            self.errors.append(str(err))
+
+    def finish(self, source: str, kept: int) -> None:
+        """Warn about skipped rows; a source with nothing usable is an error."""
+        if self.skipped:
+            log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, self.skipped, self.rows,
+                        self.errors[0])
+        if not kept:
+            raise DataError(source, None, "no usable rows")
+
+
+ON_ERROR = ("raise", "skip")
+DETECT_ROWS = 32  # rows a `detect` hook of `load_examples` sees
+
+
+def load_examples(source: str, convert: Callable[[dict[str, Any], str], Any] | None = None, *,
+                  on_error: str = "raise", split: str = "train", max_samples: int | None = None,
+                  detect: Callable[[list[dict[str, Any]]], Callable[[dict[str, Any], str], Any]] | None = None,
+                  ) -> tuple[list, LoadReport]:
+    """Read `source` and convert each row with `convert(row, where)`.
+
+    Malformed rows (unreadable JSON included) raise `DataError` (on_error="raise") or are skipped and counted
+    ("skip"). With `detect`, the converter is chosen from the first `DETECT_ROWS` readable rows together
+    (e.g. the format most of them have), so one odd first row cannot decide how every row is read.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if (convert is None) == (detect is None):
+        raise ValueError("give convert or detect")
+    report, examples = LoadReport(), []
+    rows = _iter_rows(source, split)
+    if max_samples is not None:
+        rows = itertools.islice(rows, max(0, max_samples))
+    pending: list[tuple[str, dict[str, Any] | DataError]] = []
+    if detect is not None:  # buffered: the first rows decide together
+        pending = list(itertools.islice(rows, DETECT_ROWS))
+        convert = detect([r for _, r in pending if not isinstance(r, DataError)])
+    for where, row in itertools.chain(pending, rows):
+        report.rows += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            examples.append(convert(row, where))
+        except DataError as e:
+            report.skip(e, on_error)
+    report.finish(source, len(examples))
+    return examples, report
 
 
 def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:

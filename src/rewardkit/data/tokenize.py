@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from rewardkit.data.formats import Message, PreferenceExample, Text
+from rewardkit.data.fields import Message, Text
+from rewardkit.data.pairs import PreferenceExample
 
 log = logging.getLogger(__name__)
 

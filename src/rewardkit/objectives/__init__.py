@@ -15,7 +15,8 @@ import importlib
 
 from rewardkit.config import ConfigError, DataConfig, LossConfig, TrainConfig, TrainRunConfig
 from rewardkit.losses import get_loss
-from rewardkit.objectives.base import Objective, ObjectiveData, ObjectiveModule, StepOutput, StepWindow
+from rewardkit.batches import StepOutput
+from rewardkit.objectives.base import Objective, ObjectiveData, ObjectiveModule, StepWindow
 
 __all__ = ["FAMILIES", "Objective", "ObjectiveData", "ObjectiveModule", "StepOutput", "StepWindow", "make_objective"]
 

@@ -11,33 +11,20 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from rewardkit.batches import StepOutput
 from rewardkit.config import DataConfig, TrainRunConfig
-from rewardkit.data.formats import Columns
+from rewardkit.data.readers import load_examples
 from rewardkit.data.tokenize import SequenceEncoder
+from rewardkit.metrics import reward_stats
 from rewardkit.models.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepOutput:
-    """One micro-batch through an objective.
-
-    loss: () tensor to back-propagate. rewards: (N,) detached scalar rewards of the batch's sequences
-    (for reward mean/std). n: training examples in the batch (pairs, prompts or sequences).
-    sums: metric name -> sum over the n examples (the window divides by n).
-    """
-
-    loss: torch.Tensor
-    rewards: torch.Tensor
-    n: int
-    sums: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,9 +36,11 @@ class ObjectiveData:
 
 
 class Objective(Protocol):
-    name: str  # the `train.loss` value
+    name: str  # the loss name (`loss.name`)
     unit: str  # what one training example is: "pairs", "prompts" or "sequences"
     metric: str  # the task metric shown in logs (higher is better unless it is an error)
+    # Capabilities the loop asks for instead of checking classes:
+    packable: bool  # items are TokenizedPairs whose batches may be packed, length-grouped and token-budgeted
 
     def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]: ...
 
@@ -87,24 +76,17 @@ class BaseObjective:
     name = ""
     unit = "sequences"
     metric = "loss"
+    packable = False
+    model_kind: str | None = None  # the head this family trains (None: whatever the checkpoint has)
 
     def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
-        return load_model(cfg)
+        m = cfg.model
+        return RewardModel.from_pretrained(m.path, kind=self.model_kind, gguf_file=m.gguf_file, tokenizer=m.tokenizer,
+                                           readout=m.readout, trust_remote_code=m.trust_remote_code, seed=cfg.seed)
 
     def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:
         model.objective_info = {"loss": self.name}  # saved in config.json (rewardkit.objective)
-
-
-def load_model(cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
-    m = cfg.model
-    return RewardModel.from_pretrained(m.path, gguf_file=m.gguf_file, tokenizer=m.tokenizer, readout=m.readout,
-                                       trust_remote_code=m.trust_remote_code, seed=cfg.seed)
-
-
-def pair_columns(d: DataConfig) -> Columns:
-    """The pair-format subset of `data.columns`."""
-    return Columns(**{f.name: getattr(d.columns, f.name) for f in fields(Columns)})
 
 
 def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:
@@ -120,19 +102,12 @@ def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:
 def load_split(cfg: TrainRunConfig, convert: Callable[[dict, str], Any], what: str) -> tuple[list, list]:
     """`data.train` rows converted with `convert(row, where)`, and the held-out rows: `data.eval`, or
     `data.eval_size` split off the end of the training rows."""
-    from rewardkit.data.objectives import load_examples
-
     d = cfg.data
     load = functools.partial(load_examples, convert=convert, on_error=d.on_error, split=d.split)
     train, _ = load(d.train, max_samples=d.max_samples)
     if d.eval:
         return train, load(d.eval)[0]
     return hold_out(train, d, what)
-
-
-def reward_stats(rewards: torch.Tensor) -> dict[str, float]:
-    r = rewards.double()
-    return {"reward_mean": float(r.mean()), "reward_std": float(r.std(unbiased=False))}
 
 
 class StepWindow:
@@ -161,3 +136,10 @@ class StepWindow:
         return {"loss": self.loss / n, **{k: v / n for k, v in self.sums.items()},
                 **reward_stats(torch.cat(self.rewards)), f"{unit}_per_s": self.n / dt, "tokens_per_s": self.tokens / dt,
                 "padding_fraction": 1 - self.tokens / max(self.processed, 1)}
+
+
+def load_tokenized(cfg: TrainRunConfig, encoder: SequenceEncoder, convert: Callable[[dict, str], Any],
+                   tokenize: Callable[[SequenceEncoder, list], list], what: str) -> ObjectiveData:
+    """`load_split` rows converted by `convert`, then tokenised by `tokenize(encoder, examples)`."""
+    train, held = load_split(cfg, convert, what)
+    return ObjectiveData(tokenize(encoder, train), tokenize(encoder, held))

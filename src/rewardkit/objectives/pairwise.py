@@ -8,26 +8,23 @@ from typing import Any
 
 import torch
 
+from rewardkit.batches import PairBatch, RankingBatch, StepOutput
 from rewardkit.config import TrainRunConfig
-from rewardkit.data.collators import PairBatch, PairCollator
-from rewardkit.data.formats import load_preferences
-from rewardkit.data.objectives import (ObjectiveColumns, RankingBatch, RankingCollator, margin_mapping, ranking_example,
-                                       tokenize_rankings)
+from rewardkit.data.collators import PairCollator, RankingCollator
+from rewardkit.data.pairs import load_preferences, margin_mapping
+from rewardkit.data.rankings import ranking_example, tokenize_rankings
 from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
-from rewardkit.evaluate import pair_rewards
 from rewardkit.losses import PAIRWISE_LOSSES, center_penalty, first_divergence, kwise_bt, token_level
-from rewardkit.metrics import pairwise_stats
-from rewardkit.objectives.metrics import ranking_stats
+from rewardkit.metrics import pairwise_stats, ranking_stats, reward_stats
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.objectives.base import (BaseObjective, ObjectiveData, StepOutput, hold_out, load_split,
-                                      pair_columns, reward_stats)
-from rewardkit.scoring import score_sequences
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, hold_out, load_tokenized
+from rewardkit.scoring import pair_rewards, score_sequences
 
 
 def load_pairs(cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
     """Preference pairs from `data.train` (and `data.eval` or `data.eval_size`), tokenised."""
     d = cfg.data
-    common = dict(fmt=d.format, columns=pair_columns(d), on_error=d.on_error, split=d.split,
+    common = dict(fmt=d.format, columns=d.columns, on_error=d.on_error, split=d.split,
                   margins=margin_mapping(d.margin_table, d.margin_map))
     train, _ = load_preferences(d.train, max_samples=d.max_samples, **common)
     if d.eval:
@@ -37,7 +34,8 @@ def load_pairs(cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
     return ObjectiveData(tokenize_pairs(encoder, train, "train"), tokenize_pairs(encoder, held, "eval"))
 
 
-def _pair_sums(rc: torch.Tensor, rr: torch.Tensor) -> dict[str, float]:
+def pair_sums(rc: torch.Tensor, rr: torch.Tensor) -> dict[str, float]:
+    """Window sums of the pair metrics (accuracy: right pairs; margin_mean: summed margins). rc, rr: (B,)."""
     d = (rc - rr).detach()
     return {"accuracy": float((d > 0).sum()), "margin_mean": float(d.sum())}
 
@@ -46,6 +44,7 @@ class PairwiseObjective(BaseObjective):
     """A pairwise loss on the scalar rewards of chosen and rejected, plus optional reward centering."""
 
     unit, metric = "pairs", "accuracy"
+    packable = True
 
     def __init__(self, name: str, cfg: TrainRunConfig):
         self.name = name
@@ -71,7 +70,7 @@ class PairwiseObjective(BaseObjective):
     def compute(self, model: RewardModel, batch: PairBatch) -> StepOutput:
         rewards = model(batch.sequences)  # (2B,): chosen rows first
         rc, rr = rewards.chunk(2)
-        return StepOutput(self._loss(rc, rr, batch.margin), rewards.detach(), rc.numel(), _pair_sums(rc, rr))
+        return StepOutput(self._loss(rc, rr, batch.margin), rewards.detach(), rc.numel(), pair_sums(rc, rr))
 
     def evaluate(self, model: RewardModel, items: list, *, pad_id: int, batch_size: int,
                  device: torch.device | str) -> dict[str, float]:
@@ -84,6 +83,8 @@ class PairwiseObjective(BaseObjective):
 class TokenObjective(PairwiseObjective):
     """Per-token values of chosen vs rejected from the first differing token (`losses.token_level`).
     Causal backbones with the `last` readout only: the inference score is the last token's value."""
+
+    packable = False  # reads per-token values of right-padded rows
 
     def __init__(self, name: str, cfg: TrainRunConfig):
         super().__init__("bt", cfg)
@@ -111,7 +112,7 @@ class TokenObjective(PairwiseObjective):
         rc, rr = rewards.chunk(2)
         if self.center_coef:
             loss = loss + self.center_coef * center_penalty(rc, rr).mean()
-        return StepOutput(loss, rewards.detach(), rc.numel(), _pair_sums(rc, rr))
+        return StepOutput(loss, rewards.detach(), rc.numel(), pair_sums(rc, rr))
 
     @torch.no_grad()
     def evaluate(self, model: RewardModel, items: list, *, pad_id: int, batch_size: int,
@@ -138,9 +139,9 @@ class KwiseObjective(BaseObjective):
         self.name = name
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        cols = ObjectiveColumns.from_config(cfg.data.columns)
-        train, held = load_split(cfg, lambda row, where: ranking_example(row, cols, where), "prompts")
-        return ObjectiveData(tokenize_rankings(encoder, train), tokenize_rankings(encoder, held))
+        cols = cfg.data.columns
+        return load_tokenized(cfg, encoder, lambda row, where: ranking_example(row, cols, where), tokenize_rankings,
+                              "prompts")
 
     def collator(self, pad_id: int) -> Callable[[list], Any]:
         return RankingCollator(pad_id)

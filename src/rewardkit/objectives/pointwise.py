@@ -1,5 +1,5 @@
 """Pointwise objectives: one response at a time with an accept/reject label (`binary`) or a numeric score
-(`regression`). Data rows: prompt + response + label / score (see `rewardkit.data.objectives`)."""
+(`regression`). Data rows: prompt + response + label / score (see `rewardkit.data.targets`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from typing import Any
 
 import torch
 
+from rewardkit.batches import StepOutput, TargetBatch
 from rewardkit.config import TrainRunConfig
-from rewardkit.data.objectives import (ObjectiveColumns, TargetBatch, TargetCollator, TokenizedTarget,
-                                       point_example, tokenize_targets)
+from rewardkit.data.collators import TargetCollator
+from rewardkit.data.targets import TokenizedTarget, point_example, tokenize_targets
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.losses import binary, regression
+from rewardkit.metrics import binary_stats, regression_stats, reward_stats
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, StepOutput, load_split, reward_stats
-from rewardkit.objectives.metrics import binary_stats, regression_stats
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_tokenized
 from rewardkit.scoring import score_sequences
 
 
@@ -35,9 +36,9 @@ class PointwiseObjective(BaseObjective):
         self.label_mean, self.label_std = 0.0, 1.0
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        cols = ObjectiveColumns.from_config(cfg.data.columns)
-        train, held = load_split(cfg, lambda row, where: point_example(row, cols, where, self.name), "rows")
-        return ObjectiveData(tokenize_targets(encoder, train), tokenize_targets(encoder, held))
+        cols = cfg.data.columns
+        return load_tokenized(cfg, encoder, lambda row, where: point_example(row, cols, where, self.name),
+                              tokenize_targets, "rows")
 
     def prepare(self, model: RewardModel, train: list[TokenizedTarget], *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
-from rewardkit.scoring import RewardScorer, score_sequences
+from rewardkit.data.tokenize import TokenizedSequence
+from rewardkit.scoring import RewardScorer
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher
 from rewardkit.serve.combine import ModelsConfig, Rule
 from rewardkit.serve.metrics import Metrics
@@ -103,15 +103,15 @@ class RewardService:
     async def score_full_texts(self, texts: Sequence[str], fields: Mapping[str, Sequence[Any]] | None = None,
                                normalize: bool | None = None) -> Scored:
         """Full prompt+response texts (OpenRLHF's queries)."""
-        return await self._score(lambda enc: [enc.encode_text(t) for t in texts], len(texts), fields, normalize)
+        return await self._score(lambda s: [s.encode_text(t) for t in texts], len(texts), fields, normalize)
 
     async def score_pairs(self, prompts: Sequence[Any], responses: Sequence[Any],
                           fields: Mapping[str, Sequence[Any]] | None = None, normalize: bool | None = None) -> Scored:
         """(prompt, response) pairs; strings or chat messages (each model's chat template is applied)."""
-        return await self._score(lambda enc: [enc.encode(p, r) for p, r in zip(prompts, responses)],
+        return await self._score(lambda s: [s.encode(p, r) for p, r in zip(prompts, responses)],
                                  len(prompts), fields, normalize)
 
-    async def _score(self, encode: Callable[[SequenceEncoder], list[TokenizedSequence]], n: int,
+    async def _score(self, encode: Callable[[RewardScorer], list[TokenizedSequence]], n: int,
                      fields: Mapping[str, Sequence[Any]] | None, normalize: bool | None) -> Scored:
         if n == 0:
             empty = torch.empty(0)
@@ -120,7 +120,7 @@ class RewardService:
         names = self.rule.model_names()
 
         async def raw_of(m: ServedModel) -> torch.Tensor:
-            seqs = await loop.run_in_executor(m.tokenizer_thread, encode, m.scorer.encoder)
+            seqs = await loop.run_in_executor(m.tokenizer_thread, encode, m.scorer)
             return await m.batcher.submit(seqs)
 
         raws = dict(zip(names, await asyncio.gather(*(raw_of(self.models[name]) for name in names))))
@@ -128,7 +128,7 @@ class RewardService:
         for name, raw in raws.items():
             m = self.models[name]
             norm = m.normalize if normalize is None else normalize
-            scores[name] = m.scorer.model.normalize(raw) if norm else raw
+            scores[name] = m.scorer.normalize(raw) if norm else raw
             extra[f"{name}_raw"] = raw.tolist()
             if norm:
                 extra[f"{name}_normalized"] = scores[name].tolist()
@@ -142,7 +142,5 @@ class RewardService:
 
 
 def _runner(scorer: RewardScorer, batch_size: int) -> Callable[[list[TokenizedSequence]], torch.Tensor]:
-    def run(seqs: list[TokenizedSequence]) -> torch.Tensor:
-        return score_sequences(scorer.model, seqs, pad_id=scorer.tokenizer.pad_token_id, batch_size=batch_size,
-                               device=scorer.device, bf16=scorer.bf16)
-    return run
+    # The batcher already bounds a batch by its own token budget: no second cap inside the forward.
+    return lambda seqs: scorer.run(seqs, batch_size=batch_size, max_tokens=None).score

@@ -74,7 +74,7 @@ def write_eval_dir(out_dir: str | Path, outcome, *, model_dir: str, data: str) -
     with atomic_write(out / "eval.json") as fh:  # last: a reader never sees eval.json without its pairs
         json.dump({"meta": meta, "stats": outcome.stats}, fh, indent=2)
     try:
-        from rewardkit.plots import eval_plots
+        from rewardkit.eval.plots import eval_plots
 
         eval_plots(outcome.pairs, outcome.stats, out / "plots")
     except ImportError as e:  # PlotsUnavailable is one
@@ -115,7 +115,7 @@ def _rewardbench(rb: dict[str, Any]) -> Section:
     rows.append(["**Overall** (mean of 4 sections)", _pct(rb["overall"]), "", ""])
     rows.append(["**Overall** (2,2,2,2,1 with Prior Sets)", _pct(rb["overall_with_prior"]), "", ""])
     sec.tables.append(Table(["section", "score", "subsets", "missing"], rows))
-    from rewardkit.rewardbench import EXAMPLE_COUNTS
+    from rewardkit.eval.rewardbench import EXAMPLE_COUNTS
 
     sec.tables.append(Table(["subset", "pairs", "accuracy", "official weight"],
                             [[k, v["n"], _pct(v["score"]), EXAMPLE_COUNTS.get(k, "–")]
@@ -243,7 +243,7 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportF
                                 "(a training run folder)")
     made: list[Path] = []
     try:
-        from rewardkit import plots as P
+        from rewardkit.eval import plots as P
 
         if evaluation and (src / "pairs.jsonl").is_file():  # redraw, so the report matches the data
             made += P.eval_plots(_read_jsonl(src / "pairs.jsonl"), evaluation["stats"], plots).values()

