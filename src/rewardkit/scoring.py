@@ -151,7 +151,7 @@ class RewardScorer:
         self.batch_size = batch_size
         self.device = device
         self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
-        self.bf16 = bf16  # autocast: faster where native, scores to ~1e-2 instead of ~1e-4
+        self.bf16 = bf16  # bf16 autocast in the forwards (scores then agree with fp32 less closely)
 
     @classmethod
     def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,

@@ -6,9 +6,8 @@ varlen does that on GPUs from the position ids; this does it anywhere SDPA runs 
 the shared-prompt pattern ([prompt][chosen][rejected], rejected never sees chosen), which varlen cannot express.
 
 On CPU, units of up to 512 tokens skip SDPA and run as three explicit ops (scores, softmax, weighted sum),
-whose autograd backward is 2-3x faster than the CPU flash kernel's (bf16, 12 heads of 32: 0.3 vs 1.5 ms at 64
-tokens, 1.2 vs 3.3 ms at 256, 4.0 vs 10.9 ms at 512, fwd+bwd per unit, measured here); from ~1,024 tokens the
-flash kernel wins again and its O(n) memory matters, so longer units keep it.
+whose autograd backward beats the CPU flash kernel's at those lengths (README, "Training loop and
+throughput"); for longer units the flash kernel wins again and its O(n) memory matters, so they keep it.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             a[1] != b[0] for a, b in zip(rk_units, rk_units[1:])):
         raise ValueError("rk_units must tile the packed row: consecutive (start, end) covering all of it")
     # split, whose backward is one cat, rather than slices, each of whose backward writes a zero-filled
-    # gradient of the full row (measured: 8% of a MiniLM training step).
+    # gradient of the full row.
     parts = zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))
     outs = []
     for (q, k, v), (_, _, mask) in zip(parts, rk_units):
