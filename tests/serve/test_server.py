@@ -248,3 +248,19 @@ def test_bf16_server_scores_close_to_fp32(rm_dirs):  # noqa: F811
         bf16 = RewardClient(s.url, retries=0).get_reward(texts).rewards
     assert bf16 != fp32  # really a different dtype path
     assert max(abs(a - b) for a, b in zip(bf16, fp32)) < 0.05 * max(1.0, max(abs(x) for x in fp32))
+
+
+def test_compare_is_one_definition_across_python_and_http(rm_dirs, tmp_path):  # noqa: F811
+    """P(a ≻ b) at the calibrated temperature is the same from RewardScorer.compare and /v1/compare."""
+    import shutil
+
+    from rewardkit.models.reward_model import write_temperature
+
+    model_dir = shutil.copytree(rm_dirs["llama"], tmp_path / "rm")
+    write_temperature(model_dir, 2.5)
+    local = RewardScorer.load(model_dir).compare(["Hi", "Yo"], ["Hello!", "Go away."], ["Go away.", "Hello!"])
+    with ServerThread(build_app(single_model(str(model_dir)), SETTINGS)) as s:
+        remote = RewardClient(s.url).compare(["Hi", "Yo"], ["Hello!", "Go away."], ["Go away.", "Hello!"])
+    assert remote.temperature == local[0].temperature == 2.5
+    assert remote.prob_a_better == pytest.approx([c.prob_a_better for c in local], abs=1e-5)
+    assert local[0].prob_a_better != pytest.approx(torch.sigmoid(torch.tensor(local[0].reward_a - local[0].reward_b)).item(), abs=1e-3)

@@ -14,11 +14,12 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from rewardkit.metrics import preference_prob
+from rewardkit.scoring import rank_scores
 from rewardkit.serve.batcher import QueueFull
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
 from rewardkit.serve.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse,
@@ -97,8 +98,8 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
         fields = {k: v * 2 for k, v in _item_fields(req.items).items()}
         raw = (await service.score_pairs(prompts, responses, fields, normalize=False)).raw
         a, b = raw[:len(req.items)], raw[len(req.items):]
-        return CompareResponse(prob_a_better=torch.sigmoid(a - b).tolist(), raw_scores_a=a.tolist(),
-                               raw_scores_b=b.tolist())
+        return CompareResponse(prob_a_better=preference_prob(a - b, service.temperature).tolist(),
+                               raw_scores_a=a.tolist(), raw_scores_b=b.tolist(), temperature=service.temperature)
 
     @app.post("/v1/rank", dependencies=auth, response_model=RankResponse)
     async def rank(req: RankRequest) -> RankResponse:
@@ -107,9 +108,9 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
         fields = {k: [v] * n for k, v in (req.model_extra or {}).items()}
         scored = await service.score_pairs([as_text(req.prompt)] * n, [as_text(c) for c in req.candidates],
                                            fields, req.normalize)
-        scores, raw = scored.reward.tolist(), scored.raw.tolist()
-        order = sorted(range(n), key=lambda i: (-scores[i], -raw[i]))  # stable: ties keep input order
-        return RankResponse(scores=scores, raw_scores=raw, order=order, best=order[0])
+        ranking = rank_scores(scored.reward.tolist(), scored.raw.tolist())
+        return RankResponse(scores=ranking.scores, raw_scores=scored.raw.tolist(), order=ranking.order,
+                            best=ranking.best)
 
     return app
 

@@ -50,6 +50,7 @@ class CompareResult:
     prob_a_better: list[float]
     raw_scores_a: list[float]
     raw_scores_b: list[float]
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class _Base:
                 detail = response.text
             raise RewardClientError(response.status_code, str(detail))
         data = response.json()
-        return call.result(**{k: data[k] for k in call.result.__dataclass_fields__}) if call.result else data
+        return call.result(**{k: data[k] for k in call.result.__dataclass_fields__ if k in data}) if call.result else data
 
 
 class RewardClient(_Base):

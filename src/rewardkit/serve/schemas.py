@@ -94,9 +94,10 @@ class CompareRequest(BaseModel):
 
 
 class CompareResponse(BaseModel):
-    prob_a_better: list[float]  # Bradley-Terry: sigmoid(raw_a - raw_b)
+    prob_a_better: list[float]  # sigmoid((raw_a - raw_b) / temperature), as RewardScorer.compare
     raw_scores_a: list[float]
     raw_scores_b: list[float]
+    temperature: float = 1.0  # the served model's calibrated T (1.0 when unfitted or several models)
 
 
 class RankRequest(BaseModel):

@@ -91,6 +91,13 @@ class RewardService:
                                               max_length=spec.max_length or max_length, bf16=bf16)
         return cls(scorers, cfg.rule, settings, metrics, {n: s.normalize for n, s in cfg.models.items()})
 
+    @property
+    def temperature(self) -> float:
+        """T of P(a ≻ b) for /v1/compare: the served model's calibrated temperature; 1.0 for a combination of
+        models, whose combined reward no single calibration describes."""
+        names = self.rule.model_names()
+        return self.models[names[0]].scorer.temperature if len(names) == 1 else 1.0
+
     def start(self) -> None:
         for m in self.models.values():
             m.batcher.start()
