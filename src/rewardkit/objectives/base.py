@@ -138,8 +138,10 @@ class StepWindow:
                 "padding_fraction": 1 - self.tokens / max(self.processed, 1)}
 
 
-def load_tokenized(cfg: TrainRunConfig, encoder: SequenceEncoder, convert: Callable[[dict, str], Any],
+def load_tokenized(cfg: TrainRunConfig, encoder: SequenceEncoder, convert: Callable[[dict, Any, str], Any],
                    tokenize: Callable[[SequenceEncoder, list], list], what: str) -> ObjectiveData:
-    """`load_split` rows converted by `convert`, then tokenised by `tokenize(encoder, examples)`."""
-    train, held = load_split(cfg, convert, what)
+    """`load_split` rows converted by `convert(row, data.columns, where)`, then tokenised by
+    `tokenize(encoder, examples)`."""
+    cols = cfg.data.columns
+    train, held = load_split(cfg, lambda row, where: convert(row, cols, where), what)
     return ObjectiveData(tokenize(encoder, train), tokenize(encoder, held))

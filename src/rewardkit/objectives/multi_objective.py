@@ -58,9 +58,7 @@ class AttributeObjective(BaseObjective):
         return model, tok
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        cols = cfg.data.columns
-        return load_tokenized(cfg, encoder, lambda row, where: attribute_example(row, cols, where), tokenize_targets,
-                              "rows")
+        return load_tokenized(cfg, encoder, attribute_example, tokenize_targets, "rows")
 
     def collator(self, pad_id: int) -> Callable[[list], Any]:
         return TargetCollator(pad_id)

@@ -139,9 +139,7 @@ class KwiseObjective(BaseObjective):
         self.name = name
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        cols = cfg.data.columns
-        return load_tokenized(cfg, encoder, lambda row, where: ranking_example(row, cols, where), tokenize_rankings,
-                              "prompts")
+        return load_tokenized(cfg, encoder, ranking_example, tokenize_rankings, "prompts")
 
     def collator(self, pad_id: int) -> Callable[[list], Any]:
         return RankingCollator(pad_id)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -36,9 +37,8 @@ class PointwiseObjective(BaseObjective):
         self.label_mean, self.label_std = 0.0, 1.0
 
     def load_data(self, cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-        cols = cfg.data.columns
-        return load_tokenized(cfg, encoder, lambda row, where: point_example(row, cols, where, self.name),
-                              tokenize_targets, "rows")
+        return load_tokenized(cfg, encoder, functools.partial(point_example, kind=self.name), tokenize_targets,
+                              "rows")
 
     def prepare(self, model: RewardModel, train: list[TokenizedTarget], *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:
