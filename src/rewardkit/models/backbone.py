@@ -52,6 +52,11 @@ def is_encoder(hf: nn.Module) -> bool:
     return not isinstance(getattr(hf, "score", None), nn.Linear)
 
 
+def own_head(hf: nn.Module) -> nn.Module:
+    """The checkpoint's own 1-output head: `classifier` for encoders, `score` for decoders."""
+    return hf.classifier if is_encoder(hf) else hf.score
+
+
 def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
     """Give the tokenizer a pad token that differs from EOS.
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rewardkit.losses import gated_scores
+from rewardkit.models.backbone import own_head
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class ScalarHead(nn.Module):
 
     def __init__(self, hf: nn.Module, readout: str, encoder: bool):
         super().__init__()
-        self.linear = hf.classifier if encoder else hf.score
+        self.linear = own_head(hf)
         self.encoder_cls = encoder and readout == "cls"
         if encoder and not self.encoder_cls and not isinstance(self.linear, nn.Linear):
             raise ValueError(f"readout {readout!r} needs a linear classifier head; "
@@ -178,8 +179,7 @@ class AttributeHead(nn.Module):
     @classmethod
     def build(cls, hf: nn.Module, readout: str, encoder: bool, *, saved: dict[str, Any], path: str,
               new_head: bool, seed: int) -> "AttributeHead":
-        linear = getattr(hf, "classifier" if encoder else "score", None)
-        head = cls(getattr(linear, "in_features", hf.config.hidden_size))
+        head = cls(getattr(own_head(hf), "in_features", hf.config.hidden_size))
         mo = saved.get("multi_objective")
         if mo:  # a trained multi-objective model; a plain backbone gets its heads from set_attributes
             from safetensors.torch import load_file

@@ -21,6 +21,7 @@ from rewardkit.data.targets import TokenizedTarget, attribute_example, tokenize_
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.losses import attribute_regression, bradley_terry, center_penalty, gating_bt
 from rewardkit.metrics import pairwise_stats, regression_stats, reward_stats, spearman
+from rewardkit.models.backbone import own_head
 from rewardkit.models.reward_model import RewardModel
 from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_tokenized
 from rewardkit.objectives.pairwise import load_pairs, pair_sums
@@ -51,7 +52,7 @@ class AttributeObjective(BaseObjective):
         for p in model.hf.parameters():  # the backbone trains unless frozen
             p.requires_grad = not self.freeze_backbone
         # Unused in this stage: the backbone's own scalar head (kept so the folder stays HF-loadable), any gate.
-        frozen = [getattr(model.hf, "classifier" if model.is_encoder else "score")]
+        frozen = [own_head(model.hf)]
         frozen += [head.gate] if head.gate is not None else []
         for p in (p for m in frozen for p in m.parameters()):
             p.requires_grad = False
