@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -120,6 +120,7 @@ class ScoreDetails:
         return out
 
 
+@runtime_checkable
 class Scorer(Protocol):
     """What every consumer of a trained model calls (eval, apps, server)."""
 
