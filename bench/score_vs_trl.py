@@ -71,7 +71,7 @@ def worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     rc, rr = r[:len(pairs)], r[len(pairs):]
     lengths = [len(s.input_ids) for s in seqs]
-    flat = model.packed_input  # on CPU score_sequences packs each batch into one padding-free row
+    flat = True  # on CPU run_model packs each batch into one padding-free row
     processed = real if flat else sum(len(b) * max(lengths[i] for i in b)
                                       for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
     return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})",
