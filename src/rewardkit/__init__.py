@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RewardModel", "RewardScorer", "TrainRunConfig", "train", "evaluate", "__version__"]
+__all__ = ["RewardModel", "RewardScorer", "Scorer", "TrainRunConfig", "train", "evaluate", "__version__"]
 
 _LAZY = {
     "RewardModel": ("rewardkit.models.reward_model", "RewardModel"),
     "RewardScorer": ("rewardkit.scoring", "RewardScorer"),
+    "Scorer": ("rewardkit.scoring", "Scorer"),
     "TrainRunConfig": ("rewardkit.config", "TrainRunConfig"),
     "train": ("rewardkit.train", "train"),
     "evaluate": ("rewardkit.eval.evaluate", "evaluate"),
