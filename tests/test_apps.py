@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rewardkit.apps import RowKeys, filter_file, make_pairs_file, pick_pairs, rank_file
+from rewardkit.apps import filter_file, make_pairs_file, pick_pairs, rank_file
 from rewardkit.cli import main
+from rewardkit.config import Columns
 from rewardkit.data.pairs import DataError
 
 
@@ -152,6 +153,39 @@ def test_cli_rank_then_pairs_then_filter(tiny_models, tmp_path, capsys):
 
 def test_keys_are_configurable(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"question": "p", "candidates": ["a", "bbb"], "rewards": [0.0, 1.0]}])
-    keys = RowKeys(prompt="question", responses="candidates", scores="rewards")
-    make_pairs_file(str(src), tmp_path / "o.jsonl", keys=keys)
+    columns = Columns(prompt="question", responses="candidates", scores="rewards")
+    make_pairs_file(str(src), tmp_path / "o.jsonl", columns=columns)
     assert read(tmp_path / "o.jsonl")[0]["chosen"] == "bbb"
+
+
+class DetailScorer(LengthScorer):
+    """Adds `score_details` (what `score_file` calls): rewards = len(response) plus one published extra."""
+
+    def score_details(self, prompts, responses):
+        from rewardkit.scoring import ScoreDetails
+
+        self.calls.append(len(responses))
+        rewards = torch.tensor([float(len(r) if isinstance(r, str) else len(r[-1]["content"])) for r in responses])
+        n = len(responses)
+        return ScoreDetails(rewards, rewards.long(), torch.zeros(n, dtype=torch.bool),
+                            {"attributes": torch.stack([rewards, -rewards], 1)}, {"attributes": ["a", "b"]})
+
+
+def test_score_file_rows_messages_normalize_and_extras(tmp_path):
+    from rewardkit.apps import score_file
+
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"q": "p", "answer": "abc", "id": 1},
+        {"chat": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "a"}]},
+    ])
+    scorer = DetailScorer()
+    cols = Columns(prompt="q", response="answer", messages="chat")
+    report = score_file(str(src), tmp_path / "out.jsonl", scorer, columns=cols, normalize=True)
+    out = read(tmp_path / "out.jsonl")
+    assert scorer.calls == [2] and report.rows_out == 2  # one scoring pass over the whole file
+    assert [r["raw_score"] for r in out] == [3.0, 1.0] and [r["score"] for r in out] == [1.0, 0.0]
+    assert out[0]["id"] == 1 and out[0]["attributes"] == {"a": 3.0, "b": -3.0}
+    score_file(str(src), tmp_path / "raw.jsonl", scorer, columns=cols)
+    assert [r["score"] for r in read(tmp_path / "raw.jsonl")] == [3.0, 1.0]
+    with pytest.raises(DataError, match=r"line 1: field `response`: missing"):
+        score_file(str(src), tmp_path / "x.jsonl", scorer)

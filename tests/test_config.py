@@ -21,7 +21,9 @@ def test_required_keys_exist():
 
 
 @pytest.mark.parametrize("override, suggestion", [("train.lrr=1", "train.lr"), ("data.max_len=3", "data.max_length"),
-                                                  ("train.learning_rate=1", None), ("sed=1", "seed")])
+                                                  ("train.learning_rate=1", None), ("sed=1", "seed"),
+                                                  ("trian.epochs=1", "train.epochs"), ("los=bt", "loss"),
+                                                  ("data.columns.promt=q", "data.columns.prompt")])
 def test_unknown_key_names_closest(override, suggestion):
     with pytest.raises(ConfigError, match="unknown config key") as e:
         load_config(TrainRunConfig, None, [override])
@@ -45,3 +47,24 @@ def test_bad_yaml_file(tmp_path):
     f.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(TrainRunConfig, f, [])
+
+
+def test_group_defaults_come_from_the_command():
+    """A group keeps its command's defaults for the keys not given (serve scores in bigger batches than eval)."""
+    from rewardkit.config import EvalRunConfig, ServeRunConfig
+
+    serve = load_config(ServeRunConfig, None, ["scoring.batch_size=8"])
+    assert (serve.scoring.batch_size, serve.scoring.max_tokens) == (8, 32768)
+    assert load_config(EvalRunConfig, None, ["scoring.bf16=true"]).scoring.max_tokens == 4096
+
+
+def test_loss_names_come_from_losses_py():
+    import ast
+    from pathlib import Path
+
+    import rewardkit.config as config
+
+    source = (Path(config.__file__).parent / "config.py").read_text()
+    assert "LOSS_NAMES = _loss_names()" in source  # derived, never a second literal list
+    assert not any(isinstance(n, ast.Tuple) and {"bt", "kwise"} <= {getattr(e, "value", None) for e in n.elts}
+                   for n in ast.walk(ast.parse(source)))

@@ -1,14 +1,19 @@
-"""Reward-model applications on row files, streaming: Best-of-N ranking, filtering, DPO pair building.
+"""Reward-model applications on row files: scoring, Best-of-N ranking, filtering, DPO pair building.
 
-Rows are read lazily (`read_rows`), scored `chunk_rows` rows at a time through `RewardScorer` (length-
-sorted batches), and written one line at a time to a temp file that replaces the output at the end, so
-files larger than memory work and a crash never leaves half an output.
+rank, filter and make-pairs stream: rows are read lazily (`read_rows`), scored `chunk_rows` rows at a time
+through the scorer (length-sorted batches), and written one line at a time to a temp file that replaces the
+output at the end, so files larger than memory work and a crash never leaves half an output. `score_file`
+scores the whole file in one sorted pass and writes it atomically too.
 
-Row shapes (key names configurable through `RowKeys`):
+Row shapes (column names from `config.Columns`, the one column map of every command):
   list rows:       {"prompt": P, "responses": [R1, ..., RN], ...}   (rank, make-pairs, filter)
-  pointwise rows:  {"prompt": P, "response": R, ...}                (filter)
+  pointwise rows:  {"prompt": P, "response": R, ...}                (score, filter)
+  chat rows:       {"messages": [..., last message = response]}    (score)
 P and R are strings or chat messages. Without a scorer, scores are read from the rows
 (`scores` for list rows, `score` for pointwise rows), e.g. the output of `rank`.
+
+The scorer is anything with the `scoring.Scorer` calls used here: `score(prompts, responses)` (floats),
+`normalize(raw tensor)` and, for `score_file`, `score_details(prompts, responses)`.
 """
 
 from __future__ import annotations
@@ -27,19 +32,11 @@ from typing import Any
 
 import torch
 
+from rewardkit.config import Columns
 from rewardkit.data import DataError, read_rows
-from rewardkit.io import atomic_write
+from rewardkit.io import atomic_write, write_jsonl
 
 STRATEGIES = ("max_min", "max_random", "all")
-
-
-@dataclass(frozen=True)
-class RowKeys:
-    prompt: str = "prompt"
-    response: str = "response"
-    responses: str = "responses"
-    score: str = "score"
-    scores: str = "scores"
 
 
 @dataclass
@@ -77,19 +74,19 @@ def _check_text(value: Any, where: str, key: str) -> Any:
     return value
 
 
-def _parse(where: str, row: dict[str, Any], keys: RowKeys, lists_only: bool, need_scores: bool) -> ScoredRow:
-    prompt = _check_text(row.get(keys.prompt, ""), where, keys.prompt)
-    if keys.responses in row:
-        responses = row[keys.responses]
+def _parse(where: str, row: dict[str, Any], cols: Columns, lists_only: bool, need_scores: bool) -> ScoredRow:
+    prompt = _check_text(row.get(cols.prompt, ""), where, cols.prompt)
+    if cols.responses in row:
+        responses = row[cols.responses]
         if not isinstance(responses, list) or not responses:
-            raise DataError(where, keys.responses, "expected a non-empty list of responses")
-        responses = [_check_text(r, where, f"{keys.responses}[{i}]") for i, r in enumerate(responses)]
-        pointwise, score_key = False, keys.scores
-    elif keys.response in row and not lists_only:
-        responses, pointwise, score_key = [_check_text(row[keys.response], where, keys.response)], True, keys.score
+            raise DataError(where, cols.responses, "expected a non-empty list of responses")
+        responses = [_check_text(r, where, f"{cols.responses}[{i}]") for i, r in enumerate(responses)]
+        pointwise, score_key = False, cols.scores
+    elif cols.response in row and not lists_only:
+        responses, pointwise, score_key = [_check_text(row[cols.response], where, cols.response)], True, cols.score
     else:
-        want = f"`{keys.responses}` (a list)" + ("" if lists_only else f" or `{keys.response}`")
-        raise DataError(where, keys.responses, f"missing: need {want}")
+        want = f"`{cols.responses}` (a list)" + ("" if lists_only else f" or `{cols.response}`")
+        raise DataError(where, cols.responses, f"missing: need {want}")
     scores: list[float] = []
     if need_scores:
         value = row.get(score_key)
@@ -102,14 +99,15 @@ def _parse(where: str, row: dict[str, Any], keys: RowKeys, lists_only: bool, nee
     return ScoredRow(where, row, prompt, responses, scores, pointwise)
 
 
-def iter_scored(source: str, scorer=None, *, keys: RowKeys = RowKeys(), normalize: bool = False,
+def iter_scored(source: str, scorer=None, *, columns: Columns | None = None, normalize: bool = False,
                 chunk_rows: int = 64, lists_only: bool = False) -> Iterator[ScoredRow]:
     """Rows of `source` with scores: from `scorer` (a RewardScorer) when given, else from the rows."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    cols = columns or Columns()
     chunk: list[ScoredRow] = []
     for where, row in read_rows(source):
-        chunk.append(_parse(where, row, keys, lists_only, need_scores=scorer is None))
+        chunk.append(_parse(where, row, cols, lists_only, need_scores=scorer is None))
         if len(chunk) >= chunk_rows:
             yield from _score_chunk(chunk, scorer, normalize)
             chunk = []
@@ -136,16 +134,60 @@ def _write_line(fh, row: dict[str, Any]) -> None:
     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+# --------------------------------------------------------------------------- score
+
+def _score_input(where: str, row: dict[str, Any], cols: Columns) -> tuple[Any, Any]:
+    """(prompt, response) of a score row: the `messages` chat (last message = response) or prompt+response."""
+    msgs = row.get(cols.messages)
+    if isinstance(msgs, list) and msgs:
+        if not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+            raise DataError(where, cols.messages, "expected a list of {role, content} messages")
+        return msgs[:-1], msgs[-1:]
+    if cols.response not in row:
+        raise DataError(where, cols.response,
+                        f"missing (need `{cols.prompt}`+`{cols.response}` or `{cols.messages}`)")
+    prompt, response = row.get(cols.prompt, ""), row[cols.response]
+    for key, val in ((cols.response, response), (cols.prompt, prompt)):
+        if not isinstance(val, (str, list)):
+            raise DataError(where, key, f"expected a string or messages, got {type(val).__name__}")
+    return prompt, response
+
+
+def score_file(source: str, output: str | Path, scorer, *, columns: Columns | None = None,
+               normalize: bool = False) -> AppReport:
+    """Every row of `source` back, in order, with `score` (the `columns.score` column) and the model's
+    extras (e.g. a multi-objective model's attributes and gate weights). With `normalize`, `score` is
+    (raw - mean) / std from the model's config and the raw value goes to `raw_score`. One sorted
+    scoring pass over the whole file; the output is written atomically."""
+    cols = columns or Columns()
+    rows, prompts, responses = [], [], []
+    for where, row in read_rows(source):
+        prompt, response = _score_input(where, row, cols)
+        rows.append(row)
+        prompts.append(prompt)
+        responses.append(response)
+    details = scorer.score_details(prompts, responses)
+    final = scorer.normalize(details.rewards).tolist() if normalize else None
+    for i, (row, extra) in enumerate(zip(rows, details.rows())):
+        raw = extra.pop("score")
+        row[cols.score] = final[i] if final is not None else raw
+        if final is not None:
+            row["raw_score"] = raw
+        row.update(extra)
+    n = write_jsonl(output, rows)
+    return AppReport(rows_in=n, rows_out=n, responses=n)
+
+
 # --------------------------------------------------------------------------- rank (Best-of-N)
 
-def rank_file(source: str, output: str | Path, scorer=None, *, keys: RowKeys = RowKeys(), normalize: bool = False,
+def rank_file(source: str, output: str | Path, scorer=None, *, columns: Columns | None = None, normalize: bool = False,
               chunk_rows: int = 64) -> AppReport:
     """Each list row gets `scores`, `best_index` and `best_response` (first of equal bests)."""
-    report = AppReport()
+    report, cols = AppReport(), columns or Columns()
     with atomic_write(output) as fh:
-        for r in iter_scored(source, scorer, keys=keys, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
+        for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
             best = max(range(len(r.scores)), key=lambda i: (r.scores[i], -i))
-            out = {**r.row, keys.scores: r.scores, "best_index": best, "best_response": r.responses[best]}
+            out = {**r.row, cols.scores: r.scores, "best_index": best, "best_response": r.responses[best]}
             if r.raw is not None:
                 out["raw_scores"] = r.raw
             _write_line(fh, out)
@@ -190,7 +232,7 @@ def _prompt_key(prompt: Any) -> bytes:
 
 
 def filter_file(source: str, output: str | Path, scorer=None, *, threshold: float | None = None,
-                top_percent: float | None = None, keys: RowKeys = RowKeys(), normalize: bool = False,
+                top_percent: float | None = None, columns: Columns | None = None, normalize: bool = False,
                 chunk_rows: int = 64) -> AppReport:
     """Keep responses with score >= `threshold` and/or among the top `top_percent`% of their prompt.
 
@@ -202,8 +244,8 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
         raise ValueError("give a threshold, a top_percent, or both")
     if top_percent is not None and not 0 < top_percent <= 100:
         raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
-    report = AppReport()
-    rows = iter_scored(source, scorer, keys=keys, normalize=normalize, chunk_rows=chunk_rows)
+    report, cols = AppReport(), columns or Columns()
+    rows = iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows)
     topk = _TopK() if top_percent is not None else None
     tmp = None
     try:
@@ -216,7 +258,7 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
                     topk.add(_prompt_key(r.prompt), r.scores)
                     _write_line(fh, {"row": r.row, "scores": r.scores, "pointwise": r.pointwise})
             topk.finish(top_percent)
-            rows = _reread(tmp, keys)
+            rows = _reread(tmp, cols)
         with atomic_write(output) as fh:
             for r in rows:
                 report.rows_in += 1
@@ -228,10 +270,10 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
                 if not kept:
                     continue
                 if r.pointwise:
-                    out = {**r.row, keys.score: r.scores[0]}
+                    out = {**r.row, cols.score: r.scores[0]}
                 else:
-                    out = {**r.row, keys.responses: [r.responses[i] for i in kept],
-                           keys.scores: [r.scores[i] for i in kept]}
+                    out = {**r.row, cols.responses: [r.responses[i] for i in kept],
+                           cols.scores: [r.scores[i] for i in kept]}
                 _write_line(fh, out)
                 report.rows_out += 1
     finally:
@@ -240,11 +282,11 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
     return report
 
 
-def _reread(path: str, keys: RowKeys) -> Iterator[ScoredRow]:
+def _reread(path: str, cols: Columns) -> Iterator[ScoredRow]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             item = json.loads(line)
-            r = _parse("", item["row"], keys, lists_only=False, need_scores=False)
+            r = _parse("", item["row"], cols, lists_only=False, need_scores=False)
             r.scores = item["scores"]
             yield r
 
@@ -285,24 +327,24 @@ def pick_pairs(scores: list[float], strategy: str, *, min_margin: float = 0.0,
 
 
 def make_pairs_file(source: str, output: str | Path, scorer=None, *, strategy: str = "max_min",
-                    min_margin: float = 0.0, seed: int = 0, keys: RowKeys = RowKeys(), normalize: bool = False,
+                    min_margin: float = 0.0, seed: int = 0, columns: Columns | None = None, normalize: bool = False,
                     chunk_rows: int = 64) -> AppReport:
     """N scored responses per prompt -> preference rows {prompt, chosen, rejected, chosen_reward,
     rejected_reward, margin} plus the row's other fields. Note: `rewardkit train` reads a `margin` column as
     a loss margin; rename or drop it if that is not wanted."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown pair strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    rng, report = random.Random(seed), AppReport()
-    drop = {keys.responses, keys.scores, "best_index", "best_response", "raw_scores"}
+    rng, report, cols = random.Random(seed), AppReport(), columns or Columns()
+    drop = {cols.responses, cols.scores, "best_index", "best_response", "raw_scores"}
     with atomic_write(output) as fh:
-        for r in iter_scored(source, scorer, keys=keys, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
+        for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
             report.rows_in += 1
             report.responses += len(r.responses)
             pairs, dropped = pick_pairs(r.scores, strategy, min_margin=min_margin, rng=rng)
             report.dropped_ties += dropped
             rest = {k: v for k, v in r.row.items() if k not in drop}
             for c, j in pairs:
-                _write_line(fh, {**rest, keys.prompt: r.prompt, "chosen": r.responses[c], "rejected": r.responses[j],
+                _write_line(fh, {**rest, cols.prompt: r.prompt, "chosen": r.responses[c], "rejected": r.responses[j],
                                  "chosen_reward": r.scores[c], "rejected_reward": r.scores[j],
                                  "margin": r.scores[c] - r.scores[j]})
                 report.rows_out += 1

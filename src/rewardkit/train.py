@@ -77,10 +77,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     """Train a reward model as `cfg` says; the model, metrics.jsonl and the resolved config land in
     `cfg.output_dir`."""
     t = cfg.train
-    if not cfg.model.path or not cfg.data.train:
-        raise ValueError("`model` and `data.train` are required")
-    if t.checkpoint_every < 1:
-        raise ValueError(f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}")
+    cfg.validate()  # the value checks of every group, and the keys a run needs
     objective = make_objective(cfg)  # checks the loss name and its options before anything loads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rewardkit.config import SCORE_MAX_TOKENS
-from rewardkit.config import Columns
+from rewardkit.config import CalibrateRunConfig, EvalRunConfig, PairsInput, flat_config
 from rewardkit.data.fields import Text
 from rewardkit.data.pairs import PreferenceExample, load_preferences
 from rewardkit.data.readers import LoadReport, read_rows
@@ -29,29 +28,10 @@ log = logging.getLogger(__name__)
 BENCHMARKS = ("auto", "pairs", "rewardbench", "rewardbench2")
 
 
-@dataclass
-class EvalConfig:
-    """`rewardkit eval`: one saved model on one preference file."""
-
-    model_dir: str
-    data: str
-    output: str | None = None  # per-pair scores (.jsonl)
-    format: str = "auto"
-    columns: Columns = field(default_factory=Columns)
-    split: str | None = None  # default: "train", or the official split of a RewardBench hub id
-    on_error: str = "raise"
-    batch_size: int = 32
-    max_length: int | None = None
-    max_samples: int | None = None
-    device: str = "cpu"
-    max_tokens: int | None = SCORE_MAX_TOKENS  # padded tokens per forward
-    bf16: bool = False  # bf16 autocast (faster where native; scores to ~1e-2)
-    benchmark: str = "auto"  # auto-detects RewardBench v1 (`subset` column) and v2 (lists of completions)
-    tie_policy: str = "0"  # RewardBench v1 ties: "0" (official), "0.5" or "random"
-    seed: int = 0  # for tie_policy="random"
-    as_chat: bool = False  # render string prompts/responses as a user/assistant chat (as RewardBench does)
-    top_fraction: float = 0.1  # share of responses, by reward, that the "top" length diagnostics look at
-    report_dir: str | None = None  # write eval.json, pairs.jsonl and plots here (for `rewardkit report`)
+def EvalConfig(model_dir: str, data: str, **settings: Any) -> EvalRunConfig:
+    """The flat constructor of earlier versions, e.g. `EvalConfig("runs/rm", "dev.jsonl", on_error="skip",
+    batch_size=8)`: each keyword is the last part of an `EvalRunConfig` key (on_error -> data.on_error)."""
+    return flat_config(EvalRunConfig, model=model_dir, data=data, **settings)
 
 
 @dataclass
@@ -94,34 +74,35 @@ def _chat(prompt: Text, response: Text) -> tuple[Text, Text]:
     return p, r
 
 
-def _detect(cfg: EvalConfig, split: str) -> str:
+def _detect(data: PairsInput, split: str) -> str:
     from rewardkit.eval.rewardbench import detect_kind
 
     rows = []
     try:
-        for _, row in read_rows(cfg.data, split):
+        for _, row in read_rows(data.path, split):
             rows.append(row)
             if len(rows) == 32:
                 break
     except Exception:  # unreadable rows are reported by the loader that follows, with their location
         pass
-    return detect_kind(rows, cfg.columns)
+    return detect_kind(rows, data.columns)
 
 
-def load_eval_data(cfg: EvalConfig) -> EvalData:
-    """Read `cfg.data` as plain pairs, RewardBench v1 or v2 (`cfg.benchmark`, detected by default)."""
+def load_eval_data(cfg: EvalRunConfig | CalibrateRunConfig) -> EvalData:
+    """Read `cfg.data.path` as plain pairs, RewardBench v1 or v2 (`cfg.data.benchmark`, detected by default)."""
     from rewardkit.eval.rewardbench import BenchPair, load_benchmark, resolve_split
 
-    if cfg.benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {cfg.benchmark!r}; choose from {', '.join(BENCHMARKS)}")
-    split = resolve_split(cfg.data, cfg.split)
-    kind = _detect(cfg, split) if cfg.benchmark == "auto" else cfg.benchmark
-    log.info("%s: evaluating as %s", cfg.data, kind)
-    wrap = _chat if cfg.as_chat else (lambda p, r: (p, r))
+    d = cfg.data
+    if d.benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {d.benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    split = resolve_split(d.path, d.split)
+    kind = _detect(d, split) if d.benchmark == "auto" else d.benchmark
+    log.info("%s: evaluating as %s", d.path, kind)
+    wrap = _chat if d.as_chat else (lambda p, r: (p, r))
     data = EvalData(kind, [], [], [], [], [])
     if kind == "rewardbench2":
-        rows, data.report = load_benchmark(cfg.data, kind, split=split, on_error=cfg.on_error,
-                                           max_samples=cfg.max_samples, columns=cfg.columns)
+        rows, data.report = load_benchmark(d.path, kind, split=split, on_error=d.on_error,
+                                           max_samples=d.max_samples, columns=d.columns)
         data.groups = []
         for row in rows:
             start = len(data.responses)
@@ -137,11 +118,11 @@ def load_eval_data(cfg: EvalConfig) -> EvalData:
                     data.pair_subset.append(row.subset)
         return data
     if kind == "rewardbench":
-        items, data.report = load_benchmark(cfg.data, kind, split=split, on_error=cfg.on_error,
-                                            max_samples=cfg.max_samples, columns=cfg.columns)
+        items, data.report = load_benchmark(d.path, kind, split=split, on_error=d.on_error,
+                                            max_samples=d.max_samples, columns=d.columns)
     else:
-        examples, data.report = load_preferences(cfg.data, fmt=cfg.format, columns=cfg.columns, on_error=cfg.on_error,
-                                                 split=split, max_samples=cfg.max_samples)
+        examples, data.report = load_preferences(d.path, fmt=d.format, columns=d.columns, on_error=d.on_error,
+                                                 split=split, max_samples=d.max_samples)
         items = [BenchPair(ex, None) for ex in examples]  # type: ignore[arg-type]
     for it in items:
         ex: PreferenceExample = it.example
@@ -202,18 +183,22 @@ def analyze(data: EvalData, scored: ScoreDetails, *, temperature: float = 1.0, t
 
 # --------------------------------------------------------------------------- entry points
 
-def run_eval(cfg: EvalConfig, scorer: RewardScorer | None = None) -> EvalOutcome:
+def load_scorer(cfg: EvalRunConfig | CalibrateRunConfig) -> RewardScorer:
+    """`cfg.model` loaded as `cfg.scoring` says (its fields are `RewardScorer.load`'s keywords)."""
+    return RewardScorer.load(cfg.model.path, max_length=cfg.data.max_length, **asdict(cfg.scoring))
+
+
+def run_eval(cfg: EvalRunConfig, scorer: RewardScorer | None = None) -> EvalOutcome:
     """Load the model (unless given) and the data, score every response, analyse."""
-    scorer = scorer or RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size,
-                                         max_length=cfg.max_length, max_tokens=cfg.max_tokens, bf16=cfg.bf16)
+    scorer = scorer or load_scorer(cfg)
     data = load_eval_data(cfg)
     scored = score_responses(scorer, data.responses)
     return analyze(data, scored, temperature=scorer.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
                    top_fraction=cfg.top_fraction)
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Score every pair in `cfg.data`; return accuracy and reward statistics (see `pairwise_stats`) plus
+def evaluate(cfg: EvalRunConfig) -> dict[str, Any]:
+    """Score every pair in `cfg.data.path`; return accuracy and reward statistics (see `pairwise_stats`) plus
     `calibration`, `length_bias` and, for RewardBench data, `rewardbench` / `rewardbench2`."""
     outcome = run_eval(cfg)
     if cfg.output:
@@ -221,19 +206,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.report_dir:
         from rewardkit.eval.report import write_eval_dir
 
-        write_eval_dir(cfg.report_dir, outcome, model_dir=cfg.model_dir, data=cfg.data)
+        write_eval_dir(cfg.report_dir, outcome, model_dir=cfg.model.path, data=cfg.data.path)
     return outcome.stats
 
 
-def calibrate(cfg: EvalConfig, *, save: bool = True):
-    """Fit the temperature T on the pairs of `cfg.data` (a dev split) and, if `save`, write it into the
+def calibrate(cfg: CalibrateRunConfig | EvalRunConfig, *, save: bool = True):
+    """Fit the temperature T on the pairs of `cfg.data.path` (a dev split) and, if `save`, write it into the
     model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. A fit stuck at its
     bound (`fit.at_bound`) is never saved. Returns `TemperatureFit`."""
     from rewardkit.eval.calibration import fit_temperature
     from rewardkit.models.reward_model import write_temperature
 
-    scorer = RewardScorer.load(cfg.model_dir, device=cfg.device, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
-                                          bf16=cfg.bf16, max_length=cfg.max_length)
+    scorer = load_scorer(cfg)
     data = load_eval_data(cfg)
     rewards = score_responses(scorer, data.responses).rewards.double()
     fit = fit_temperature(rewards[data.chosen_idx] - rewards[data.rejected_idx])
@@ -241,6 +225,6 @@ def calibrate(cfg: EvalConfig, *, save: bool = True):
         log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right, or the model is no better "
                     "than chance; not saving it. Use more, or harder, dev data", fit.temperature)
     elif save:
-        path = write_temperature(Path(cfg.model_dir), fit.temperature)
+        path = write_temperature(Path(cfg.model.path), fit.temperature)
         log.info("wrote rewardkit.temperature=%.4g to %s", fit.temperature, path)
     return fit

@@ -1,4 +1,5 @@
-"""Objective families behind `train.loss`: pick one by name; its options live in `loss.*`.
+"""Objective families behind `loss.name` (`loss=NAME`; `train.loss` is its older spelling): pick one by name;
+its options live in the other `loss.*` keys.
 
   bt, logexp, internlm2  pairs, scalar rewards                 (objectives.pairwise.PairwiseObjective)
   token                  pairs, per-token values (decoders)    (objectives.pairwise.TokenObjective)
@@ -39,8 +40,8 @@ _PAIR_DATA = {"bt", "logexp", "internlm2", "token", "gating"}
 
 
 def make_objective(cfg: TrainRunConfig) -> Objective:
-    """The objective for `cfg.train.loss`; unknown names and options that the loss ignores are errors."""
-    name = cfg.train.loss
+    """The objective for `cfg.loss.name`; unknown names and options that the loss ignores are errors."""
+    name = cfg.loss.name
     get_loss(name)  # raises, listing the choices
     _check_options(cfg, name)
     module, cls = FAMILIES[name]
@@ -49,7 +50,7 @@ def make_objective(cfg: TrainRunConfig) -> Objective:
 
 def _check_options(cfg: TrainRunConfig, name: str) -> None:
     changed = [f"loss.{f.name}" for f in dataclasses.fields(LossConfig)
-               if f.name not in _LOSS_OPTIONS.get(name, set())
+               if f.name != "name" and f.name not in _LOSS_OPTIONS.get(name, set())
                and getattr(cfg.loss, f.name) != getattr(LossConfig(), f.name)]
     if name not in _PAIR_DATA:
         if cfg.train.center_rewards_coef != TrainConfig().center_rewards_coef:
@@ -59,4 +60,4 @@ def _check_options(cfg: TrainRunConfig, name: str) -> None:
     if changed:
         users = {k: sorted(n for n, opts in _LOSS_OPTIONS.items() if k.split(".")[-1] in opts) for k in changed}
         detail = "; ".join(f"{k} is for {', '.join(users[k]) or 'pairwise losses'}" for k in changed)
-        raise ConfigError(f"train.loss={name} does not use {', '.join(changed)} ({detail})")
+        raise ConfigError(f"loss={name} does not use {', '.join(changed)} ({detail})")
