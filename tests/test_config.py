@@ -64,7 +64,7 @@ def test_loss_names_come_from_losses_py():
 
     import rewardkit.config as config
 
-    source = (Path(config.__file__).parent / "config.py").read_text()
+    source = (Path(config.__file__).parent / "groups.py").read_text()
     assert "LOSS_NAMES = _loss_names()" in source  # derived, never a second literal list
     assert not any(isinstance(n, ast.Tuple) and {"bt", "kwise"} <= {getattr(e, "value", None) for e in n.elts}
                    for n in ast.walk(ast.parse(source)))

@@ -187,6 +187,8 @@ PAIRWISE_LOSSES: dict[str, Loss] = {"bt": bradley_terry, "logexp": log_exp, "int
 LOSSES: dict[str, Loss] = {**PAIRWISE_LOSSES, "token": token_level, "kwise": kwise_bt, "binary": binary,
                            "regression": regression, "attributes": attribute_regression, "gating": gating_bt}
 
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)  # the one list of loss names (config reads it from this source)
+
 
 def get_loss(name: str) -> Loss:
     """The loss registered as `name`; unknown names raise and list the choices."""

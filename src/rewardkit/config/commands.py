@@ -1,0 +1,304 @@
+"""One config dataclass per command, built from the shared groups; `COMMANDS` maps command names to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rewardkit.config.groups import (LOSS_NAMES, DataConfig, MaxLength, ModelConfig, PairsInput, RowsInput,
+                                     SavedModel, ScoringConfig)
+from rewardkit.config.schema import ConfigError, _at_least, _check, _f, _positive, _require, check_values
+
+
+# --------------------------------------------------------------------------- train
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(1.0, "Passes over the training data (fractions allowed).")
+    max_steps: int | None = _f(None, "Stop after this many optimiser steps (overrides epochs).")
+    batch_size: int = _f(8, "Examples per micro-batch: pairs (2 sequences each, one forward), prompts "
+                            "(kwise: K sequences each) or rows (pointwise, attributes).")
+    grad_accum: int = _f(1, "Micro-batches per optimiser step.")
+    lr: float = _f(5e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norms).")
+    scheduler: str = _f("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    bf16: bool | None = _f(None, "bf16 autocast for forward and backward. Default (null): on where the hardware "
+                                 "computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), off where "
+                                 "it would be emulated; weights stay fp32.")
+    center_rewards_coef: float = _f(0.0, "Pairs: weight of the reward-centering term mean((rc+rr)^2).")
+    disable_dropout: bool = _f(True, "Set every dropout probability to 0 (reward models train better).")
+    eval_every: int = _f(0, "Evaluate every N optimiser steps (0: only at the end).")
+    eval_batch_size: int = _f(32, "Pairs per eval batch.")
+    log_every: int = _f(10, "Log training metrics every N optimiser steps.")
+    save_every: int = _f(0, "Write a resumable checkpoint every N steps (0: never).")
+    resume: str | None = _f(None, "Resume from a checkpoint folder, or `auto` for the latest one in "
+                                  "output_dir/checkpoints.")
+    progress: bool = _f(True, "Show a tqdm progress bar.")
+    batching: str = _f("auto", "Pairs: `grouped` sorts lengths inside large shuffled windows then shuffles "
+                               "the batches (little padding); `random` is plain shuffling; `auto` = random for "
+                               "the flat layout (it has no padding to save), grouped otherwise.",
+                       choices=("auto", "grouped", "random"))
+    max_tokens: int | None = _f(None, "Pairs: token budget per micro-batch (padded tokens, or packed row "
+                                      "tokens); batches then hold a varying number of pairs.")
+    packing: str = _f("auto", "Pairs: `plain` packs sequences into rows (own positions and attention block "
+                              "each); `shared_prompt` (decoders) lays out [prompt][chosen][rejected] so the "
+                              "prompt is computed once; `auto` = shared_prompt for decoders, plain for encoders.",
+                      choices=("auto", "none", "plain", "shared_prompt"))
+    pack_layout: str = _f("flat", "Packing inside each micro-batch: `flat` lays all its sequences in one "
+                                  "padding-free row and confines attention to each sequence with one "
+                                  "attention call per unit (no padding); `batch_rows` fills rows as wide as "
+                                  "its longest sequence (block-diagonal masks; also used when "
+                                  "model.attn_implementation=eager).",
+                          choices=("flat", "batch_rows"))
+    row_length: int | None = _f(None, "Packing: fixed row length filled across the data (little padding; for "
+                                      "GPUs with varlen attention); overrides `pack_layout`.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, slower.")
+    checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (a larger N "
+                                  "uses more memory and runs faster).")
+    compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
+
+    def __post_init__(self):
+        _positive(self, "epochs", "lr")
+        _at_least(self, 1, "batch_size", "grad_accum", "eval_batch_size", "log_every", "checkpoint_every")
+        _at_least(self, 1, "max_steps", "max_tokens", "row_length", optional=True)
+        _at_least(self, 0, "weight_decay", "max_grad_norm", "eval_every", "save_every", "center_rewards_coef")
+        _check(0 <= self.warmup_ratio <= 1, "warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
+
+
+@dataclass
+class LossConfig:
+    """`train`: the objective and its options."""
+
+    SHORTHAND: ClassVar[str] = "name"  # `loss=kwise` sets loss.name
+    name: str = _f("bt", "Objective: bt, logexp, internlm2 (pairs); token (pairs, causal backbones); kwise "
+                         "(K ranked completions); binary, regression (pointwise); attributes, gating "
+                         "(multi-objective stages 1 and 2). The other loss.* keys are its options.",
+                   choices=LOSS_NAMES)
+    gamma: float = _f(2.0, "internlm2: exponent of the difficulty-decay factor.")
+    penalty: str = _f("log_barrier", "internlm2: penalty on every score.", choices=("log_barrier", "l2", "none"))
+    penalty_weight: float = _f(0.01, "internlm2: weight of the penalty.")
+    huber_delta: float | None = _f(None, "regression: Huber loss with this delta instead of squared error.")
+    normalize_labels: bool = _f(False, "regression: fit (score - mean) / std of the training scores; the "
+                                       "saved config records mean and std.")
+    freeze_backbone: bool = _f(False, "attributes: train only the attribute head (ArmoRM fits it on a frozen "
+                                      "backbone).")
+    gate_hidden: int = _f(256, "gating: width of the gating MLP (ArmoRM: 1024).")
+    gate_layers: int = _f(2, "gating: hidden layers of the gating MLP (ArmoRM: 3).")
+    gate_temperature: float = _f(10.0, "gating: softmax temperature of the gate (ArmoRM: 10).")
+    verbosity_attribute: str | None = _f(None, "gating: debias every other attribute against this one (e.g. "
+                                               "verbosity) before gating; unset: no debiasing.")
+    verbosity_threshold: float = _f(0.03, "gating: per attribute, the smallest lambda in [0, 1] with "
+                                          "|Spearman(r_i - lambda r_v, r_v)| <= this, on the training pairs.")
+
+    def __post_init__(self):
+        _check(self.huber_delta is None or self.huber_delta > 0, "huber_delta", f"must be > 0, got {self.huber_delta}")
+        _positive(self, "gate_temperature")
+        _at_least(self, 1, "gate_hidden", "gate_layers")
+
+
+@dataclass
+class TrainRunConfig:
+    """`rewardkit train`: everything a training run needs."""
+
+    COMMAND: ClassVar[str] = "train"
+    # Older spellings still read (saved train_config.yaml files, scripts): alias -> key.
+    ALIASES: ClassVar[dict[str, str]] = {"train.loss": "loss.name"}
+
+    model: ModelConfig = _f(ModelConfig(), "Backbone options (`model=PATH` sets model.path).")
+    data: DataConfig = _f(DataConfig(), "Data options.")
+    train: TrainConfig = _f(TrainConfig(), "Optimisation options.")
+    loss: LossConfig = _f(LossConfig(), "The objective (`loss=NAME` sets loss.name) and its options.")
+    output_dir: str = _f("runs/rm", "Folder for the saved model, metrics.jsonl and checkpoints.")
+    seed: int = _f(42, "Seed for weights of the new head, shuffling and dropout.")
+
+    def validate(self) -> None:
+        check_values(self)
+        if not self.model.path or not self.data.train:
+            raise ConfigError("`model` and `data.train` are required")
+
+
+# --------------------------------------------------------------------------- eval, calibrate
+
+@dataclass
+class _PairsRun:
+    """A saved model on preference data (eval, calibrate)."""
+
+    model: SavedModel = _f(SavedModel(), "The reward model (`model=DIR` sets model.path).")
+    data: PairsInput = _f(PairsInput(), "The preference data (`data=FILE` sets data.path).")
+    scoring: ScoringConfig = _f(ScoringConfig(), "How the model runs.")
+    json: bool = _f(False, "Print one JSON object instead of `key: value` lines.")
+
+    def validate(self) -> None:
+        _require(self, "model", "data")
+
+
+@dataclass
+class EvalRunConfig(_PairsRun):
+    """`rewardkit eval`: accuracy, RewardBench scores, calibration and length bias of one model on one file."""
+
+    COMMAND: ClassVar[str] = "eval"
+
+    output: str | None = _f(None, "Write per-pair rewards to this .jsonl.")
+    report_dir: str | None = _f(None, "Write eval.json, pairs.jsonl and plots/*.png here (then: rewardkit "
+                                      "report DIR).")
+    tie_policy: str = _f("0", "RewardBench v1 score of a tied pair: 0 (as RewardBench), 0.5 or random.",
+                         choices=("0", "0.5", "random"))
+    seed: int = _f(0, "Seed for tie_policy=random.")
+    top_fraction: float = _f(0.1, "Share of responses, by reward, that the `top` length diagnostics look at.")
+
+    def __post_init__(self):
+        _check(0 < self.top_fraction <= 1, "top_fraction", f"must be in (0, 1], got {self.top_fraction}")
+
+
+@dataclass
+class CalibrateRunConfig(_PairsRun):
+    """`rewardkit calibrate`: fit the temperature of P(a > b) = sigmoid(delta / T) on dev pairs."""
+
+    COMMAND: ClassVar[str] = "calibrate"
+
+    save: bool = _f(True, "Write the fitted T into the model's config.json (false: only print the fit).")
+
+
+# --------------------------------------------------------------------------- score and the row apps
+
+@dataclass
+class _RowsRun:
+    """A row file in, a row file out, scored by a saved model (score, rank, filter, make-pairs)."""
+
+    MODEL_REQUIRED: ClassVar[bool] = True
+
+    model: SavedModel = _f(SavedModel(), "The reward model (`model=DIR` sets model.path).")
+    data: RowsInput = _f(RowsInput(), "The input rows (`data=FILE` sets data.path).")
+    output: str = _f("", "Output .jsonl (written to a temp file and renamed at the end).")
+    normalize: bool = _f(False, "Scores are (raw - mean) / std with the statistics in the model's config.json; "
+                                "the raw values are kept beside them (raw_score / raw_scores).")
+    scoring: ScoringConfig = _f(ScoringConfig(), "How the model runs.")
+
+    def __post_init__(self):
+        _check(not (self.normalize and not self.model.path), "normalize",
+               "needs a model (without one, scores are read from the rows as they are)")
+
+    def validate(self) -> None:
+        _require(self, *(("model",) if self.MODEL_REQUIRED else ()), "data", "output")
+
+
+@dataclass
+class ScoreRunConfig(_RowsRun):
+    """`rewardkit score`: rows with prompt+response or messages get a score."""
+
+    COMMAND: ClassVar[str] = "score"
+
+
+@dataclass
+class _ChunkedRowsRun(_RowsRun):
+    chunk_rows: int = _f(64, "Rows scored together (the input is streamed in chunks of this many rows).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least(self, 1, "chunk_rows")
+
+
+@dataclass
+class RankRunConfig(_ChunkedRowsRun):
+    """`rewardkit rank`: Best-of-N, score N responses per prompt and mark the best."""
+
+    COMMAND: ClassVar[str] = "rank"
+
+
+@dataclass
+class FilterRunConfig(_ChunkedRowsRun):
+    """`rewardkit filter`: keep responses above a threshold and/or in the top k% of their prompt."""
+
+    COMMAND: ClassVar[str] = "filter"
+    MODEL_REQUIRED: ClassVar[bool] = False
+
+    threshold: float | None = _f(None, "Keep scores >= this.")
+    top_percent: float | None = _f(None, "Keep the best K% of each prompt's responses across the whole file "
+                                         "(at least one; ties by file order).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.top_percent is None or 0 < self.top_percent <= 100, "top_percent",
+               f"must be in (0, 100], got {self.top_percent}")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.threshold is None and self.top_percent is None:
+            raise ConfigError("give `threshold`, `top_percent` or both")
+
+
+@dataclass
+class MakePairsRunConfig(_ChunkedRowsRun):
+    """`rewardkit make-pairs`: DPO pairs from N scored responses per prompt."""
+
+    COMMAND: ClassVar[str] = "make-pairs"
+    MODEL_REQUIRED: ClassVar[bool] = False
+
+    strategy: str = _f("max_min", "Best vs worst, best vs a random lower one, or every pair.",
+                       choices=("max_min", "max_random", "all"))
+    min_margin: float = _f(0.0, "Drop pairs whose score difference is below this (ties are always dropped).")
+    seed: int = _f(0, "Seed for strategy=max_random.")
+
+
+# --------------------------------------------------------------------------- serve, report
+
+@dataclass
+class ServeRunConfig:
+    """`rewardkit serve`: reward models over HTTP, concurrent requests batched into one forward."""
+
+    COMMAND: ClassVar[str] = "serve"
+
+    model: SavedModel = _f(SavedModel(), "The reward model (`model=DIR` sets model.path); or `models`.")
+    models: str | None = _f(None, "YAML file with several models and the rule that combines them (instead of "
+                                  "`model`).")
+    host: str = _f("127.0.0.1", "Interface to bind (127.0.0.1: this machine only).")
+    port: int = _f(5000, "Port.")
+    api_key: str | None = _f(None, "Require `Authorization: Bearer KEY` on every route but /health (default: "
+                                   "$REWARDKIT_API_KEY, which keeps it out of ps).")
+    normalize: bool = _f(False, "Reward = (raw - mean) / std from each model's config (raw scores are "
+                                "returned too).")
+    clip: float | None = _f(None, "Clamp final rewards to [-C, C] (null: no clipping).")
+    scoring: ScoringConfig = _f(ScoringConfig(batch_size=64, max_tokens=32768),
+                                "How the models run; requests are batched together up to scoring.batch_size "
+                                "texts (1 turns batching off) and scoring.max_tokens padded tokens per forward.")
+    data: MaxLength = _f(MaxLength(), "How request texts are cut.")
+    max_wait_ms: float = _f(5.0, "Longest a request waits for a fuller batch.")
+    max_queue: int = _f(2048, "Texts waiting; beyond it: 503 + Retry-After.")
+    max_texts: int = _f(512, "Texts per request; beyond it: 413.")
+    max_body_bytes: int = _f(16 * 1024 * 1024, "Request body limit in bytes; beyond it: 413.")
+    access_log: bool = _f(False, "One log line per request (never the body).")
+
+    def __post_init__(self):
+        _check(not (self.model.path and self.models), "models", "give `model` or `models`, not both")
+        _check(0 <= self.port <= 65535, "port", f"must be in [0, 65535], got {self.port}")
+        _check(self.clip is None or self.clip > 0, "clip", f"must be > 0, got {self.clip}")
+        _check(self.scoring.max_tokens is not None, "scoring.max_tokens", "the server needs a number")
+        _at_least(self, 0, "max_wait_ms")
+        _at_least(self, 1, "max_queue", "max_texts", "max_body_bytes")
+        _check(self.max_texts <= self.max_queue, "max_texts",
+               f"must not exceed max_queue ({self.max_queue}), or a full request could never be queued")
+
+    def validate(self) -> None:
+        check_values(self)
+        if not self.model.path and not self.models:
+            raise ConfigError("give `model` (a saved model folder) or `models` (a models file)")
+
+
+@dataclass
+class ReportRunConfig:
+    """`rewardkit report`: HTML + markdown report of an eval folder or a training run."""
+
+    COMMAND: ClassVar[str] = "report"
+
+    path: str = _f("", "Eval folder (from `rewardkit eval report_dir=DIR`) or training output folder.")
+    output_dir: str | None = _f(None, "Write the report here (default: `path`).")
+
+    def validate(self) -> None:
+        _require(self, "path")
+
+
+COMMANDS: dict[str, type] = {c.COMMAND: c for c in (  # type: ignore[attr-defined]
+    TrainRunConfig, EvalRunConfig, CalibrateRunConfig, ScoreRunConfig, RankRunConfig, FilterRunConfig,
+    MakePairsRunConfig, ServeRunConfig, ReportRunConfig)}

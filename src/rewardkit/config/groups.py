@@ -1,0 +1,212 @@
+"""Config groups that several commands share, so one setting has one spelling everywhere (`model`, `data`,
+`data.columns`, `scoring`)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rewardkit.config.schema import _at_least, _check, _f
+
+
+# Padded tokens per scoring forward (eval, score, RewardScorer) on the CPU; raise it on a GPU. The README
+# has the measurements behind it.
+SCORE_MAX_TOKENS = 4096
+
+
+def _loss_names() -> tuple[str, ...]:
+    """The loss names of rewardkit/losses.py, read from its source: importing it would import torch, and
+    `--help` must not. losses.py stays the one list: a literal `LOSS_NAMES` tuple if it has one, else the
+    keys of its `LOSSES` dict (`{**PAIRWISE_LOSSES, "token": ...}` included)."""
+    spec = importlib.util.find_spec("rewardkit.losses")
+    source = spec.loader.get_source(spec.name) if spec and spec.loader else None  # type: ignore[union-attr]
+    if source is None:
+        raise ImportError("cannot read the source of rewardkit.losses")
+    found: dict[str, list[str]] = {}
+    for node in ast.parse(source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if not isinstance(target, ast.Name):
+            continue
+        if isinstance(value, (ast.Tuple, ast.List)):
+            found[target.id] = [e.value for e in value.elts if isinstance(e, ast.Constant)]
+        elif isinstance(value, ast.Dict):
+            names: list[str] = []
+            for key, item in zip(value.keys, value.values):
+                if key is None and isinstance(item, ast.Name):  # {**PAIRWISE_LOSSES, ...}
+                    names += found.get(item.id, [])
+                elif isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    names.append(key.value)
+            found[target.id] = names
+    names = found.get("LOSS_NAMES") or found.get("LOSSES")
+    if not names:
+        raise ImportError("rewardkit.losses has neither a literal LOSS_NAMES tuple nor a literal LOSSES dict")
+    return tuple(names)
+
+
+LOSS_NAMES = _loss_names()
+
+
+# --------------------------------------------------------------------------- shared groups
+
+@dataclass
+class ModelConfig:
+    """`train`: the backbone to start from."""
+
+    SHORTHAND: ClassVar[str] = "path"  # `model=PATH` sets model.path
+    path: str = _f("", "Backbone or reward model: a causal-LM or sequence-classification checkpoint, "
+                       "a local folder or a hub id.")
+    gguf_file: str | None = _f(None, "GGUF file name inside `path` (loaded and dequantised to float).")
+    tokenizer: str | None = _f(None, "Tokenizer folder or id when it differs from `path`.")
+    readout: str | None = _f(None, "Where the reward is read: last non-pad token, mean over response "
+                                   "tokens, or the encoder's [CLS] pooler. Default: last for decoders, "
+                                   "cls for encoders.", choices=("last", "mean", "cls"))
+    trust_remote_code: bool = _f(False, "Allow custom modelling code from the checkpoint.")
+    attn_implementation: str = _f("auto", "Attention kernel: transformers' `attn_implementation` name (sdpa, "
+                                          "eager, flash_attention_2, ...). auto: transformers' default (sdpa).")
+
+
+@dataclass
+class SavedModel:
+    """A trained reward model folder (eval, calibrate, score, rank, filter, make-pairs, serve)."""
+
+    SHORTHAND: ClassVar[str] = "path"  # `model=DIR` sets model.path
+    path: str = _f("", "Saved reward model folder (the output_dir of `rewardkit train`).")
+
+
+@dataclass
+class Columns:
+    """Column names of every row format (the one column map: train, eval, score and the apps read it)."""
+
+    prompt: str = _f("prompt", "Column with the prompt (string or chat messages).")
+    chosen: str = _f("chosen", "Column with the preferred response or transcript.")
+    rejected: str = _f("rejected", "Column with the dispreferred response or transcript.")
+    margin: str = _f("margin", "Optional per-pair margin column (used when present).")
+    conversations: str = _f("conversations", "ShareGPT-style history column (`from`/`value`).")
+    rating: str = _f("rating", "Pairs: preference-strength column, mapped to a margin by `data.margin_table` "
+                               "or `data.margin_map`.")
+    response: str = _f("response", "Pointwise and multi-attribute data, score, filter: the response column.")
+    label: str = _f("label", "loss=binary: accept (1/true) or reject (0/false) column.")
+    score: str = _f("score", "loss=regression: numeric target column; score, filter: the score written "
+                             "(or read, without a model) per row.")
+    responses: str = _f("responses", "loss=kwise, rank, filter, make-pairs: column with the list of completions.")
+    ranks: str = _f("ranks", "loss=kwise: per-completion ranks (1 = best); used when present.")
+    scores: str = _f("scores", "loss=kwise: per-completion scores (higher = better), when there are no ranks; "
+                               "rank, filter, make-pairs: the scores written (or read, without a model).")
+    attributes: list[str] = _f([], "loss=attributes: the attribute columns (numbers; null/NaN = missing).")
+    messages: str = _f("messages", "score: a whole chat column (the last message is the response).")
+
+
+FORMATS = ("auto", "explicit", "implicit", "conversational", "sharegpt")
+
+
+def _format() -> Any:
+    return _f("auto", "Row format (auto-detected by default).", choices=FORMATS)
+
+
+def _on_error() -> Any:
+    return _f("raise", "A malformed row stops with an error, or is skipped and counted.", choices=("raise", "skip"))
+
+
+def _max_samples() -> Any:
+    return _f(None, "Use only the first N rows.")
+
+
+def _scored_max_length() -> Any:
+    return _f(None, "Max tokens per sequence (default: the value the model was trained with); longer ones lose "
+                    "prompt tokens from the left first, then response tokens.")
+
+
+@dataclass
+class DataConfig:
+    """`train`: training and held-out data."""
+
+    train: str = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `save_to_disk` folder or a "
+                        "hub dataset id.")
+    eval: str | None = _f(None, "Held-out data, same forms as `train`.")
+    eval_size: float = _f(0.0, "When `eval` is unset: hold out this many examples (>=1) or this fraction "
+                               "(<1) from the END of the training data.")
+    split: str = _f("train", "Split to read from a hub dataset or a DatasetDict folder.")
+    max_length: int = _f(512, "Max tokens per sequence; longer ones lose prompt tokens from the left "
+                              "first, then response tokens from the left.")
+    max_samples: int | None = _max_samples()
+    format: str = _format()
+    columns: Columns = _f(Columns(), "Column names.")
+    on_error: str = _on_error()
+    margin_table: str | None = _f(None, "Pairs: margin from the rating column via the Llama 2 table "
+                                        "(small: significantly better 1, better 2/3, slightly better 1/3, "
+                                        "negligibly better/unsure 0; large: 3, 2, 1, 0).",
+                                  choices=("small", "large"))
+    margin_map: dict[str, float] = _f({}, "Pairs: your own rating -> margin mapping, e.g. {A: 2, B: 1}; "
+                                          "used instead of `margin_table`.")
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_length")
+        _at_least(self, 1, "max_samples", optional=True)
+        _check(self.eval_size >= 0, "eval_size", f"must be >= 0, got {self.eval_size}")
+
+
+@dataclass
+class RowsInput:
+    """A file of rows to score (score, rank, filter, make-pairs)."""
+
+    SHORTHAND: ClassVar[str] = "path"  # `data=FILE` sets data.path
+    path: str = _f("", "Input rows: .jsonl (streamed), .json, .parquet or .csv.")
+    max_length: int | None = _scored_max_length()
+    columns: Columns = _f(Columns(), "Column names.")
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_length", optional=True)
+
+
+@dataclass
+class PairsInput:
+    """Preference data to evaluate (eval, calibrate)."""
+
+    SHORTHAND: ClassVar[str] = "path"  # `data=FILE` sets data.path
+    path: str = _f("", "Preference data: .jsonl/.json/.parquet/.csv file, a datasets folder or a hub id "
+                       "(e.g. allenai/reward-bench).")
+    benchmark: str = _f("auto", "How to read the rows: plain pairs, RewardBench v1 (`subset` column) or "
+                                "RewardBench 2 (lists of completions); auto: detected from the rows.",
+                        choices=("auto", "pairs", "rewardbench", "rewardbench2"))
+    as_chat: bool = _f(False, "Render string prompts/responses as a user/assistant chat through the "
+                              "tokenizer's chat template, as RewardBench's scripts do (default: as the model "
+                              "was trained on strings).")
+    split: str | None = _f(None, "Split for hub ids / DatasetDict folders (default: train; filtered for "
+                                 "allenai/reward-bench, test for allenai/reward-bench-2).")
+    max_length: int | None = _scored_max_length()
+    max_samples: int | None = _max_samples()
+    format: str = _format()
+    columns: Columns = _f(Columns(), "Column names.")
+    on_error: str = _on_error()
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_length", "max_samples", optional=True)
+
+
+@dataclass
+class ScoringConfig:
+    """How a saved model runs: the keyword arguments of `RewardScorer.load` besides `max_length`."""
+
+    batch_size: int = _f(32, "Sequences per forward.")
+    max_tokens: int | None = _f(SCORE_MAX_TOKENS, "Cap on padded tokens per forward; sequences are sorted by "
+                                                  "length first (null: batch_size alone). Raise it on a GPU.")
+    device: str = _f("cpu", "torch device.")
+    bf16: bool = _f(False, "bf16 autocast in the forwards: faster where bf16 is native; scores then agree with "
+                           "fp32 less closely.")
+
+    def __post_init__(self):
+        _at_least(self, 1, "batch_size")
+        _at_least(self, 1, "max_tokens", optional=True)
+
+
+@dataclass
+class MaxLength:
+    """`serve`: how request texts are cut (the key the other commands spell `data.max_length` too)."""
+
+    max_length: int | None = _f(None, "Max tokens per text (default: the value the model was trained with).")
+
+    def __post_init__(self):
+        _at_least(self, 1, "max_length", optional=True)
