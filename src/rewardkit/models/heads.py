@@ -224,7 +224,7 @@ class AttributeHead(nn.Module):
 
     def _need_attributes(self) -> None:
         if self.attr_head is None:
-            raise ValueError("this model has no attribute heads: train it with train.loss=attributes first")
+            raise ValueError("this model has no attribute heads: train it with loss=attributes first")
 
     def forward(self, f: Features) -> HeadOutput:
         """score (N,); extras: attributes (N, A) raw predictions, debiased (N, A), gate (N, A)."""

@@ -1,8 +1,8 @@
 """Multi-objective training in two runs (ArmoRM-style, see `rewardkit.models.heads.AttributeHead`):
 
-  1. train.loss=attributes  model=<backbone>     multi-attribute rows -> attribute heads (masked regression)
-  2. train.loss=gating      model=<run 1 output> preference pairs -> gating network (BT on gated scores);
-                                                  backbone and attribute heads frozen, optional debiasing
+  1. loss=attributes  model=<backbone>      multi-attribute rows -> attribute heads (masked regression)
+  2. loss=gating      model=<run 1 output>  preference pairs -> gating network (BT on gated scores);
+                                             backbone and attribute heads frozen, optional debiasing
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class AttributeObjective(BaseObjective):
         self.name = name
         self.names = list(cfg.data.columns.attributes)
         if not self.names:
-            raise ValueError("train.loss=attributes needs data.columns.attributes (the attribute columns)")
+            raise ValueError("loss=attributes needs data.columns.attributes (the attribute columns)")
         self.freeze_backbone = cfg.loss.freeze_backbone
 
     def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
@@ -101,7 +101,7 @@ class GatingObjective(BaseObjective):
         model, tok = super().build_model(cfg)
         head = model.head
         if head.attr_head is None:
-            raise ValueError(f"train.loss=gating needs a model trained with train.loss=attributes; "
+            raise ValueError(f"loss=gating needs a model trained with loss=attributes; "
                              f"{cfg.model.path} has no attribute heads")
         v = self.lc.verbosity_attribute
         if v is not None and v not in head.attribute_names:

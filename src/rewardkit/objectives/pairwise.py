@@ -93,7 +93,7 @@ class TokenObjective(PairwiseObjective):
     def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
         model, tok = super().build_model(cfg)
         if model.is_encoder or model.readout != "last":
-            raise ValueError("train.loss=token needs a causal (decoder) backbone with model.readout=last; "
+            raise ValueError("loss=token needs a causal (decoder) backbone with model.readout=last; "
                              f"got {'an encoder' if model.is_encoder else 'readout ' + model.readout}")
         return model, tok
 
