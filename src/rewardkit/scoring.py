@@ -124,7 +124,11 @@ class ScoreDetails:
 class Scorer(Protocol):
     """What every consumer of a trained model calls (eval, apps, server)."""
 
+    temperature: float  # T of P(a ≻ b), calibrated by `rewardkit calibrate` (1.0 when unfitted)
+
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]: ...
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails: ...
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor: ...
 
