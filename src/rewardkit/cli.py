@@ -32,7 +32,8 @@ def _train(cfg) -> int:
     from rewardkit.train import train
 
     result = train(cfg)
-    print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, **result.final_eval}))
+    if result.is_main_process:  # several processes: one summary line, from the main one
+        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, **result.final_eval}))
     return 0
 
 

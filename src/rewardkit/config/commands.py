@@ -16,9 +16,10 @@ from rewardkit.config.schema import ConfigError, _at_least, _check, _f, _positiv
 class TrainConfig:
     epochs: float = _f(1.0, "Passes over the training data (fractions allowed).")
     max_steps: int | None = _f(None, "Stop after this many optimiser steps (overrides epochs).")
-    batch_size: int = _f(8, "Examples per micro-batch: pairs (2 sequences each, one forward), prompts "
-                            "(kwise: K sequences each) or rows (pointwise, attributes).")
-    grad_accum: int = _f(1, "Micro-batches per optimiser step.")
+    batch_size: int = _f(8, "Examples per micro-batch and process: pairs (2 sequences each, one forward), "
+                            "prompts (kwise: K sequences each) or rows (pointwise, attributes). An optimiser step "
+                            "sees batch_size x processes x grad_accum examples.")
+    grad_accum: int = _f(1, "Micro-batches per optimiser step (per process).")
     lr: float = _f(5e-5, "Peak learning rate (AdamW).")
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norms).")
     scheduler: str = _f("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
@@ -58,6 +59,10 @@ class TrainConfig:
     checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (a larger N "
                                   "uses more memory and runs faster).")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
+    report_to: str | list[str] = _f("none", "Experiment trackers that get the rows of metrics.jsonl: none, "
+                                            "tensorboard (OUTPUT_DIR/<train.project>/), wandb (offline unless "
+                                            "WANDB_MODE or WANDB_API_KEY is set), or a list of them.")
+    project: str = _f("rewardkit", "Tracker project name (wandb project; TensorBoard's folder in output_dir).")
 
     def __post_init__(self):
         _positive(self, "epochs", "lr")
@@ -65,6 +70,10 @@ class TrainConfig:
         _at_least(self, 1, "max_steps", "max_tokens", "row_length", optional=True)
         _at_least(self, 0, "weight_decay", "max_grad_norm", "eval_every", "save_every", "center_rewards_coef")
         _check(0 <= self.warmup_ratio <= 1, "warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
+        names = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        bad = [n for x in names for n in str(x).split(",") if n.strip() not in ("none", "tensorboard", "wandb")]
+        _check(not bad, "report_to", f"{', '.join(map(repr, bad))}: choose from none, tensorboard, wandb")
+        _check(bool(self.project.strip()), "project", "must not be empty")
 
 
 @dataclass

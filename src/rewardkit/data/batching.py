@@ -11,7 +11,8 @@ For packing, `PackedBatchSampler` fills rows of a fixed length first-fit-decreas
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -121,3 +122,113 @@ class PackedBatchSampler:
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+# --------------------------------------------------------------------------- several processes
+
+Batch = list  # item indices, or rows (tuples of item indices) for `PackedBatchSampler`
+
+
+def batch_items(batch: Batch) -> int:
+    """Training items (pairs, prompts, rows of data) in a batch; a packed row counts its pairs."""
+    return sum(len(x) if isinstance(x, tuple) else 1 for x in batch)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One process's part of a global micro-batch (what all processes compute together before one gradient
+    all-reduce).
+
+    indices: what to collate: item indices, or rows of item indices. Never empty: a process whose share is
+      empty (fewer items than processes at the end of an epoch) gets a stand-in, one item of the global
+      micro-batch, so that every process runs the same forwards and collectives; its `size` is 0.
+    size: items this process trains on (its loss weight). global_size: items of the whole global micro-batch.
+    """
+
+    indices: Batch
+    size: int
+    global_size: int
+
+
+class RankBatches:
+    """Deals the batches of a batch sampler to `num_processes` processes; every process builds the same global
+    batch list (same seed and epoch) and keeps its own share, so no item is read twice in an epoch.
+
+    split=True (fixed-size batches; the sampler is built for the GLOBAL batch, batch_size x num_processes):
+      each sampler batch is one global micro-batch, cut into num_processes shares of equal count whose token
+      costs are balanced (items sorted by cost and dealt in snake order). The items of an optimiser step are the
+      ones one process would see with the global batch size, so N processes x batch B train on exactly what
+      1 process x batch N*B does.
+    split=False (token budgets, packed rows: each sampler batch is one process's micro-batch): the batches
+      are sorted by cost, cut into groups of num_processes neighbours (similar token counts, so no process
+      waits long for another), and the groups are shuffled (seeded by seed and epoch). A last, incomplete
+      group keeps its batches whole (each within its budget); the processes left without one get a stand-in.
+    With one process the sampler's batches pass through unchanged.
+
+    cost(i): token cost of item i (e.g. its length); a packed row costs the sum of its items.
+    """
+
+    def __init__(self, sampler, *, num_processes: int = 1, process_index: int = 0, split: bool = True,
+                 cost: Callable[[int], int] | None = None, seed: int = 0):
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index {process_index} is not in [0, {num_processes})")
+        self.sampler, self.num_processes, self.process_index = sampler, num_processes, process_index
+        self.split, self.seed, self.epoch = split, seed, 0
+        self._cost = cost or (lambda i: 1)
+        self._cache: tuple[int, list[list[Batch]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def cost(self, x) -> int:
+        return sum(self._cost(i) for i in x) if isinstance(x, tuple) else self._cost(x)
+
+    def _split(self, batch: Batch, n: int) -> list[Batch]:
+        """A global batch in n shares of equal count (within one) and similar cost: sorted longest first and
+        dealt in snake order (0, 1, ..., n-1, n-1, ..., 0, 0, 1, ...)."""
+        shares: list[Batch] = [[] for _ in range(n)]
+        for i, u in enumerate(sorted(batch, key=self.cost, reverse=True)):
+            r = i % n
+            shares[r if (i // n) % 2 == 0 else n - 1 - r].append(u)
+        return shares
+
+    def global_batches(self) -> list[list[Batch]]:
+        """Every global micro-batch of the epoch as num_processes shares (a share may be empty)."""
+        if self._cache and self._cache[0] == self.epoch:
+            return self._cache[1]
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+        batches = [list(b) for b in self.sampler]
+        n = self.num_processes
+        if n == 1:
+            out = [[b] for b in batches]
+        elif self.split:
+            out = [self._split(b, n) for b in batches]
+        else:
+            batches.sort(key=lambda b: sum(self.cost(x) for x in b))
+            full = len(batches) - len(batches) % n
+            groups = [batches[k:k + n] for k in range(0, full, n)]
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
+            groups = [groups[i] for i in torch.randperm(len(groups), generator=gen).tolist()]
+            if full < len(batches):  # the rest: fewer batches than processes; the others get stand-ins
+                groups.append(batches[full:] + [[] for _ in range(n - (len(batches) - full))])
+            out = groups
+        self._cache = (self.epoch, out)
+        return out
+
+    def __len__(self) -> int:
+        """Global micro-batches per epoch (the same on every process)."""
+        return len(self.global_batches())
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        """This process's micro-batches of the current epoch."""
+        for shares in self.global_batches():
+            mine = shares[self.process_index]
+            total = sum(batch_items(s) for s in shares)
+            if mine:
+                yield MicroBatch(mine, batch_items(mine), total)
+            else:
+                stand_in = next(s for s in shares if s)[:1]
+                yield MicroBatch(stand_in, 0, total)

@@ -1,0 +1,418 @@
+"""Training on several processes (CPU, gloo): how batches are dealt to processes, shared evaluation, and real
+2-process runs launched the documented way (`accelerate launch --config_file ... -m rewardkit train`), compared
+with one process. The launches skip where a 2-process gloo group cannot start (see the `launchable` fixture)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import synthetic_pairs, write_jsonl
+from rewardkit.config import TrainRunConfig, load_config
+from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler, RankBatches, batch_items
+from rewardkit.scoring import EvalShard, run_model, sharded_scoring
+from rewardkit.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "examples" / "accelerate"
+_RNG = random.Random(0)
+LENGTHS = [_RNG.randint(5, 300) for _ in range(203)]
+
+
+# --------------------------------------------------------------------------- dealing batches (no launch)
+
+def _epoch(num_processes: int, make, split: bool, epoch: int = 0) -> list[list]:
+    """Every process's micro-batches of one epoch: [process][micro-batch] -> MicroBatch."""
+    out = []
+    for rank in range(num_processes):
+        rb = RankBatches(make(), num_processes=num_processes, process_index=rank, split=split,
+                         cost=LENGTHS.__getitem__, seed=5)
+        rb.set_epoch(epoch)
+        out.append(list(rb))
+    return out
+
+
+def _items(mb) -> list[int]:
+    return [i for x in mb.indices for i in (x if isinstance(x, tuple) else (x,))]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("kind", ["fixed", "grouped", "budget", "packed"])
+def test_every_item_once_per_epoch_and_as_many_batches_on_every_process(kind, n):
+    make = {
+        "fixed": lambda: LengthGroupedBatchSampler(LENGTHS, batch_size=4 * n, seed=5, group=False),
+        "grouped": lambda: LengthGroupedBatchSampler(LENGTHS, batch_size=4 * n, seqs_per_item=2, seed=5),
+        "budget": lambda: LengthGroupedBatchSampler(LENGTHS, max_tokens=1500, seqs_per_item=2, seed=5),
+        "packed": lambda: PackedBatchSampler(LENGTHS, row_length=600, rows_per_batch=2, seed=5),
+    }[kind]
+    split = kind in ("fixed", "grouped")
+    for epoch in (0, 1):
+        per_rank = _epoch(n, make, split, epoch)
+        assert len({len(mbs) for mbs in per_rank}) == 1  # every process runs the same number of forwards
+        trained = sorted(i for mbs in per_rank for mb in mbs if mb.size for i in _items(mb))
+        assert trained == list(range(len(LENGTHS)))  # no item twice, none dropped
+        for step in zip(*per_rank):
+            assert len({mb.global_size for mb in step}) == 1
+            assert sum(mb.size for mb in step) == step[0].global_size
+            assert all(mb.indices for mb in step)  # an empty share is a stand-in of size 0
+            if split:  # equal counts (within one) per process
+                assert max(mb.size for mb in step) - min(mb.size for mb in step) <= 1
+
+
+def test_split_batches_are_the_one_process_global_batches():
+    """N processes x batch B train on exactly the items 1 process x batch N*B does, step by step."""
+    one = _epoch(1, lambda: LengthGroupedBatchSampler(LENGTHS, batch_size=8, seed=5, group=False), True)[0]
+    two = _epoch(2, lambda: LengthGroupedBatchSampler(LENGTHS, batch_size=8, seed=5, group=False), True)
+    assert len(one) == len(two[0]) == 26  # 203 items, 8 per global batch
+    for single, (a, b) in zip(one, zip(*two)):
+        assert sorted(_items(single)) == sorted(_items(a) * bool(a.size) + _items(b) * bool(b.size))
+    assert sorted([two[0][-1].size, two[1][-1].size]) == [1, 2]  # 203 = 25 * 8 + 3
+
+
+def test_token_budgeted_batches_are_dealt_in_balanced_groups():
+    """Budgeted batches are per process; a step's batches are neighbours in token cost, so no process waits
+    long for another (far closer than the sampler's own order would pair them)."""
+    make = lambda: LengthGroupedBatchSampler(LENGTHS, max_tokens=1500, seqs_per_item=2, seed=5, group=False)
+    cost = lambda items: sum(LENGTHS[i] for i in items)
+
+    def spread(pairs):
+        gaps = [abs(cost(a) - cost(b)) / max(cost(a), cost(b)) for a, b in pairs]
+        return sum(gaps) / len(gaps)
+
+    per_rank = _epoch(2, make, False)
+    dealt = [(_items(a), _items(b)) for a, b in zip(*per_rank) if a.size and b.size]
+    plain = make().batches()
+    assert spread(dealt) < 0.1 < spread(list(zip(plain[0::2], plain[1::2])))
+
+
+def test_one_process_passes_batches_through():
+    s = LengthGroupedBatchSampler(LENGTHS, batch_size=8, seqs_per_item=2, seed=5)
+    rb = RankBatches(s, seed=5)
+    assert [mb.indices for mb in rb] == s.batches()
+    assert all(mb.size == mb.global_size == batch_items(mb.indices) for mb in rb)
+
+
+# --------------------------------------------------------------------------- shared evaluation (threads as ranks)
+
+class _Ranks:
+    """`count` threads standing in for processes: gather concatenates every rank's tensor in rank order."""
+
+    def __init__(self, count: int):
+        self.count, self.barrier, self.slots = count, threading.Barrier(count), [None] * count
+
+    def gather(self, index: int, t: torch.Tensor) -> torch.Tensor:
+        self.slots[index] = t.clone()
+        self.barrier.wait()
+        out = torch.cat(self.slots)
+        self.barrier.wait()
+        return out
+
+    def run(self, fn):
+        results, errors = [None] * self.count, []
+
+        def work(k):
+            try:
+                with sharded_scoring(EvalShard(k, self.count, lambda t: self.gather(k, t))):
+                    results[k] = fn()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(self.count)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+@pytest.mark.parametrize("n_seqs", [1, 2, 7, 21])
+def test_shared_scoring_scores_every_sequence_once_in_input_order(tiny_models, n_seqs):
+    from rewardkit.data.tokenize import SequenceEncoder
+    from rewardkit.models.reward_model import RewardModel
+
+    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=0)
+    enc = SequenceEncoder(tok, 64, model.is_encoder)
+    seqs = [enc.encode(f"Question {i}?", "answer " * (1 + (i * 7) % 11)) for i in range(n_seqs)]
+    alone = run_model(model, seqs, pad_id=tok.pad_token_id, batch_size=4)
+    scored = []
+    forward = model.outputs
+
+    def counting(batch):  # sequences per forward (a packed batch reads one reward per sequence)
+        scored.append(int(batch.last_index.numel()))
+        return forward(batch)
+
+    model.outputs = counting
+    for count in (2, 3):
+        scored.clear()
+        shared = _Ranks(count).run(lambda: run_model(model, seqs, pad_id=tok.pad_token_id, batch_size=4))
+        for out in shared:  # every process gets all outputs, in input order
+            assert out.score.shape == (n_seqs,)
+            torch.testing.assert_close(out.score, alone.score, atol=1e-5, rtol=0)
+        assert sum(scored) == n_seqs + max(0, count - n_seqs)  # each once; a process with no share scores a stand-in
+
+
+# --------------------------------------------------------------------------- launches
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK",
+                                                                      "LOCAL_RANK", "MASTER_"))}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+_PROBE = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)
+assert t.item() == 2
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture(scope="session")
+def launchable(tmp_path_factory) -> None:
+    """Skip (with the reason) where two gloo processes cannot start here: no torch.distributed or gloo, no
+    local TCP port, a sandbox without loopback networking, or REWARDKIT_SKIP_MULTIPROCESS set."""
+    if os.environ.get("REWARDKIT_SKIP_MULTIPROCESS"):
+        pytest.skip("REWARDKIT_SKIP_MULTIPROCESS is set")
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    probe = tmp_path_factory.mktemp("probe") / "probe.py"
+    probe.write_text(_PROBE)
+    try:
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                            str(_free_port()), str(probe)], capture_output=True, text=True, env=_env(), timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"two gloo processes cannot start here: {e}")
+    if p.returncode != 0:
+        pytest.skip(f"two gloo processes cannot start here: {p.stderr.strip().splitlines()[-1:]}")
+
+
+def _launch(args: list[str], *, launcher: str = "accelerate", env: dict[str, str] | None = None,
+            timeout: int = 120) -> subprocess.CompletedProcess:
+    """`rewardkit train ARGS` on two CPU processes: accelerate launch with cpu_2proc.yaml (the documented way),
+    torchrun, or plain torchrun without ACCELERATE_USE_CPU (`torchrun-gpu-style`)."""
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+               "-m", "rewardkit", "train", *args]  # the config's main_process_port 0 picks a free port
+        env = env if env is not None else _env(ACCELERATE_USE_CPU="true")
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "rewardkit", "train", *args]
+        env = env if env is not None else _env(ACCELERATE_USE_CPU="true")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mp")
+    # 57 pairs = 7 global batches of 8 + 1: the last global micro-batch leaves one process a stand-in
+    return write_jsonl(d / "train.jsonl", synthetic_pairs(57)), write_jsonl(d / "eval.jsonl", synthetic_pairs(21, 1))
+
+
+def _args(model, data, out, *extra) -> list[str]:
+    return [f"model={model}", f"data.train={data[0]}", f"data.eval={data[1]}", "data.max_length=48",
+            "train.lr=1e-3", "train.warmup_ratio=0", "train.bf16=false", "train.log_every=1", "train.progress=false",
+            "seed=0", f"output_dir={out}", *extra]
+
+
+def _rows(out: Path, split: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=k)
+
+
+def _summary_lines(stdout: str) -> list[dict]:
+    return [json.loads(x) for x in stdout.splitlines() if x.startswith("{") and '"output_dir"' in x]
+
+
+@pytest.mark.usefixtures("launchable")
+def test_two_processes_equal_one_process_with_twice_the_batch(tiny_models, data, tmp_path):
+    """2 x batch 4 (accumulating 2) == 1 x batch 8 (accumulating 2): same steps, per-step losses, final
+    weights and eval metrics (21 eval pairs, not divisible by 2); one summary line."""
+    common = ("train.epochs=1", "train.grad_accum=2")
+    one = tmp_path / "one"
+    res = train(load_config(TrainRunConfig, None, _args(tiny_models["llama"], data, one, *common, "train.batch_size=8")))
+    t0 = time.perf_counter()
+    two = tmp_path / "two"
+    p = _launch(_args(tiny_models["llama"], data, two, *common, "train.batch_size=4"))
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    print(f"2-process launch: {wall:.1f} s")
+    summaries = _summary_lines(p.stdout)
+    assert len(summaries) == 1  # the main process prints, the other does not
+    assert res.steps == summaries[0]["steps"] == 4  # ceil(8 global micro-batches / 2), not 2 epochs' worth
+    a, b = _rows(one), _rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "accuracy", "margin_mean", "reward_mean", "reward_std", "lr"):
+            assert rb[key] == pytest.approx(ra[key], abs=1e-5), (ra["step"], key)
+    _assert_same_weights(one, two, atol=1e-5)
+    ea, eb = _rows(one, "eval")[-1], _rows(two, "eval")[-1]
+    assert eb["n"] == ea["n"] == 21 and eb["ties"] == ea["ties"]
+    for key, value in ea.items():
+        if isinstance(value, float):
+            assert eb[key] == pytest.approx(value, abs=1e-5), key
+    for key in ("accuracy", "loss", "margin_mean", "reward_mean", "reward_std"):
+        assert summaries[0][key] == pytest.approx(res.final_eval[key], abs=1e-5)
+    saved = json.loads((two / "config.json").read_text())["rewardkit"]
+    assert saved["mean"] == pytest.approx(res.final_eval["reward_mean"], abs=1e-5)
+
+
+@pytest.mark.usefixtures("launchable")
+def test_two_process_resume_equals_an_uninterrupted_run(tiny_models, data, tmp_path):
+    """Checkpoint at step 2 of 4 (every process's RNG and optimiser state, trainer_state.json by the main
+    process), resume=auto in a fresh folder: the same steps 3-4 and final weights as the uninterrupted run."""
+    common = ("train.max_steps=4", "train.batch_size=4", "data.eval=")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    t0 = time.perf_counter()
+    p = _launch(_args(tiny_models["llama"], data, full, *common, "train.save_every=2"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    state = json.loads((full / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["step"] == 2
+    assert sorted(x.name for x in (full / "checkpoints" / "step-2").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
+    p = _launch(_args(tiny_models["llama"], data, resumed, *common, "train.resume=auto"))
+    print(f"two 2-process launches: {time.perf_counter() - t0:.1f} s")
+    assert p.returncode == 0, p.stderr[-3000:]
+    _assert_same_weights(full, resumed, atol=1e-6)
+    a, b = _rows(full), _rows(resumed)
+    assert [r["step"] for r in b] == [3, 4]
+    for ra, rb in zip(a[2:], b):
+        assert rb["loss"] == pytest.approx(ra["loss"], abs=1e-6)
+
+
+@pytest.mark.usefixtures("launchable")
+def test_resume_with_another_process_count_is_refused(tiny_models, data, tmp_path):
+    out = tmp_path / "r"
+    train(load_config(TrainRunConfig, None, _args(tiny_models["llama"], data, out, "train.max_steps=2",
+                                                  "train.save_every=1", "data.eval=")))
+    p = _launch(_args(tiny_models["llama"], data, out, "train.max_steps=3", "train.resume=auto", "data.eval="))
+    assert p.returncode != 0
+    assert "was written by 1 process(es); resume it with as many (this launch has 2)" in p.stderr
+
+
+@pytest.mark.usefixtures("launchable")
+def test_torchrun_without_the_cpu_flag_stops_with_how_to_launch(tiny_models, data, tmp_path):
+    """Plain torchrun on a machine without GPUs: accelerate would run two independent copies writing the same
+    output_dir; each process stops with one error line (exit 2) that says how to launch."""
+    out = tmp_path / "g"
+    p = _launch(_args(tiny_models["llama"], data, out, "train.max_steps=1"), launcher="torchrun", env=_env())
+    assert p.returncode != 0
+    errors = [x for x in p.stderr.splitlines() if x.startswith("rewardkit train: error:")]
+    # torchrun stops the other process once one exits, so one or both get to print
+    assert errors and "WORLD_SIZE=2" in errors[0] and "ACCELERATE_USE_CPU=true accelerate launch" in errors[0]
+    assert "exitcode  : 2" in p.stderr or "exitcode: 2" in p.stderr.replace("  ", " ")
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("launchable")
+def test_accelerate_cpu_flag_one_process_is_refused(tiny_models, data, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts ONE process (accelerate needs mpirun for more):
+    rewardkit says so instead of silently training on one."""
+    out = tmp_path / "c"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "rewardkit", "train",
+           *_args(tiny_models["llama"], data, out, "train.max_steps=1")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120, cwd=ROOT)
+    assert p.returncode != 0
+    errors = [x for x in p.stderr.splitlines() if x.startswith("rewardkit train: error:")]
+    assert len(errors) == 1 and "starts only ONE process" in errors[0]
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("launchable")
+def test_fsdp_cannot_run_on_cpu_and_says_so(tiny_models, data, tmp_path):
+    """accelerate enables FSDP only on accelerators; on CPUs the FSDP config would silently run DDP."""
+    out = tmp_path / "f"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
+           "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "rewardkit", "train",
+           *_args(tiny_models["llama"], data, out, "train.max_steps=1")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true"), timeout=120,
+                       cwd=ROOT)
+    assert p.returncode != 0
+    assert "rewardkit train: error: an FSDP launch, but accelerate runs MULTI_CPU" in p.stderr
+
+
+# --------------------------------------------------------------------------- the shipped accelerate configs
+
+@pytest.mark.parametrize("name, kind, extra", [
+    ("cpu_2proc.yaml", "MULTI_GPU", {}), ("ddp.yaml", "MULTI_GPU", {}),
+    ("fsdp.yaml", "FSDP", {"fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_reshard_after_forward": True}),
+    ("deepspeed_zero2.yaml", "DEEPSPEED", {"zero_stage": 2}),
+    ("deepspeed_zero3.yaml", "DEEPSPEED", {"zero_stage": 3, "zero3_save_16bit_model": True}),
+])
+def test_accelerate_configs_parse(name, kind, extra):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(CONFIGS / name))
+    assert cfg.distributed_type.value == kind and cfg.num_machines == 1
+    section = cfg.fsdp_config if kind == "FSDP" else cfg.deepspeed_config
+    for key, value in extra.items():
+        assert section[key] == value, key
+    if kind == "FSDP":  # the layer class comes from the backbone's _no_split_modules
+        assert "fsdp_transformer_layer_cls_to_wrap" not in section
+    if name == "cpu_2proc.yaml":
+        assert cfg.use_cpu and cfg.num_processes == 2 and cfg.main_process_port == 0
+
+
+# --------------------------------------------------------------------------- the sharded-weights save (FSDP, ZeRO-3)
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_weightless_copy_filled_with_a_full_state_dict_saves_the_trained_model(tiny_models, tmp_path, kind):
+    """What the main process does after FSDP/ZeRO-3 training: a meta-device copy of the model made before
+    sharding, filled with the gathered state dict (keys of ObjectiveModule), saves the trained model."""
+    from rewardkit.data.tokenize import SequenceEncoder
+    from rewardkit.models.reward_model import RewardModel
+    from rewardkit.objectives import ObjectiveModule
+    from rewardkit.scoring import RewardScorer
+    from rewardkit.train import fill_weights, structure_copy
+
+    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), seed=0)
+    model.objective_info = {"loss": "bt"}
+    template = structure_copy(model)
+    assert all(p.is_meta for p in template.parameters())  # no memory until filled
+    with torch.no_grad():  # "training" changes the weights after the copy
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.mean, model.std, model.temperature = 0.25, 2.0, 1.0
+    state = {k: v.clone() for k, v in ObjectiveModule(model, None).state_dict().items()}
+    saved = fill_weights(template, model, state)
+    saved.save_pretrained(tmp_path / "m", tok, max_length=64)
+    enc = SequenceEncoder(tok, 64, model.is_encoder)
+    seqs = [enc.encode("Tell me about tea.", "Tea is a drink."), enc.encode("Hi", "Go away.")]
+    expected = run_model(model, seqs, pad_id=tok.pad_token_id).score
+    scorer = RewardScorer.load(tmp_path / "m")
+    torch.testing.assert_close(scorer.run(seqs).score, expected, atol=1e-5, rtol=0)
+    assert scorer.model.mean == 0.25 and scorer.model.std == 2.0
+    assert scorer.model.objective_info == {"loss": "bt"}
