@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from rewardkit.config import ConfigError, TrainRunConfig, to_dict
 from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler, RankBatches
+from rewardkit.data.mixing import MixtureDataset, follow_mixture
 from rewardkit.data.packing import PackedPairCollator, unit_length
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
@@ -162,7 +163,10 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                                                  every_n_layers=t.checkpoint_every)
     if t.compile:
         model.hf.base_model.compile(dynamic=True)
-    batches, collate, fetch, fixed = _train_batches(objective, data.train, model, tok.pad_token_id, cfg,
+    # A weighted mixture of sources is drawn anew every epoch (data.mixing); one source is used as it is.
+    items = (MixtureDataset(data.train, [s.size for s in data.sources], [s.weight for s in data.sources],
+                            seed=cfg.seed) if data.mixed else data.train)
+    batches, collate, fetch, fixed = _train_batches(objective, items, model, tok.pad_token_id, cfg,
                                                     n_proc, rank)
     # Global micro-batches per epoch, counted after dealing them to the processes.
     steps_per_epoch = math.ceil(len(batches) / t.grad_accum)
@@ -225,6 +229,9 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         if not data.eval:
             return {}
         stats = evaluate(data.eval)
+        if len(data.eval_sets) > 1:  # named sets: each one's metrics too, as <name>/<metric>
+            for name, held in data.eval_sets.items():
+                stats.update({f"{name}/{k}": v for k, v in evaluate(held).items()})
         log_row({"split": "eval", "step": step, **stats})
         log.info("eval step %d: %s %.4f loss %.4f", step, objective.metric, stats[objective.metric], stats["loss"])
         return stats
@@ -546,7 +553,8 @@ def _train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConf
         if t.packing not in ("none", "auto") or t.max_tokens:
             raise ValueError(f"train.packing / train.max_tokens apply to pairwise losses, not {objective.name}")
         sampler = LengthGroupedBatchSampler([1] * len(items), batch_size=global_batch, seed=cfg.seed, group=False)
-        return RankBatches(sampler, split=True, **deal), objective.collator(pad_id), fetch, True
+        return RankBatches(follow_mixture(sampler, items, None), split=True, **deal), objective.collator(pad_id), \
+            fetch, True
     packing = t.packing
     if packing == "auto":
         packing = "plain" if model.is_encoder else "shared_prompt"
@@ -557,6 +565,7 @@ def _train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConf
         sampler = PackedBatchSampler([unit_length(p, shared) for p in items], row_length=t.row_length,
                                      rows_per_batch=max(1, (t.max_tokens or t.row_length) // t.row_length),
                                      seed=cfg.seed)
+        sampler = follow_mixture(sampler, items, lambda p: unit_length(p, shared))
         return RankBatches(sampler, split=False, **deal), collate, fetch, False
     # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch: one
     # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
@@ -567,14 +576,17 @@ def _train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConf
                if packing != "none" else objective.collator(pad_id))
     batching = resolve_batching(t.batching, flat=flat and packing != "none")
     log.info("batching: %s", batching)
-    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in items]
+    def pair_length(p) -> int:
+        return max(len(p.chosen.input_ids), len(p.rejected.input_ids))
+
+    lengths = [pair_length(p) for p in items]
     if t.max_tokens:  # a budget per process: batches are per process, dealt in groups of similar cost
         sampler = LengthGroupedBatchSampler(lengths, max_tokens=t.max_tokens, seqs_per_item=2, seed=cfg.seed,
                                             group=batching == "grouped")
-        return RankBatches(sampler, split=False, **deal), collate, fetch, False
+        return RankBatches(follow_mixture(sampler, items, pair_length), split=False, **deal), collate, fetch, False
     sampler = LengthGroupedBatchSampler(lengths, batch_size=global_batch, seqs_per_item=2, seed=cfg.seed,
                                         group=batching == "grouped")
-    return RankBatches(sampler, split=True, **deal), collate, fetch, True
+    return RankBatches(follow_mixture(sampler, items, pair_length), split=True, **deal), collate, fetch, True
 
 
 def _save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,

@@ -18,13 +18,13 @@ from rewardkit.config.commands import (COMMANDS, CalibrateRunConfig, EvalRunConf
                                        MakePairsRunConfig, RankRunConfig, ReportRunConfig, ScoreRunConfig,
                                        ServeRunConfig, TrainConfig, TrainRunConfig)
 from rewardkit.config.groups import (FORMATS, LOSS_NAMES, SCORE_MAX_TOKENS, Columns, DataConfig, MaxLength, ModelConfig,
-                                     PairsInput, RowsInput, SavedModel, ScoringConfig)
+                                     PairsInput, RowsInput, SavedModel, ScoringConfig, Source)
 from rewardkit.config.schema import (ConfigError, FieldError, all_keys, check_values, closest_key, describe,
                                      flat_config, load_config, parse_override, parse_overrides, to_dict)
 
 __all__ = ["COMMANDS", "FORMATS", "LOSS_NAMES", "SCORE_MAX_TOKENS", "CalibrateRunConfig", "Columns", "ConfigError",
            "DataConfig", "EvalRunConfig", "FieldError", "FilterRunConfig", "LossConfig", "MakePairsRunConfig",
            "MaxLength", "ModelConfig", "PairsInput", "RankRunConfig", "ReportRunConfig", "RowsInput", "SavedModel",
-           "ScoreRunConfig", "ScoringConfig", "ServeRunConfig", "TrainConfig", "TrainRunConfig", "all_keys",
+           "ScoreRunConfig", "ScoringConfig", "Source", "ServeRunConfig", "TrainConfig", "TrainRunConfig", "all_keys",
            "check_values", "closest_key", "describe", "flat_config", "load_config", "parse_override",
            "parse_overrides", "to_dict"]

@@ -120,12 +120,34 @@ def _scored_max_length() -> Any:
 
 
 @dataclass
+class Source:
+    """One source of a training mixture or one named eval set; unset fields take the `data.*` values."""
+
+    SHORTHAND: ClassVar[str] = "path"
+    path: str = _f("", "File, `save_to_disk` folder or hub dataset id.")
+    weight: float = _f(1.0, "Training mixtures: share of each epoch's examples drawn from this source, "
+                            "relative to the other sources' weights.")
+    format: str | None = _f(None, "Row format of this source (default: data.format).", choices=FORMATS)
+    columns: Columns | None = _f(None, "Column names of this source (default: data.columns).")
+    split: str | None = _f(None, "Split of a hub dataset / DatasetDict folder (default: data.split).")
+    max_samples: int | None = _f(None, "Use only the first N rows of this source.")
+
+    def __post_init__(self):
+        _check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        _at_least(self, 1, "max_samples", optional=True)
+
+
+@dataclass
 class DataConfig:
     """`train`: training and held-out data."""
 
-    train: str = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `save_to_disk` folder or a "
-                        "hub dataset id.")
-    eval: str | None = _f(None, "Held-out data, same forms as `train`.")
+    train: str | list[Source] = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `save_to_disk` folder "
+                                       "or a hub dataset id; or a mixture, a list of sources "
+                                       "[{path, weight, format, columns, split, max_samples}, ...] drawn per "
+                                       "epoch by weight (seeded).")
+    eval: str | dict[str, str | Source] | None = _f(None, "Held-out data, same forms as `train`; or named sets "
+                                                          "{name: path or source, ...}, each reported apart "
+                                                          "(eval rows carry <name>/accuracy, ...).")
     eval_size: float = _f(0.0, "When `eval` is unset: hold out this many examples (>=1) or this fraction "
                                "(<1) from the END of the training data.")
     split: str = _f("train", "Split to read from a hub dataset or a DatasetDict folder.")

@@ -120,7 +120,11 @@ def _coerce(value: Any, tp: Any, key: str, choices: tuple[str, ...] | None, root
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, choices, root, base)
+        # The alternative whose shape fits the value (`str | list[Source]`): lists to list types, mappings to
+        # dataclasses or dicts, anything else to the first alternative.
+        fits = [a for a in inner if (isinstance(value, list) and typing.get_origin(a) is list)
+                or (isinstance(value, dict) and (dataclasses.is_dataclass(a) or typing.get_origin(a) is dict))]
+        return _coerce(value, (fits or inner)[0], key, choices, root, base)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

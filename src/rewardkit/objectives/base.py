@@ -7,11 +7,10 @@ train.py runs ONE loop for every loss; what differs per family sits behind `Obje
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from rewardkit.batches import StepOutput
 from rewardkit.config import DataConfig, TrainRunConfig
+from rewardkit.data.mixing import SourceSpec, eval_sources, mixture_counts, training_sources
 from rewardkit.data.readers import load_examples
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.metrics import reward_stats
@@ -28,11 +28,31 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class SourceSlice:
+    """A training source inside `ObjectiveData.train`: items [start, start + size), drawn by `weight`."""
+
+    name: str
+    start: int
+    size: int
+    weight: float = 1.0
+
+
+@dataclass
 class ObjectiveData:
-    """Tokenised training and held-out items (pairs, rankings, points...)."""
+    """Tokenised training and held-out items (pairs, rankings, points...).
+
+    eval: every held-out item; eval_sets: the same items by named set (one set for a single eval source);
+    sources: where each training source sits in `train` (one slice unless `data.train` is a mixture)."""
 
     train: list
     eval: list
+    eval_sets: dict[str, list] = field(default_factory=dict)
+    sources: list[SourceSlice] = field(default_factory=list)
+
+    @property
+    def mixed(self) -> bool:
+        """True when the training data is a weighted mixture of several sources."""
+        return len(self.sources) > 1
 
 
 class Objective(Protocol):
@@ -99,15 +119,32 @@ def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:
     return train[:-n], train[-n:]
 
 
-def load_split(cfg: TrainRunConfig, convert: Callable[[dict, str], Any], what: str) -> tuple[list, list]:
-    """`data.train` rows converted with `convert(row, where)`, and the held-out rows: `data.eval`, or
-    `data.eval_size` split off the end of the training rows."""
+def load_sources(cfg: TrainRunConfig, load: Callable[[SourceSpec], list], tokenize: Callable[[list, str], list],
+                 what: str) -> ObjectiveData:
+    """Every training source and eval set of `data.*`: `load(spec)` reads a source's examples,
+    `tokenize(examples, name)` turns them into items. Without `data.eval`, `data.eval_size` is held out from
+    the END of each training source (one set per source)."""
     d = cfg.data
-    load = functools.partial(load_examples, convert=convert, on_error=d.on_error, split=d.split)
-    train, _ = load(d.train, max_samples=d.max_samples)
-    if d.eval:
-        return train, load(d.eval)[0]
-    return hold_out(train, d, what)
+    parts = [(spec, load(spec)) for spec in training_sources(d)]
+    held = {name: load(spec) for name, spec in eval_sources(d).items()}
+    if not held and d.eval_size > 0:
+        for i, (spec, examples) in enumerate(parts):
+            kept, out = hold_out(examples, d, what)
+            parts[i] = (spec, kept)
+            held["eval" if len(parts) == 1 else spec.name] = out
+    data = ObjectiveData([], [])
+    for spec, examples in parts:
+        items = tokenize(examples, f"train {spec.name}" if len(parts) > 1 else "train")
+        data.sources.append(SourceSlice(spec.name, len(data.train), len(items), spec.weight))
+        data.train.extend(items)
+    data.eval_sets = {name: tokenize(examples, "eval" if name == "eval" else f"eval {name}")
+                      for name, examples in held.items()}
+    data.eval = [it for items in data.eval_sets.values() for it in items]
+    if data.mixed:
+        counts = mixture_counts([s.size for s in data.sources], [s.weight for s in data.sources])
+        for s, c in zip(data.sources, counts):
+            log.info("training source %s: %d %s, weight %g -> %d per epoch", s.name, s.size, what, s.weight, c)
+    return data
 
 
 class StepWindow:
@@ -140,8 +177,10 @@ class StepWindow:
 
 def load_tokenized(cfg: TrainRunConfig, encoder: SequenceEncoder, convert: Callable[[dict, Any, str], Any],
                    tokenize: Callable[[SequenceEncoder, list], list], what: str) -> ObjectiveData:
-    """`load_split` rows converted by `convert(row, data.columns, where)`, then tokenised by
+    """Every source's rows converted by `convert(row, columns, where)`, then tokenised by
     `tokenize(encoder, examples)`."""
-    cols = cfg.data.columns
-    train, held = load_split(cfg, lambda row, where: convert(row, cols, where), what)
-    return ObjectiveData(tokenize(encoder, train), tokenize(encoder, held))
+    def load(spec: SourceSpec) -> list:
+        return load_examples(spec.path, lambda row, where: convert(row, spec.columns, where), split=spec.split,
+                             on_error=cfg.data.on_error, max_samples=spec.max_samples)[0]
+
+    return load_sources(cfg, load, lambda examples, name: tokenize(encoder, examples), what)

@@ -11,27 +11,27 @@ import torch
 from rewardkit.batches import PairBatch, RankingBatch, StepOutput
 from rewardkit.config import TrainRunConfig
 from rewardkit.data.collators import PairCollator, RankingCollator
+from rewardkit.data.mixing import SourceSpec
 from rewardkit.data.pairs import load_preferences, margin_mapping
 from rewardkit.data.rankings import ranking_example, tokenize_rankings
 from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
 from rewardkit.losses import PAIRWISE_LOSSES, center_penalty, first_divergence, kwise_bt, token_level
 from rewardkit.metrics import pairwise_stats, ranking_stats, reward_stats
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, hold_out, load_tokenized
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_sources, load_tokenized
 from rewardkit.scoring import pair_rewards, score_sequences
 
 
 def load_pairs(cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
-    """Preference pairs from `data.train` (and `data.eval` or `data.eval_size`), tokenised."""
+    """Preference pairs from every source of `data.train` (and `data.eval` or `data.eval_size`), tokenised."""
     d = cfg.data
-    common = dict(fmt=d.format, columns=d.columns, on_error=d.on_error, split=d.split,
-                  margins=margin_mapping(d.margin_table, d.margin_map))
-    train, _ = load_preferences(d.train, max_samples=d.max_samples, **common)
-    if d.eval:
-        held, _ = load_preferences(d.eval, **common)
-    else:
-        train, held = hold_out(train, d, "pairs")
-    return ObjectiveData(tokenize_pairs(encoder, train, "train"), tokenize_pairs(encoder, held, "eval"))
+    margins = margin_mapping(d.margin_table, d.margin_map)
+
+    def load(spec: SourceSpec) -> list:
+        return load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
+                                split=spec.split, max_samples=spec.max_samples, margins=margins)[0]
+
+    return load_sources(cfg, load, lambda examples, name: tokenize_pairs(encoder, examples, name), "pairs")
 
 
 def pair_sums(rc: torch.Tensor, rr: torch.Tensor) -> dict[str, float]:
