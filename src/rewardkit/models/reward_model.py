@@ -10,6 +10,7 @@ readout, the normalisation (mean/std) and the calibrated temperature.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -21,9 +22,14 @@ from torch import nn
 from rewardkit.batches import PackedBatch, SequenceBatch, Sequences
 from rewardkit.io import atomic_write, staged_dir
 from rewardkit.models import kinds
-from rewardkit.models.backbone import CONFIG_KEY, is_encoder, load_backbone, set_attention
+from rewardkit.models import lora as lora_mod
+from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encoder, load_backbone, resolve_path,
+                                       set_attention)
 from rewardkit.models.heads import READOUTS, Features, HeadOutput, pool
+from rewardkit.models.lora import LoraSpec
 from rewardkit.models.segment_attention import NAME as SEGMENTS, use_segment_attention
+
+log = logging.getLogger(__name__)
 
 
 class RewardModel(nn.Module):
@@ -51,6 +57,7 @@ class RewardModel(nn.Module):
         self.temperature = float(temperature)
         self.saved_max_length: int | None = None
         self.objective_info: dict[str, Any] = {}  # how it was trained (loss, label statistics), saved as-is
+        self.lora: lora_mod.LoraState | None = None  # the backbone's LoRA adapter and its base, if any
 
     @property
     def kind(self) -> str:
@@ -68,42 +75,100 @@ class RewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, *, kind: str | None = None, gguf_file: str | None = None,
                         tokenizer: str | None = None, readout: str | None = None, trust_remote_code: bool = False,
-                        seed: int = 0) -> tuple["RewardModel", Any]:
+                        seed: int = 0, lora: LoraSpec | None = None, quantization: str = "none",
+                        ) -> tuple["RewardModel", Any]:
         """Load any backbone or saved reward model; return (model, tokenizer).
 
         The head is the saved kind's unless `kind` asks for another. A checkpoint without a value head (a
         causal LM, a bare encoder) gets one with weights drawn with std 1/(H+1), seeded by `seed`.
+        A folder saved with a LoRA adapter (`rewardkit.lora` in its config.json) loads its base, then the
+        adapter and the head. `lora` (r > 0) adds a new adapter to any other checkpoint; `quantization`
+        (4bit/8bit, with `lora`) loads the backbone through bitsandbytes. Missing peft, bitsandbytes or CUDA
+        are one-line errors raised before any weights load.
         """
-        b = load_backbone(path, gguf_file=gguf_file, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
-        saved = b.saved
+        saved_lora = lora_mod.saved_block(path, gguf_file)
+        wants_adapter = lora is not None and lora.r > 0
+        if quantization != "none" and not (wants_adapter or saved_lora):
+            raise ValueError(f"model.quantization={quantization} needs LoRA (model.lora.r > 0): "
+                             "quantised weights cannot train")
+        check_quantization(quantization, gguf_file)
+        if wants_adapter or saved_lora:
+            lora_mod.require_peft("a LoRA adapter (model.lora.r > 0 or a saved adapter folder)")
+        state = None
+        if saved_lora is not None:
+            state = lora_mod.LoraState.from_block(saved_lora["lora"], path)
+            if state.quantization != quantization:
+                log.info("%s: adapter trained on a %s base, loaded on a %s one", path,
+                         state.quantization if state.quantization != "none" else "full-precision",
+                         quantization if quantization != "none" else "full-precision")
+            if wants_adapter and (lora.r, lora.lora_alpha) != (state.spec.r, state.spec.lora_alpha):
+                raise ValueError(f"{path} already has a LoRA adapter (r={state.spec.r}, alpha="
+                                 f"{state.spec.lora_alpha:g}): training continues it; drop model.lora.* or "
+                                 "`rewardkit merge` it first")
+            state.quantization = quantization
+            head_path = resolve_path(path)[0]  # the run folder: tokenizer, adapter, head extras
+            b = load_backbone(state.base, gguf_file=state.gguf_file, tokenizer=tokenizer or head_path,
+                              trust_remote_code=trust_remote_code, quantization=quantization, adapter=True)
+            saved, new_head = saved_lora, False
+        else:
+            b = load_backbone(path, gguf_file=gguf_file, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                              quantization=quantization, adapter=wants_adapter)
+            saved, head_path, new_head = b.saved, b.path, b.new_head
         readout = readout or saved.get("readout") or ("cls" if is_encoder(b.hf) else "last")
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; choose from {', '.join(READOUTS)}")
         head = kinds.head_class(kind or kinds.kind_of(saved)).build(
-            b.hf, readout, is_encoder(b.hf), saved=saved, path=b.path, new_head=b.new_head, seed=seed)
+            b.hf, readout, is_encoder(b.hf), saved=saved, path=head_path, new_head=new_head, seed=seed)
+        if state is not None:
+            lora_mod.load_adapter(b.hf, head_path, state)
+        elif wants_adapter:
+            lora_mod.add_adapter(b.hf, lora, quantized=quantization != "none")
+            state = lora_mod.LoraState(lora_mod.base_name(path), gguf_file, lora, quantization)
         model = cls(b.hf, head, readout, saved.get("mean", 0.0), saved.get("std", 1.0), saved.get("temperature", 1.0))
         model.saved_max_length = saved.get("max_length")
         model.objective_info = dict(saved.get("objective") or {})
+        model.lora = state
         return model, b.tokenizer
 
     def save_pretrained(self, out_dir: str | Path, tokenizer, *, max_length: int | None = None) -> None:
-        """Write a plain HF folder (atomically); config.json carries kind, readout and normalisation."""
+        """Write a plain HF folder (atomically); config.json carries kind, readout and normalisation. A model
+        with a LoRA adapter writes the adapter and the value head (peft format) instead of the base weights,
+        and `rewardkit.lora` names the base."""
         cfg = self.hf.config
         block = {"kind": self.kind, "readout": self.readout, "mean": self.mean, "std": self.std,
                  "max_length": max_length, "hf_equivalent": self.hf_equivalent, "temperature": self.temperature,
                  "objective": self.objective_info}
         cfg.mean, cfg.std = self.mean, self.std  # OpenRLHF reads these top-level keys for normalisation
         cfg.pad_token_id = tokenizer.pad_token_id
+        out_dir = Path(out_dir)
         with staged_dir(out_dir) as tmp:
             block.update(self.head.save_extras(Path(tmp)))
+            if self.lora is not None:
+                block["lora"] = self.lora.block()
             setattr(cfg, CONFIG_KEY, block)
-            self.hf.save_pretrained(tmp, safe_serialization=True)
+            if self.lora is not None:
+                lora_mod.save_adapter(self.hf, Path(tmp), self.lora)
+                cfg.save_pretrained(tmp)
+                _drop_quantization_config(Path(tmp) / "config.json")
+            else:
+                self.hf.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+        lora_mod.remove_stale_files(out_dir, lora=self.lora is not None)
+
+    def merge_lora(self) -> int:
+        """Fold the LoRA adapter into the backbone's weights (the model then saves as a plain HF model);
+        returns the number of merged layers."""
+        if self.lora is None:
+            raise ValueError("this model has no LoRA adapter to merge")
+        n = lora_mod.merge_adapter(self.hf)
+        self.lora = None
+        return n
 
     @property
     def hf_equivalent(self) -> bool:
-        """True when AutoModelForSequenceClassification computes the same raw reward."""
-        return self.head.hf_equivalent(self.readout, self.is_encoder)
+        """True when AutoModelForSequenceClassification computes the same raw reward from the saved folder
+        (never for a LoRA folder, which holds no base weights: `rewardkit merge` first)."""
+        return self.lora is None and self.head.hf_equivalent(self.readout, self.is_encoder)
 
     # ------------------------------------------------------------------ scoring
 
@@ -196,6 +261,14 @@ def write_temperature(model_dir: str | Path, temperature: float) -> Path:
         fh.write("\n")
     os.chmod(path, mode)  # the temp file was created 0600; keep the config readable as before
     return path
+
+
+def _drop_quantization_config(path: Path) -> None:
+    """A LoRA folder's config.json describes the float model its base loads as; a bitsandbytes load's
+    `quantization_config` would make transformers expect quantised weights there."""
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _right_align(batch: SequenceBatch):

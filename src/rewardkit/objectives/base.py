@@ -7,6 +7,7 @@ train.py runs ONE loop for every loss; what differs per family sits behind `Obje
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from rewardkit.data.mixing import SourceSpec, eval_sources, mixture_counts, trai
 from rewardkit.data.readers import load_examples
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.metrics import reward_stats
+from rewardkit.models.lora import LoraSpec, keep_base_frozen
 from rewardkit.models.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
@@ -99,10 +101,30 @@ class BaseObjective:
     packable = False
     model_kind: str | None = None  # the head this family trains (None: whatever the checkpoint has)
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Every family's `build_model` ends with LoRA's invariant: whatever the family (un)froze, the backbone's
+        base weights of an adapter model stay frozen (a family that trains "the backbone" trains its adapter)."""
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("build_model")
+        if own is not None and not getattr(own, "_keeps_lora_frozen", False):
+            @functools.wraps(own)
+            def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
+                model, tok = own(self, cfg)
+                if model.lora is not None:
+                    keep_base_frozen(model.hf)
+                return model, tok
+
+            build_model._keeps_lora_frozen = True  # type: ignore[attr-defined]
+            cls.build_model = build_model  # type: ignore[method-assign]
+
     def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
+        """The model of `cfg.model`; with `model.lora.r > 0` a LoRA adapter on the backbone (only the adapter
+        and the head(s) train), with `model.quantization` the backbone loaded through bitsandbytes."""
         m = cfg.model
+        lora = LoraSpec(m.lora.r, m.lora.alpha, m.lora.dropout, list(m.lora.target_modules)) if m.lora.r else None
         return RewardModel.from_pretrained(m.path, kind=self.model_kind, gguf_file=m.gguf_file, tokenizer=m.tokenizer,
-                                           readout=m.readout, trust_remote_code=m.trust_remote_code, seed=cfg.seed)
+                                           readout=m.readout, trust_remote_code=m.trust_remote_code, seed=cfg.seed,
+                                           lora=lora, quantization=m.quantization)
 
     def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:
