@@ -7,7 +7,6 @@ train.py runs ONE loop for every loss; what differs per family sits behind `Obje
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from rewardkit.data.mixing import SourceSpec, eval_sources, mixture_counts, trai
 from rewardkit.data.readers import load_examples
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.metrics import reward_stats
-from rewardkit.models.lora import LoraSpec, keep_base_frozen
+from rewardkit.models.lora import LoraSpec
 from rewardkit.models.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
@@ -100,22 +99,6 @@ class BaseObjective:
     metric = "loss"
     packable = False
     model_kind: str | None = None  # the head this family trains (None: whatever the checkpoint has)
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        """Every family's `build_model` ends with LoRA's invariant: whatever the family (un)froze, the backbone's
-        base weights of an adapter model stay frozen (a family that trains "the backbone" trains its adapter)."""
-        super().__init_subclass__(**kw)
-        own = cls.__dict__.get("build_model")
-        if own is not None and not getattr(own, "_keeps_lora_frozen", False):
-            @functools.wraps(own)
-            def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
-                model, tok = own(self, cfg)
-                if model.lora is not None:
-                    keep_base_frozen(model.hf)
-                return model, tok
-
-            build_model._keeps_lora_frozen = True  # type: ignore[attr-defined]
-            cls.build_model = build_model  # type: ignore[method-assign]
 
     def build_model(self, cfg: TrainRunConfig) -> tuple[RewardModel, Any]:
         """The model of `cfg.model`; with `model.lora.r > 0` a LoRA adapter on the backbone (only the adapter

@@ -22,6 +22,7 @@ from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.losses import attribute_regression, bradley_terry, center_penalty, gating_bt
 from rewardkit.metrics import pairwise_stats, regression_stats, reward_stats, spearman
 from rewardkit.models.backbone import own_head
+from rewardkit.models.lora import is_adapter_param
 from rewardkit.models.reward_model import RewardModel
 from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_tokenized
 from rewardkit.objectives.pairwise import load_pairs, pair_sums
@@ -49,8 +50,8 @@ class AttributeObjective(BaseObjective):
         head = model.head
         if head.attribute_names != self.names:  # a backbone, or a model with other attributes: new head
             head.set_attributes(self.names, seed=cfg.seed)
-        for p in model.hf.parameters():  # the backbone trains unless frozen
-            p.requires_grad = not self.freeze_backbone
+        for name, p in model.hf.base_model.named_parameters():  # the backbone (its adapter) trains unless frozen
+            p.requires_grad = not self.freeze_backbone and (model.lora is None or is_adapter_param(name))
         # Unused in this stage: the backbone's own scalar head (kept so the folder stays HF-loadable), any gate.
         frozen = [own_head(model.hf)]
         frozen += [head.gate] if head.gate is not None else []
