@@ -36,15 +36,21 @@ def _rewards_and_grads(model: RewardModel, impl: str, batch) -> tuple[torch.Tens
     return rewards.detach().float(), grads
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_flash_varlen_packing_equals_padded(tiny_models, kind):
-    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), seed=0)
+def _model_and_batches(path):
+    """A tiny model on the GPU in training mode without dropout, and the same pairs padded and packed."""
+    model, tok = RewardModel.from_pretrained(str(path), seed=0)
     model.to("cuda").train()
     disable_dropout(model)  # training mode without randomness, as rewardkit trains
     pairs = _pairs(tok, model.is_encoder)
     padded = PairCollator(tok.pad_token_id)(pairs).to("cuda")
-    packed = PackedPairCollator(tok.pad_token_id, causal=True, row_length=512)(pairs).to("cuda")
+    packed = PackedPairCollator(tok.pad_token_id, causal=not model.is_encoder, row_length=512)(pairs).to("cuda")
+    return model, padded, packed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_flash_varlen_packing_equals_padded(tiny_models, kind):
+    model, padded, packed = _model_and_batches(tiny_models[kind])
     assert packed.sequences.position_ids_suffice  # plain causal blocks: varlen reads them from position_ids
     r_pad, g_pad = _rewards_and_grads(model, "sdpa", padded)
     r_flash, g_flash = _rewards_and_grads(model, "flash_attention_2", packed)
@@ -58,12 +64,7 @@ def test_flash_varlen_packing_equals_padded(tiny_models, kind):
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_sdpa_packing_equals_padded_on_cuda(tiny_models, kind):
     """The same check without flash-attn (fp32): packed rows with block-diagonal masks vs padding."""
-    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), seed=0)
-    model.to("cuda").train()
-    disable_dropout(model)  # training mode without randomness, as rewardkit trains
-    pairs = _pairs(tok, model.is_encoder)
-    padded = PairCollator(tok.pad_token_id)(pairs).to("cuda")
-    packed = PackedPairCollator(tok.pad_token_id, causal=not model.is_encoder, row_length=512)(pairs).to("cuda")
+    model, padded, packed = _model_and_batches(tiny_models[kind])
 
     def run(batch):
         model.zero_grad(set_to_none=True)
