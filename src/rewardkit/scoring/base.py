@@ -1,0 +1,222 @@
+"""What every consumer of a trained preference model talks to: the `Judge` protocol and its results.
+
+Every kind (value-head reward models, pairwise rankers, generative judges, implicit DPO rewards, process
+reward models) answers `compare` and `rank`; kinds that give each response a number (`pointwise`) also
+answer `score` / `score_details`, the others raise `NoScores` saying what to call instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from rewardkit.data.fields import Text
+from rewardkit.metrics import check_temperature, preference_prob
+
+
+class NoScores(ValueError):
+    """Raised where a consumer needs a number per response from a kind that only compares responses."""
+
+    def __init__(self, kind: str, need: str = "a score per response"):
+        super().__init__(f"this {kind!r} model compares responses and gives no score of its own, but {need} was "
+                         "asked for; use compare or rank (rewardkit eval / rank / make-pairs, /v1/compare, "
+                         "/v1/rank), or a pointwise model")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two responses to one prompt: P(a ≻ b) = sigmoid(margin / temperature), margin the log-odds at T=1.
+    Pointwise kinds also give both rewards (then margin = reward_a − reward_b); pairwise kinds give None."""
+
+    reward_a: float | None
+    reward_b: float | None
+    prob_a_better: float
+    temperature: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """N candidates for one prompt: their scores, indices best first (ties keep input order), the best.
+    Pairwise kinds' scores are mean log-odds wins (`rank.strategy=matrix`) or rounds won (`knockout`)."""
+
+    scores: list[float]
+    order: list[int]
+    best: int
+
+
+@dataclass
+class ScoreDetails:
+    """Everything a scoring pass knows per (prompt, response), (N,) each: raw rewards, response tokens the
+    model saw (after truncation, incl. the end token), whether it was truncated, and the head's published
+    extras (e.g. a multi-objective model's attributes and gate, (N, A)) with their column names."""
+
+    rewards: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per item: {"score": raw reward, <extra>: {name: value}, ...}."""
+        out = [{"score": r} for r in self.rewards.tolist()]
+        for key, t in self.extras.items():
+            for row, values in zip(out, t.tolist()):
+                row[key] = dict(zip(self.names[key], values))
+        return out
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """What every consumer of a trained preference model calls (eval, calibrate, apps, server)."""
+
+    kind: str  # the saved `rewardkit.kind`, or how the folder was read ("generative", "dpo")
+    pointwise: bool  # score / score_details / normalize give a number per response; False: they raise NoScores
+    temperature: float  # T of P(a ≻ b), calibrated by `rewardkit calibrate` (1.0 when unfitted)
+
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]: ...
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails: ...
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor: ...
+
+    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                temperature: float | None = None) -> list[Comparison]: ...
+
+    def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking: ...
+
+
+Scorer = Judge  # the name of earlier versions
+
+
+def rank_scores(scores: Sequence[float], tiebreak: Sequence[float] | None = None) -> Ranking:
+    """Indices best first: by score, then `tiebreak` (e.g. raw scores), then input order."""
+    tb = tiebreak if tiebreak is not None else scores
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], -tb[i]))
+    return Ranking(list(scores), order, order[0])
+
+
+def _check_triples(prompts: Sequence[Text], a: Sequence[Text], b: Sequence[Text]) -> int:
+    n = len(prompts)
+    if not len(a) == len(b) == n:
+        raise ValueError(f"got {n} prompts, {len(a)} responses_a and {len(b)} responses_b")
+    return n
+
+
+def comparisons(margins: torch.Tensor, temperature: float, rewards_a: torch.Tensor | None = None,
+                rewards_b: torch.Tensor | None = None) -> list[Comparison]:
+    """Comparisons from log-odds margins (N,) at T=1 and, for pointwise kinds, both rewards (N,) each."""
+    t = check_temperature(temperature)
+    m = margins.double()
+    p = preference_prob(m, t).tolist()
+    ra = rewards_a.tolist() if rewards_a is not None else [None] * len(p)
+    rb = rewards_b.tolist() if rewards_b is not None else [None] * len(p)
+    return [Comparison(x, y, q, t, d) for x, y, q, d in zip(ra, rb, p, m.tolist())]
+
+
+class PointwiseJudge:
+    """Base of kinds that give each response a number: `compare` and `rank` follow from `score_texts`.
+    Subclasses set `kind` and implement `score_texts(prompts, responses, *, normalize) -> (N,)`,
+    `score_details` and `normalize`."""
+
+    kind = "pointwise"
+    pointwise = True
+    temperature = 1.0
+
+    def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *,
+                    normalize: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]:
+        """Rewards as floats, one per (prompt, response)."""
+        return self.score_texts(prompts, responses, normalize=normalize).tolist()
+
+    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                temperature: float | None = None) -> list[Comparison]:
+        """For each prompt, P(a ≻ b) = sigmoid((r_a − r_b) / T); T defaults to the model's (one scoring pass)."""
+        n = _check_triples(prompts, responses_a, responses_b)
+        r = self.score_texts(list(prompts) * 2, list(responses_a) + list(responses_b)).double()  # (2n,)
+        t = self.temperature if temperature is None else temperature
+        return comparisons(r[:n] - r[n:], t, r[:n], r[n:])
+
+    def prob_better(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                    temperature: float | None = None) -> list[float]:
+        """P(a ≻ b) per prompt, as `compare(...)[i].prob_a_better`."""
+        return [c.prob_a_better for c in self.compare(prompts, responses_a, responses_b, temperature=temperature)]
+
+    def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking:
+        """Candidates for one prompt, best first (one scoring pass; ties keep input order)."""
+        if not candidates:
+            raise ValueError("rank needs at least one candidate")
+        return rank_scores(self.score([prompt] * len(candidates), list(candidates), normalize=normalize))
+
+
+RANK_STRATEGIES = ("matrix", "knockout")
+
+
+class PairwiseJudge:
+    """Base of kinds that read both responses at once (pairwise rankers, generative judges): subclasses set
+    `kind` and implement `margins`; `compare` and `rank` follow, and per-response scores raise `NoScores`."""
+
+    kind = "pairwise"
+    pointwise = False
+    temperature = 1.0
+    rank_strategy = "matrix"
+
+    def margins(self, prompts: Sequence[Text], responses_a: Sequence[Text],
+                responses_b: Sequence[Text]) -> torch.Tensor:
+        """(N,) log-odds of a ≻ b at T=1, antisymmetric: margins(p, a, b) == −margins(p, b, a) exactly."""
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]:
+        raise NoScores(self.kind)
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
+        raise NoScores(self.kind)
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NoScores(self.kind, "a normalised score")
+
+    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                temperature: float | None = None) -> list[Comparison]:
+        """For each prompt, P(a ≻ b) = sigmoid(margin / T); T defaults to the model's."""
+        _check_triples(prompts, responses_a, responses_b)
+        m = self.margins(prompts, responses_a, responses_b)
+        return comparisons(m, self.temperature if temperature is None else temperature)
+
+    def prob_better(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                    temperature: float | None = None) -> list[float]:
+        return [c.prob_a_better for c in self.compare(prompts, responses_a, responses_b, temperature=temperature)]
+
+    def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False,
+             strategy: str | None = None) -> Ranking:
+        """Candidates best first. matrix: every pair judged once (N(N−1)/2), score_i = mean_j (P[i,j] − P[j,i]);
+        knockout: single elimination, N − 1 judgements, score = rounds won (a bye counts as won)."""
+        strategy = strategy or self.rank_strategy
+        if strategy not in RANK_STRATEGIES:
+            raise ValueError(f"unknown rank strategy {strategy!r}; choose from {', '.join(RANK_STRATEGIES)}")
+        n = len(candidates)
+        if n == 0:
+            raise ValueError("rank needs at least one candidate")
+        if n == 1:
+            return Ranking([0.0], [0], 0)
+        if strategy == "matrix":
+            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            p = torch.sigmoid(self.margins([prompt] * len(pairs), [candidates[i] for i, _ in pairs],
+                                           [candidates[j] for _, j in pairs]).double())
+            wins = torch.zeros(n, n, dtype=torch.float64)  # wins[i, j] = P(i ≻ j)
+            for (i, j), q in zip(pairs, p.tolist()):
+                wins[i, j], wins[j, i] = q, 1.0 - q
+            return rank_scores(((wins - wins.T).sum(1) / (n - 1)).tolist())
+        rounds = [0.0] * n
+        alive = list(range(n))
+        while len(alive) > 1:
+            a, b = alive[0::2], alive[1::2]
+            m = self.margins([prompt] * len(b), [candidates[i] for i in a[:len(b)]], [candidates[j] for j in b])
+            alive = [i if x >= 0 else j for i, j, x in zip(a, b, m.tolist())] + a[len(b):]  # a tie: the first
+            for i in alive:
+                rounds[i] += 1
+        return rank_scores(rounds)

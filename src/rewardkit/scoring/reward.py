@@ -1,0 +1,104 @@
+"""`RewardScorer`: the `Judge` of value-head models (every kind in `models.kinds`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardkit.config import SCORE_MAX_TOKENS
+from rewardkit.data.fields import Message, Text
+from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
+from rewardkit.models.heads import HeadOutput
+from rewardkit.models.reward_model import RewardModel
+from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
+from rewardkit.scoring.run import run_model
+
+
+class RewardScorer(PointwiseJudge):
+    """A loaded value-head reward model plus its tokenizer and sequence layout; implements `Judge`."""
+
+    def __init__(self, model: RewardModel, tokenizer, *, max_length: int = 2048, batch_size: int = 32,
+                 device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS, bf16: bool = False):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.encoder = SequenceEncoder(tokenizer, max_length, model.is_encoder)
+        self.batch_size = batch_size
+        self.device = device
+        self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
+        self.bf16 = bf16  # bf16 autocast in the forwards (scores then agree with fp32 less closely)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,
+             max_length: int | None = None, max_tokens: int | None = SCORE_MAX_TOKENS,
+             bf16: bool = False) -> "RewardScorer":
+        """Load a saved reward model folder (any kind); `max_length` defaults to the one it was trained with."""
+        model, tok = RewardModel.from_pretrained(str(path))
+        return cls(model, tok, max_length=max_length or model.saved_max_length or 2048,
+                   batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
+
+    @classmethod
+    def from_folder(cls, path: str, options: dict[str, Any], **settings: Any) -> "RewardScorer":
+        """The registry's entry (`scoring.judges`): value-head kinds take no kind-specific options."""
+        return cls.load(path, **settings)
+
+    @property
+    def kind(self) -> str:
+        return self.model.head.kind
+
+    # ------------------------------------------------------------------ tokens in, rewards out
+
+    def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        return self.encoder.encode(prompt, response)
+
+    def encode_text(self, text: str) -> TokenizedSequence:
+        """A full prompt+response text, as a PPO trainer decodes it (see `SequenceEncoder.encode_text`)."""
+        return self.encoder.encode_text(text)
+
+    def run(self, seqs: Sequence[TokenizedSequence], **overrides: Any) -> HeadOutput:
+        """The model's outputs for tokenised sequences, (N,) score plus extras, in input order; `overrides`
+        replace this scorer's `run_model` settings (batch_size, max_tokens, bf16)."""
+        kw = dict(pad_id=self.tokenizer.pad_token_id, device=self.device, batch_size=self.batch_size,
+                  max_tokens=self.max_tokens, bf16=self.bf16)
+        return run_model(self.model, seqs, **{**kw, **overrides})
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """(raw − mean) / std with the statistics saved in the model's config.json."""
+        return self.model.normalize(raw)
+
+    # ------------------------------------------------------------------ the Scorer interface
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
+        """Raw rewards, token lengths and the head's published extras of N (prompt, response) pairs."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        out = self.run(seqs)
+        names = self.model.head.published
+        return ScoreDetails(out.score, torch.tensor([len(s.input_ids) - s.response_start for s in seqs]),
+                            torch.tensor([s.truncated for s in seqs], dtype=torch.bool),
+                            {k: out.extras[k] for k in names}, dict(names))
+
+    def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
+        """Rewards (N,) for N (prompt, response) pairs; each may be a string or chat messages."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        raw = self.run([self.encode(p, r) for p, r in zip(prompts, responses)]).score
+        return self.normalize(raw) if normalize else raw
+
+    def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
+        """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries)."""
+        raw = self.run([self.encode_text(t) for t in texts]).score
+        return self.normalize(raw) if normalize else raw
+
+    def score_messages(self, conversations: Sequence[list[Message]], *, normalize: bool = False) -> list[float]:
+        """Rewards for whole chats: the last message is the response, the rest the prompt."""
+        return self.score([c[:-1] for c in conversations], [c[-1:] for c in conversations], normalize=normalize)
+
+    @property
+    def temperature(self) -> float:
+        """T from the model's config.json (`rewardkit.temperature`, set by `rewardkit calibrate`); 1.0 if unfitted."""
+        return self.model.temperature
+
