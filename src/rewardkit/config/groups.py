@@ -6,9 +6,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from rewardkit.config.schema import _at_least, _check, _f
+from rewardkit.config.schema import _at_least, _check, _f, _positive
 
 
 # Padded tokens per scoring forward (eval, score, RewardScorer) on the CPU; raise it on a GPU. The README
@@ -47,6 +48,20 @@ def _loss_names() -> tuple[str, ...]:
 
 
 LOSS_NAMES = _loss_names()
+
+
+def _model_kinds() -> tuple[str, ...]:
+    """The kinds of rewardkit/scoring/judges.py's `JUDGES`, read from its source by path (importing the
+    scoring package would import torch, and `--help` must not)."""
+    path = Path(__file__).resolve().parents[1] / "scoring" / "judges.py"
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "JUDGES" and isinstance(node.value, ast.Dict):
+            return tuple(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    raise ImportError(f"{path} has no literal JUDGES dict")
+
+
+MODEL_KINDS = _model_kinds()
 
 
 # --------------------------------------------------------------------------- shared groups
@@ -104,7 +119,27 @@ class SavedModel:
     """A trained reward model folder (eval, calibrate, score, rank, filter, make-pairs, serve)."""
 
     SHORTHAND: ClassVar[str] = "path"  # `model=DIR` sets model.path
-    path: str = _f("", "Saved reward model folder (the output_dir of `rewardkit train`).")
+    path: str = _f("", "Saved reward model folder (the output_dir of `rewardkit train`), or for model.kind="
+                       "generative / dpo any causal-LM folder.")
+    kind: str = _f("auto", "How the folder is read: auto (the kind saved in its config.json; value-head models "
+                           "of older versions too), or a kind to force, e.g. generative (an LM asked 'A or B?') or "
+                           "dpo (a DPO policy's implicit reward). `rewardkit --help` lists the kinds.",
+                   choices=("auto", *MODEL_KINDS))
+    reference: str | None = _f(None, "kind=dpo: the reference model pi_ref (null with model.reference_free).")
+    beta: float = _f(0.1, "kind=dpo: beta of r = beta * sum_t [log pi(y_t|..) - log pi_ref(y_t|..)].")
+    reference_free: bool = _f(False, "kind=dpo: drop pi_ref (r = beta * log pi(y|x)).")
+    length_normalize: bool = _f(False, "kind=dpo: average the log-ratio over response tokens (SimPO-style) "
+                                       "instead of summing it.")
+    rank_strategy: str = _f("matrix", "Pairwise kinds (pairrm, generative): rank N candidates by the full N x N "
+                                      "comparison matrix (N(N-1)/2 judgements) or a knockout (N-1).",
+                            choices=("matrix", "knockout"))
+    aggregate: str = _f("min", "kind=prm: one score per response from its step scores: min, product or last.",
+                        choices=("min", "product", "last"))
+    template: str | None = _f(None, "kind=generative: the judge prompt, with {prompt}, {a} and {b}; default: "
+                                    "'Which response is better? Answer A or B.' after both responses.")
+
+    def __post_init__(self):
+        _positive(self, "beta")
 
 
 @dataclass
