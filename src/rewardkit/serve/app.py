@@ -1,7 +1,8 @@
 """HTTP layer: `create_app(service, settings)` -> FastAPI app. Nothing is loaded at import time.
 
 Routes: POST /get_reward (OpenRLHF's remote reward model), POST /v1/score, /v1/compare, /v1/rank,
-GET /health (never needs the key), GET /metrics (Prometheus text). Request bodies are never logged.
+vLLM's pooling API (POST /classify, /score, /pooling, GET /v1/models; `vllm_api.py`), GET /health (never
+needs the key), GET /metrics (Prometheus text). Request bodies are never logged.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -23,12 +24,14 @@ from rewardkit.scoring import rank_scores
 from rewardkit.serve.batcher import QueueFull
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
 from rewardkit.serve.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse,
-                                     HealthResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse,
-                                     as_text)
+                                     HealthResponse, RankRequest, RankResponse, ScoreResponse, VllmScoreRequest,
+                                     VllmScoreResponse, as_text)
 from rewardkit.serve.service import RewardService, ServeSettings
+from rewardkit.serve.vllm_api import add_vllm_routes, parse_v1_score, vllm_score
 
 log = logging.getLogger(__name__)
-ROUTES = ("/get_reward", "/v1/score", "/v1/compare", "/v1/rank", "/health", "/metrics")
+ROUTES = ("/get_reward", "/v1/score", "/v1/compare", "/v1/rank", "/classify", "/score", "/pooling", "/v1/models",
+          "/health", "/metrics")
 
 
 def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
@@ -82,8 +85,12 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
         rewards = scored.reward.tolist()
         return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=scored.extra)
 
-    @app.post("/v1/score", dependencies=auth, response_model=ScoreResponse)
-    async def score(req: ScoreRequest) -> ScoreResponse:
+    @app.post("/v1/score", dependencies=auth, response_model=None)
+    async def score(body: dict[str, Any] = Body()) -> ScoreResponse | VllmScoreResponse:
+        # vLLM serves /v1/score too: a vLLM client that calls it gets vLLM's answer shape.
+        req = parse_v1_score(body)
+        if isinstance(req, VllmScoreRequest):
+            return await vllm_score(service, req, check_count)
         check_count(len(req.items))
         pairs = [it.pair() for it in req.items]
         scored = await service.score_pairs([p for p, _ in pairs], [r for _, r in pairs],
@@ -112,6 +119,7 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
         return RankResponse(scores=ranking.scores, raw_scores=scored.raw.tolist(), order=ranking.order,
                             best=ranking.best)
 
+    add_vllm_routes(app, service, auth, check_count)
     return app
 
 

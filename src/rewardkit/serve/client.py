@@ -1,7 +1,9 @@
 """Client for `rewardkit serve` (needs httpx, in the `serve` extra): `RewardClient` (sync), `AsyncRewardClient`.
 
-Both retry connection errors, timeouts and 429/502/503/504 answers (honouring Retry-After) with
+Both retry connection errors, timeouts and 429/500/502/503/504 answers (honouring Retry-After) with
 exponential backoff; other 4xx answers raise `RewardClientError` at once, since repeating them cannot help.
+Given several servers (a list, `base_urls=`, or "http://a:5000,http://b:5000" as OpenRLHF's
+`--reward.remote_url` takes them), calls go to them in turn and a failed call moves on to the next server.
 
     with RewardClient("http://127.0.0.1:5000", api_key="...") as c:
         c.get_reward(["<full prompt+response text>"]).rewards
@@ -11,6 +13,7 @@ exponential backoff; other 4xx answers raise `RewardClientError` at once, since 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -20,14 +23,18 @@ from typing import Any
 import httpx
 
 Text = Any  # a string or a list of {"role", "content"} messages
-RETRY_STATUS = (429, 502, 503, 504)
+DEFAULT_URL = "http://127.0.0.1:5000"
+# 500 too: with several servers another one may well answer, and a model worker's failed batch (e.g. out of
+# memory under a burst) can pass.
+RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
 class RewardClientError(RuntimeError):
-    """The server answered with an error that retrying will not fix (or retries ran out)."""
+    """The server answered with an error that retrying will not fix (or retries ran out); `tried` lists the
+    servers a call went to when every one failed."""
 
-    def __init__(self, status: int | None, detail: str):
-        self.status, self.detail = status, detail
+    def __init__(self, status: int | None, detail: str, tried: Sequence[str] = ()):
+        self.status, self.detail, self.tried = status, detail, list(tried)
         super().__init__(f"reward server error {status}: {detail}" if status else f"reward server unreachable: {detail}")
 
 
@@ -100,11 +107,14 @@ def _rank(prompt, candidates, normalize) -> _Call:
 
 
 class _Base:
-    def __init__(self, base_url: str = "http://127.0.0.1:5000", *, api_key: str | None = None,
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 10.0):
+    def __init__(self, base_url: str | Sequence[str] | None = None, *, base_urls: Sequence[str] | None = None,
+                 api_key: str | None = None, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
+                 max_backoff: float = 10.0):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = _server_urls(base_url, base_urls)
+        self.base_url = self.base_urls[0]
+        self._turn = itertools.count()  # next() on a count is atomic under the GIL: safe across threads
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         key = api_key if api_key is not None else os.environ.get("REWARDKIT_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -122,36 +132,98 @@ class _Base:
     def _outcome(self, call: _Call, response: httpx.Response) -> Any:
         """The parsed result, or raise RewardClientError for an answer that retrying cannot fix."""
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise RewardClientError(response.status_code, str(detail))
+            raise RewardClientError(response.status_code, _detail(response))
         data = response.json()
         return call.result(**{k: data[k] for k in call.result.__dataclass_fields__ if k in data}) if call.result else data
+
+
+def _server_urls(base_url: str | Sequence[str] | None, base_urls: Sequence[str] | None) -> list[str]:
+    if base_url is not None and base_urls is not None:
+        raise ValueError("give base_url or base_urls, not both")
+    given = base_urls if base_urls is not None else base_url if base_url is not None else DEFAULT_URL
+    items = given.split(",") if isinstance(given, str) else list(given)  # "http://a,http://b" as OpenRLHF
+    if not all(isinstance(u, str) for u in items):
+        raise TypeError(f"server URLs must be strings, got {items!r}")
+    urls = [u.strip().rstrip("/") for u in items if u.strip()]
+    if not urls:
+        raise ValueError("no server URL given")
+    return urls
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except (ValueError, AttributeError):
+        return response.text
+
+
+class _Tries:
+    """One call's walk over the servers. Each call starts at the next server in turn (round-robin) and, when a
+    server fails (connection error, timeout, a RETRY_STATUS answer), goes on at once to the next one: a dead
+    or busy server costs one failed try, not a backoff. Only after every server failed in a round does the
+    client wait (backoff, or the Retry-After a busy server sent) and go round again, `retries` more times."""
+
+    def __init__(self, client: _Base):
+        n = len(client.base_urls)
+        start = next(client._turn) % n
+        self.client, self.order = client, [(start + k) % n for k in range(n)]
+        self.why: dict[int, str] = {}  # server index -> its last failure
+        self.last: tuple[int, int | None, str] | None = None  # (server, status, detail) of the latest failure
+        self.exc: Exception | None = None
+        self.hint: httpx.Response | None = None  # a failed answer of this round that carries Retry-After
+
+    def failed(self, i: int, failure: httpx.Response | Exception) -> None:
+        if isinstance(failure, httpx.Response):
+            status, detail = failure.status_code, _detail(failure)
+            self.why[i], self.exc = f"{status} {detail}", None
+            if "retry-after" in failure.headers:
+                self.hint = failure
+        else:
+            status, detail = None, f"{type(failure).__name__}: {failure}"
+            self.why[i], self.exc = detail, failure
+        self.last = (i, status, detail)
+
+    def pause(self, finished_round: int) -> float:
+        hint, self.hint = self.hint, None
+        return self.client._delay(finished_round, hint)
+
+    def error(self) -> RewardClientError:
+        urls, (i, status, detail) = self.client.base_urls, self.last
+        rounds = self.client.retries + 1
+        times = f"{rounds} time{'s' if rounds > 1 else ''}"
+        if len(urls) == 1:
+            detail = f"{detail} (tried {urls[0]} {times})"
+        else:
+            each = "; ".join(f"{urls[j]}: {self.why[j]}" for j in self.order)
+            detail = f"{detail} from {urls[i]}; every server failed, {times} each: {each}"
+        return RewardClientError(status, detail, tried=[urls[j] for j in self.order])
 
 
 class RewardClient(_Base):
     """Blocking client. `transport` is for tests (e.g. httpx.MockTransport)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:5000", *, transport: httpx.BaseTransport | None = None,
+    def __init__(self, base_url: str | Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None,
                  **kw: Any):
         super().__init__(base_url, **kw)
-        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
-                                  transport=transport)
+        self._https = [httpx.Client(base_url=u, headers=self.headers, timeout=self.timeout, transport=transport)
+                       for u in self.base_urls]
+        self._http = self._https[0]
 
     def _run(self, call: _Call) -> Any:
-        for attempt in range(self.retries + 1):
-            response = None
-            try:
-                response = self._http.request(call.method, call.path, json=call.body)
-            except httpx.TransportError as e:  # connection refused/reset, timeouts
-                if attempt == self.retries:
-                    raise RewardClientError(None, f"{type(e).__name__}: {e}") from e
-            else:
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+        tries = _Tries(self)
+        for rnd in range(self.retries + 1):
+            if rnd:
+                time.sleep(tries.pause(rnd - 1))
+            for i in tries.order:
+                try:
+                    response = self._https[i].request(call.method, call.path, json=call.body)
+                except httpx.TransportError as e:  # connection refused/reset, timeouts
+                    tries.failed(i, e)
+                    continue
+                if response.status_code not in RETRY_STATUS:
                     return self._outcome(call, response)
-            time.sleep(self._delay(attempt, response))
+                tries.failed(i, response)
+        raise tries.error() from tries.exc
 
     def get_reward(self, queries: Sequence[str], prompts: Sequence[Any] | None = None,
                    labels: Sequence[Any] | None = None) -> RewardResult:
@@ -171,7 +243,8 @@ class RewardClient(_Base):
         return self._run(_Call("GET", "/health", None, None))
 
     def close(self) -> None:
-        self._http.close()
+        for http in self._https:
+            http.close()
 
     def __enter__(self) -> "RewardClient":
         return self
@@ -183,24 +256,28 @@ class RewardClient(_Base):
 class AsyncRewardClient(_Base):
     """asyncio client; same methods as `RewardClient`, awaitable."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:5000", *,
+    def __init__(self, base_url: str | Sequence[str] | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None, **kw: Any):
         super().__init__(base_url, **kw)
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
-                                       transport=transport)
+        self._https = [httpx.AsyncClient(base_url=u, headers=self.headers, timeout=self.timeout,
+                                         transport=transport) for u in self.base_urls]
+        self._http = self._https[0]
 
     async def _run(self, call: _Call) -> Any:
-        for attempt in range(self.retries + 1):
-            response = None
-            try:
-                response = await self._http.request(call.method, call.path, json=call.body)
-            except httpx.TransportError as e:
-                if attempt == self.retries:
-                    raise RewardClientError(None, f"{type(e).__name__}: {e}") from e
-            else:
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+        tries = _Tries(self)
+        for rnd in range(self.retries + 1):
+            if rnd:
+                await asyncio.sleep(tries.pause(rnd - 1))
+            for i in tries.order:
+                try:
+                    response = await self._https[i].request(call.method, call.path, json=call.body)
+                except httpx.TransportError as e:
+                    tries.failed(i, e)
+                    continue
+                if response.status_code not in RETRY_STATUS:
                     return self._outcome(call, response)
-            await asyncio.sleep(self._delay(attempt, response))
+                tries.failed(i, response)
+        raise tries.error() from tries.exc
 
     async def get_reward(self, queries: Sequence[str], prompts: Sequence[Any] | None = None,
                          labels: Sequence[Any] | None = None) -> RewardResult:
@@ -220,7 +297,8 @@ class AsyncRewardClient(_Base):
         return await self._run(_Call("GET", "/health", None, None))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in self._https:
+            await http.aclose()
 
     async def __aenter__(self) -> "AsyncRewardClient":
         return self

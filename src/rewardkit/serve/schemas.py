@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+import time
+import uuid
+from typing import Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ChatMessage(BaseModel):
@@ -118,3 +120,199 @@ class RankResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     models: list[str]
+
+
+# --------------------------------------------------------------------------- vLLM's pooling API
+# Field names and shapes as vLLM's `--runner pooling` server documents them, so clients written for it
+# (verl's reward loop, NeMo-RL) work unchanged. Unknown vLLM options (add_special_tokens, priority, user,
+# truncate_prompt_tokens, ...) are accepted and ignored: rewardkit always lays text out as the model was
+# trained (see README); extra list fields with one value per text reach combination rules as fields.
+
+class VllmMessage(BaseModel):
+    """A chat message whose content is a string or OpenAI-style parts; only text parts can be scored."""
+
+    role: str
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
+                raise ValueError("only text parts ({\"type\": \"text\", \"text\": ...}) can be scored")
+            return "\n".join(p["text"] for p in v)  # vLLM joins text parts with newlines too
+        return v
+
+
+class _Activation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None  # echoed back; the server answers with its one reward whatever the name
+    use_activation: bool | None = None  # None = vLLM's default for a 1-label head: sigmoid on
+    activation: bool | None = None  # the name before vLLM 0.11.2; verl's older reward loop sends it
+
+    @model_validator(mode="after")
+    def _one_activation(self):
+        if None not in (self.use_activation, self.activation) and self.use_activation != self.activation:
+            raise ValueError("`use_activation` and `activation` (its old name) disagree; send one")
+        return self
+
+    def activation_on(self) -> bool:
+        flag = self.use_activation if self.use_activation is not None else self.activation
+        return True if flag is None else flag
+
+    def fields(self, n: int) -> dict[str, list[Any]]:
+        return per_text_fields(self.model_extra, n)
+
+
+class ClassifyRequest(_Activation):
+    """/classify and /pooling: `input` (one text or a list of full texts, chat template already applied,
+    as verl sends) or one chat in `messages` (the server applies the model's template)."""
+
+    input: str | list[str] | None = None
+    messages: list[VllmMessage] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(isinstance(x, (int, list)) for x in v):
+            raise ValueError("token ids are not accepted: rewardkit tokenises with the reward model's own "
+                             "tokenizer and layout, so send the text")
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give either `input` (a text or a list of texts) or `messages` (one chat)")
+        if self.messages is not None and not self.messages:
+            raise ValueError("`messages` must hold at least one message")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input or [])
+
+
+class PoolingRequest(ClassifyRequest):
+    task: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _sequence_task(cls, v: str | None) -> str | None:
+        if v not in (None, "classify"):
+            raise ValueError(f"rewardkit serves one reward per sequence (task `classify`); task {v!r} is not "
+                             "available")
+        return v
+
+
+class VllmScoreRequest(_Activation):
+    """vLLM's score body: `queries` and `documents` (or the older `text_1` and `text_2`), each a text or a list.
+    Here a query is the prompt and a document the response. 1:1, 1:N (one prompt for every response) and N:N."""
+
+    text_1: str | list[str] | None = None
+    text_2: str | list[str] | None = None
+    queries: str | list[str] | None = None
+    documents: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _pairs_fit(self):
+        old, new = (self.text_1, self.text_2), (self.queries, self.documents)
+        if sum(x is not None for x in old + new) != 2 or (None in old and None in new):
+            raise ValueError("give `queries` and `documents` (or vLLM's older `text_1` and `text_2`)")
+        first, second = (_as_list(x) for x in (old if None not in old else new))
+        if not first or not second:
+            raise ValueError("at least one query (text_1) and one document (text_2) are needed")
+        if len(first) > 1 and len(first) != len(second):
+            raise ValueError(f"{len(first)} queries for {len(second)} documents: give one query for all "
+                             "documents, or one per document")
+        return self
+
+    def pairs(self) -> tuple[list[str], list[str]]:
+        """(prompts, responses), one pair per document."""
+        first, second = (_as_list(x) for x in ((self.text_1, self.text_2) if self.text_1 is not None
+                                               else (self.queries, self.documents)))
+        return (first * len(second) if len(first) == 1 else first), second
+
+
+def _as_list(x: str | list[str] | None) -> list[str]:
+    return [x] if isinstance(x, str) else list(x or [])
+
+
+def per_text_fields(extra: dict[str, Any] | None, n: int) -> dict[str, list[Any]]:
+    """Request keys with one value per text (a combination rule may read them, e.g. `is_safety`)."""
+    return {k: v for k, v in (extra or {}).items() if isinstance(v, list) and len(v) == n}
+
+
+class Usage(BaseModel):
+    prompt_tokens: int  # tokens the server's models read (summed over the models of a combination)
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: None = None
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class _VllmList(BaseModel):
+    """The frame of vLLM's answers; subclasses add `data` and `usage` (in vLLM's field order)."""
+
+    prefix: ClassVar[str]
+    id: str = ""  # "<prefix>-<random hex>" when not given
+    object: str = "list"
+    created: int = Field(default_factory=_now)
+    model: str
+
+    def model_post_init(self, context: Any) -> None:
+        if not self.id:
+            self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+
+
+class ClassifyData(BaseModel):
+    index: int
+    label: str  # HF's name of a 1-output head's only class, as vLLM reports for reward models
+    probs: list[float]  # [sigmoid(reward)], or [reward] with use_activation false
+    num_classes: int = 1
+
+
+class ClassifyResponse(_VllmList):
+    prefix: ClassVar[str] = "classify"
+    data: list[ClassifyData]
+    usage: Usage
+
+
+class PoolingData(BaseModel):
+    index: int
+    object: str = "pooling"
+    data: list[float]  # the same one value as /classify's probs
+
+
+class PoolingResponse(_VllmList):
+    prefix: ClassVar[str] = "pool"
+    data: list[PoolingData]
+    usage: Usage
+
+
+class VllmScoreData(BaseModel):
+    index: int
+    object: str = "score"
+    score: float  # sigmoid(reward), or the reward with use_activation false
+
+
+class VllmScoreResponse(_VllmList):
+    prefix: ClassVar[str] = "score"
+    data: list[VllmScoreData]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "rewardkit"
+
+
+class ModelList(BaseModel):
+    """GET /v1/models: vLLM's own examples read the served model's name from here first."""
+
+    object: str = "list"
+    data: list[ModelCard]

@@ -47,11 +47,13 @@ class ServeSettings:
 
 @dataclass
 class Scored:
-    """reward: (N,) final values; raw: (N,) the rule applied to raw model outputs; extra: per-text logs."""
+    """reward: (N,) final values; raw: (N,) the rule applied to raw model outputs; extra: per-text logs;
+    tokens: how many tokens the models read (summed over models; vLLM-style `usage` reports it)."""
 
     reward: torch.Tensor
     raw: torch.Tensor
     extra: dict[str, list[float]]
+    tokens: int = 0
 
 
 @dataclass
@@ -125,9 +127,12 @@ class RewardService:
             return Scored(empty, empty, {})
         loop = asyncio.get_running_loop()
         names = self.rule.model_names()
+        tokens = 0
 
         async def raw_of(m: ServedModel) -> torch.Tensor:
+            nonlocal tokens
             seqs = await loop.run_in_executor(m.tokenizer_thread, encode, m.scorer)
+            tokens += sum(len(s.input_ids) for s in seqs)
             return await m.batcher.submit(seqs)
 
         raws = dict(zip(names, await asyncio.gather(*(raw_of(self.models[name]) for name in names))))
@@ -145,7 +150,7 @@ class RewardService:
         reward = combined.reward
         if self.settings.clip is not None:
             reward = reward.clamp(-self.settings.clip, self.settings.clip)
-        return Scored(reward, raw_combined, {**extra, **combined.extra})
+        return Scored(reward, raw_combined, {**extra, **combined.extra}, tokens)
 
 
 def _runner(scorer: RewardScorer, batch_size: int) -> Callable[[list[TokenizedSequence]], torch.Tensor]:
