@@ -13,13 +13,14 @@ from rewardkit.apps import filter_file, make_pairs_file, pick_pairs, rank_file
 from rewardkit.cli import main
 from rewardkit.config import Columns
 from rewardkit.data.pairs import DataError
+from rewardkit.scoring import PointwiseJudge
 
 
 def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-class LengthScorer:
+class LengthScorer(PointwiseJudge):
     """Stands in for RewardScorer: score = len(response); records how many texts each call got."""
 
     @staticmethod
@@ -29,9 +30,10 @@ class LengthScorer:
     def __init__(self):
         self.calls: list[int] = []
 
-    def score(self, prompts, responses):
+    def score_texts(self, prompts, responses, *, normalize=False):
         self.calls.append(len(responses))
-        return [float(len(r)) for r in responses]
+        raw = torch.tensor([float(len(r)) for r in responses], dtype=torch.float64)
+        return self.normalize(raw) if normalize else raw
 
 
 @pytest.mark.parametrize("strategy,scores,min_margin,want,dropped", [

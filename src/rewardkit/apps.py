@@ -12,8 +12,9 @@ Row shapes (column names from `config.Columns`, the one column map of every comm
 P and R are strings or chat messages. Without a scorer, scores are read from the rows
 (`scores` for list rows, `score` for pointwise rows), e.g. the output of `rank`.
 
-The scorer is anything with the `scoring.Scorer` calls used here: `score(prompts, responses)` (floats),
-`normalize(raw tensor)` and, for `score_file`, `score_details(prompts, responses)`.
+The scorer is a `scoring.Judge`: rank and make-pairs use `rank_many` (every kind: rewards for pointwise
+kinds, rank scores for kinds that only compare); filter and score need a score per response, which kinds
+that only compare refuse with `NoScores`.
 """
 
 from __future__ import annotations
@@ -115,18 +116,15 @@ def iter_scored(source: str, scorer=None, *, columns: Columns | None = None, nor
 
 
 def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool) -> list[ScoredRow]:
+    """Scores of each row's responses: its `rank_many` scores, which every kind gives (rewards for pointwise
+    kinds, rank scores for kinds that only compare), in one pass over the chunk."""
     if scorer is None or not chunk:
         return chunk
-    prompts = [r.prompt for r in chunk for _ in r.responses]
-    responses = [x for r in chunk for x in r.responses]
-    raw = torch.tensor(scorer.score(prompts, responses), dtype=torch.float64)
-    final = (scorer.normalize(raw) if normalize else raw).tolist()
-    raw_list, start = raw.tolist(), 0
-    for r in chunk:
-        n = len(r.responses)
-        r.scores = final[start:start + n]
-        r.raw = raw_list[start:start + n] if normalize else None
-        start += n
+    rankings = scorer.rank_many([r.prompt for r in chunk], [r.responses for r in chunk])
+    for r, ranking in zip(chunk, rankings):
+        r.scores = list(ranking.scores)
+        if normalize:  # kinds without per-response scores refuse here (NoScores)
+            r.raw, r.scores = r.scores, scorer.normalize(torch.tensor(r.scores, dtype=torch.float64)).tolist()
     return chunk
 
 
@@ -244,6 +242,10 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
         raise ValueError("give a threshold, a top_percent, or both")
     if top_percent is not None and not 0 < top_percent <= 100:
         raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+    if scorer is not None and not scorer.pointwise:  # a rank score only orders one row's responses
+        from rewardkit.scoring import NoScores
+
+        raise NoScores(scorer.kind, "filter's score per response")
     report, cols = AppReport(), columns or Columns()
     rows = iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows)
     topk = _TopK() if top_percent is not None else None

@@ -96,9 +96,9 @@ def _scorer(cfg):
     """The model of a row command as `cfg.scoring` says, or None without one (scores then come from the rows)."""
     if not cfg.model.path:
         return None
-    from rewardkit.scoring import RewardScorer
+    from rewardkit.scoring import judge_from_config
 
-    return RewardScorer.load(cfg.model.path, max_length=cfg.data.max_length, **dataclasses.asdict(cfg.scoring))
+    return judge_from_config(cfg)
 
 
 def _score(cfg) -> int:
@@ -148,13 +148,15 @@ def _serve(cfg) -> int:
 @dataclass(frozen=True)
 class Opt:
     """An option of an earlier version kept as a shorthand for `key`. `switch`: a flag that sets the key
-    to this value. A key ending in `.*` takes NAME=VALUE and sets `<key>.NAME` (--column prompt=q)."""
+    to this value. A key ending in `.*` takes NAME=VALUE and sets `<key>.NAME` (--column prompt=q). `also`:
+    (key, value) pairs set with it (--dpo-policy P also sets model.kind=dpo)."""
 
     flag: str
     key: str
     metavar: str | None = None
     switch: Any = None
     help: str | None = None
+    also: tuple[tuple[str, Any], ...] = ()
 
 
 class _KeyAction(argparse.Action):
@@ -178,7 +180,7 @@ class _KeyAction(argparse.Action):
             setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
         else:
             setattr(namespace, self.dest, values)
-        namespace.key_values = [*(getattr(namespace, "key_values", None) or []), (key, value)]
+        namespace.key_values = [*(getattr(namespace, "key_values", None) or []), (key, value), *self.opt.also]
 
 
 def _field(cls: type, key: str) -> tuple[Any, dataclasses.Field, Any]:
@@ -261,7 +263,10 @@ COMMANDS: dict[str, Command] = {
         "best-of-N scores. Every eval reports calibration (ECE at the model's temperature) and length bias.",
         (("MODEL_DIR", "model"), ("DATA", "data")),
         (Opt("--output", "output", "FILE"), Opt("--report-dir", "report_dir", "DIR"),
-         Opt("--tie-policy", "tie_policy"), Opt("--seed", "seed", "N"), *_PAIRS_DATA)),
+         Opt("--tie-policy", "tie_policy"), Opt("--seed", "seed", "N"),
+         Opt("--dpo-policy", "model", "DIR", also=(("model.kind", "dpo"),),
+             help="= model=DIR model.kind=dpo: a DPO policy's implicit reward (then DATA is the only positional)"),
+         Opt("--dpo-ref", "model.reference", "DIR"), *_PAIRS_DATA)),
     "calibrate": Command(
         _calibrate, "fit the temperature T of P(a > b) = sigmoid(Δ/T) on dev pairs",
         "Fit T by minimising the pairwise log loss on the dev data (held out from training and from the data "
@@ -384,9 +389,11 @@ def command_config(name: str, args: argparse.Namespace) -> Any:
             path = item
         else:
             old.append(item)
-    if len(old) > len(cmd.positionals):
-        raise ConfigError(f"unexpected argument {old[len(cmd.positionals)]!r} (settings are key=value)")
-    values = [*(getattr(args, "key_values", None) or []), *((k, v) for (_, k), v in zip(cmd.positionals, old))]
+    given = getattr(args, "key_values", None) or []
+    positionals = [(m, k) for m, k in cmd.positionals if k not in {g for g, _ in given}]  # --dpo-policy: no MODEL_DIR
+    if len(old) > len(positionals):
+        raise ConfigError(f"unexpected argument {old[len(positionals)]!r} (settings are key=value)")
+    values = [*given, *((k, v) for (_, k), v in zip(positionals, old))]
     cfg = load_config(CONFIGS[name], path, overrides, values=values)
     cfg.validate()
     return cfg

@@ -1,7 +1,8 @@
 """Evaluation of a reward model: pair accuracy, RewardBench v1/v2 scores, calibration, length diagnostics.
 
-Pipeline: `load_eval_data` (rows -> responses to score + which of them form pairs) -> `score_responses`
-(one sorted pass through the model) -> `analyze` (pure: rewards -> stats and per-pair records).
+Pipeline: `load_eval_data` (rows -> responses to score + which of them form pairs) -> `judge_eval_data`
+(one pass of the judge: per-response scores, or one compare per pair for kinds that only compare) ->
+`analyze` (pure: margins and rewards -> stats and per-pair records).
 Every eval reports calibration (ECE at the model's temperature) and length-bias diagnostics.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from rewardkit.data.pairs import PreferenceExample, load_preferences
 from rewardkit.data.readers import LoadReport, read_rows
 from rewardkit.io import write_jsonl
 from rewardkit.metrics import length_bias, pairwise_stats
-from rewardkit.scoring import RewardScorer, ScoreDetails
+from rewardkit.scoring import Judge, ScoreDetails, judge_from_config
+from rewardkit.scoring.base import response_lengths
 
 log = logging.getLogger(__name__)
 
@@ -135,65 +137,124 @@ def load_eval_data(cfg: EvalRunConfig | CalibrateRunConfig) -> EvalData:
     return data
 
 
-def score_responses(scorer: RewardScorer, responses: Sequence[tuple[Text, Text]]) -> ScoreDetails:
-    """Raw rewards and token lengths of (prompt, response) pairs, (M,) each."""
-    return scorer.score_details([p for p, _ in responses], [r for _, r in responses])
+def score_responses(judge: Judge, responses: Sequence[tuple[Text, Text]]) -> ScoreDetails:
+    """Raw rewards and token lengths of (prompt, response) pairs, (M,) each (pointwise kinds)."""
+    return judge.score_details([p for p, _ in responses], [r for _, r in responses])
+
+
+@dataclass
+class Judged:
+    """What a judge said about `EvalData`: per pair the log-odds of chosen ≻ rejected at T=1 (N,) (reward
+    difference for pointwise kinds), per response the tokens it has (M,) and, for pointwise kinds, the
+    scoring details (None for kinds that only compare)."""
+
+    margins: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    details: ScoreDetails | None = None
+
+    @classmethod
+    def from_details(cls, data: EvalData, details: ScoreDetails) -> "Judged":
+        r = details.rewards.double()
+        return cls(r[data.chosen_idx] - r[data.rejected_idx], details.lengths, details.truncated, details)
+
+
+def judge_eval_data(judge: Judge, data: EvalData) -> Judged:
+    """One pass of `judge` over `data`: per-response scores where the kind gives them (each response once),
+    else one `compare` per pair."""
+    if judge.pointwise:
+        return Judged.from_details(data, score_responses(judge, data.responses))
+    prompts = [data.responses[i][0] for i in data.chosen_idx]
+    comps = judge.compare(prompts, [data.responses[i][1] for i in data.chosen_idx],
+                          [data.responses[i][1] for i in data.rejected_idx], temperature=1.0)
+    return Judged(torch.tensor([c.margin for c in comps], dtype=torch.float64),
+                  response_lengths(judge, [r for _, r in data.responses]), torch.zeros(len(data.responses), dtype=torch.bool))
 
 
 # --------------------------------------------------------------------------- analysis (pure)
 
-def analyze(data: EvalData, scored: ScoreDetails, *, temperature: float = 1.0, tie_policy: str = "0",
+def analyze(data: EvalData, judged: Judged | ScoreDetails, *, temperature: float = 1.0, tie_policy: str = "0",
             seed: int = 0, top_fraction: float = 0.1) -> EvalOutcome:
-    """Stats and per-pair records from per-response rewards; no model involved."""
+    """Stats and per-pair records from what the judge said; no model involved. Without per-response rewards
+    (pairwise kinds) reward statistics are absent, length bias reads ±margin/2 per pair's responses, and
+    RewardBench 2 rows count as won when every chosen beats every rejected."""
     from rewardkit.eval.calibration import calibration, prob_chosen
     from rewardkit.eval.rewardbench import BestOfNScores, best_of_n, score_rewardbench, score_rewardbench2
 
+    if isinstance(judged, ScoreDetails):
+        judged = Judged.from_details(data, judged)
     ci, ri = torch.tensor(data.chosen_idx, dtype=torch.long), torch.tensor(data.rejected_idx, dtype=torch.long)
-    rewards = scored.rewards.double()
-    chosen, rejected = rewards[ci], rewards[ri]
-    stats: dict[str, Any] = pairwise_stats(chosen, rejected)
+    margins = judged.margins.double()
+    if judged.details is not None:
+        rewards = judged.details.rewards.double()
+        chosen, rejected = rewards[ci], rewards[ri]
+        stats: dict[str, Any] = pairwise_stats(chosen, rejected)
+        lb = length_bias(rewards, judged.lengths, ci, ri, top_fraction).to_dict()
+    else:
+        zero = torch.zeros_like(margins)
+        stats = {k: v for k, v in pairwise_stats(margins, zero).items() if k in ("accuracy", "n", "ties", "margin_mean")}
+        chosen, rejected = margins, zero
+        n = len(margins)  # each pair's two responses on their own, at ±margin/2
+        lb = length_bias(torch.cat([margins / 2, -margins / 2]), torch.cat([judged.lengths[ci], judged.lengths[ri]]),
+                         torch.arange(n), torch.arange(n, 2 * n), top_fraction).to_dict()
+        lb["basis"] = "pair margins"
     stats["skipped_rows"] = data.report.skipped
-    stats["truncated_pairs"] = int((scored.truncated[ci] | scored.truncated[ri]).sum())
+    stats["truncated_pairs"] = int((judged.truncated[ci] | judged.truncated[ri]).sum())
     stats["benchmark"] = data.kind
-    margins = chosen - rejected
     cal = calibration(margins, temperature)
     raw = cal if temperature == 1.0 else calibration(margins)  # T=1: what the raw rewards say
     stats["calibration"] = {**cal.to_dict(), "ece_t1": raw.ece, "nll_t1": raw.nll}
-    stats["length_bias"] = length_bias(rewards, scored.lengths, ci, ri, top_fraction).to_dict()
+    stats["length_bias"] = lb
     rows = None
     if data.kind == "rewardbench":
         stats["rewardbench"] = score_rewardbench([s or "" for s in data.pair_subset], chosen.tolist(),
                                                  rejected.tolist(), tie_policy, seed).to_dict()
     elif data.kind == "rewardbench2":
         groups = data.groups or []
-        scores = [BestOfNScores(g.subset, rewards[g.chosen].tolist(), rewards[g.rejected].tolist(), g.id)
-                  for g in groups]
+        by_pair = dict(zip(zip(data.chosen_idx, data.rejected_idx), margins.tolist()))
+        scores = [BestOfNScores(g.subset, *_row_values(g, judged, by_pair)) for g in groups]
         stats["rewardbench2"] = {"rows": len(groups), **score_rewardbench2(scores).to_dict()}
+        if judged.details is None:
+            stats["rewardbench2"]["rule"] = "best_of_n (chosen beats every rejected; no Ties weighting without rewards)"
         rows = [{"source": g.source, "id": g.id, "subset": g.subset, "chosen_rewards": s.chosen,
                  "rejected_rewards": s.rejected, "best_of_n": best_of_n(s.chosen, s.rejected)}
                 for g, s in zip(groups, scores)]
     probs = prob_chosen(margins, temperature).tolist()
-    lengths = scored.lengths.tolist()
-    pairs = [{"source": src, "chosen_reward": c, "rejected_reward": r, "margin": c - r, "correct": c > r,
+    lengths = judged.lengths.tolist()
+    has_rewards = judged.details is not None
+    pairs = [{"source": src, "chosen_reward": c if has_rewards else None,
+              "rejected_reward": r if has_rewards else None, "margin": m, "correct": m > 0,
               "subset": sub, "prob_chosen": p, "chosen_tokens": lengths[a], "rejected_tokens": lengths[b]}
-             for src, sub, c, r, p, a, b in zip(data.pair_source, data.pair_subset, chosen.tolist(),
-                                                 rejected.tolist(), probs, data.chosen_idx, data.rejected_idx)]
+             for src, sub, c, r, m, p, a, b in zip(data.pair_source, data.pair_subset, chosen.tolist(),
+                                                    rejected.tolist(), margins.tolist(), probs, data.chosen_idx,
+                                                    data.rejected_idx)]
     return EvalOutcome(stats, pairs, rows)
+
+
+def _row_values(g: BestOfNGroup, judged: Judged,
+                by_pair: dict[tuple[int, int], float]) -> tuple[list[float], list[float], str | None]:
+    """(chosen, rejected) values of a RewardBench 2 row: the rewards, or for pairwise kinds each chosen's
+    smallest margin over the rejected against 0 for every rejected (a win iff it beats them all)."""
+    if judged.details is not None:
+        r = judged.details.rewards.double()
+        return r[g.chosen].tolist(), r[g.rejected].tolist(), g.id
+    worst = [min(by_pair[(c, r)] for r in g.rejected) for c in g.chosen]
+    return worst, [0.0] * len(g.rejected), g.id
 
 
 # --------------------------------------------------------------------------- entry points
 
-def load_scorer(cfg: EvalRunConfig | CalibrateRunConfig) -> RewardScorer:
-    """`cfg.model` loaded as `cfg.scoring` says (its fields are `RewardScorer.load`'s keywords)."""
-    return RewardScorer.load(cfg.model.path, max_length=cfg.data.max_length, **asdict(cfg.scoring))
+def load_scorer(cfg: EvalRunConfig | CalibrateRunConfig) -> Judge:
+    """The judge `cfg.model` names (its kind from the folder or `model.kind`), run as `cfg.scoring` says."""
+    return judge_from_config(cfg)
 
 
-def run_eval(cfg: EvalRunConfig, scorer: RewardScorer | None = None) -> EvalOutcome:
-    """Load the model (unless given) and the data, score every response, analyse."""
-    scorer = scorer or load_scorer(cfg)
+def run_eval(cfg: EvalRunConfig, scorer: Judge | None = None) -> EvalOutcome:
+    """Load the model (unless given) and the data, judge every pair, analyse."""
+    judge = scorer or load_scorer(cfg)
     data = load_eval_data(cfg)
-    scored = score_responses(scorer, data.responses)
-    return analyze(data, scored, temperature=scorer.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
+    judged = judge_eval_data(judge, data)
+    return analyze(data, judged, temperature=judge.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
                    top_fraction=cfg.top_fraction)
 
 
@@ -217,10 +278,9 @@ def calibrate(cfg: CalibrateRunConfig | EvalRunConfig, *, save: bool = True):
     from rewardkit.eval.calibration import fit_temperature
     from rewardkit.models.reward_model import write_temperature
 
-    scorer = load_scorer(cfg)
+    judge = load_scorer(cfg)
     data = load_eval_data(cfg)
-    rewards = score_responses(scorer, data.responses).rewards.double()
-    fit = fit_temperature(rewards[data.chosen_idx] - rewards[data.rejected_idx])
+    fit = fit_temperature(judge_eval_data(judge, data).margins)
     if fit.at_bound:  # T -> 0 or T -> inf is no calibration; keep whatever the config holds
         log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right, or the model is no better "
                     "than chance; not saving it. Use more, or harder, dev data", fit.temperature)

@@ -88,6 +88,9 @@ class Judge(Protocol):
 
     def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking: ...
 
+    def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], *,
+                  normalize: bool = False) -> list[Ranking]: ...
+
 
 Scorer = Judge  # the name of earlier versions
 
@@ -99,11 +102,30 @@ def rank_scores(scores: Sequence[float], tiebreak: Sequence[float] | None = None
     return Ranking(list(scores), order, order[0])
 
 
+def response_lengths(judge: Any, responses: Sequence[Text]) -> torch.Tensor:
+    """Response lengths (N,) in `judge.tokenizer`'s tokens, or in words where it has none."""
+    tok = getattr(judge, "tokenizer", None)
+
+    def text(r: Text) -> str:
+        return r if isinstance(r, str) else "\n".join(str(m.get("content", "")) for m in r)
+
+    count = ((lambda s: len(tok(s, add_special_tokens=False)["input_ids"])) if tok is not None
+             else (lambda s: len(s.split())))
+    return torch.tensor([count(text(r)) for r in responses], dtype=torch.long)
+
+
 def _check_triples(prompts: Sequence[Text], a: Sequence[Text], b: Sequence[Text]) -> int:
     n = len(prompts)
     if not len(a) == len(b) == n:
         raise ValueError(f"got {n} prompts, {len(a)} responses_a and {len(b)} responses_b")
     return n
+
+
+def _check_lists(prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> None:
+    if len(prompts) != len(candidates):
+        raise ValueError(f"got {len(prompts)} prompts but {len(candidates)} candidate lists")
+    if any(len(c) == 0 for c in candidates):
+        raise ValueError("rank needs at least one candidate per prompt")
 
 
 def comparisons(margins: torch.Tensor, temperature: float, rewards_a: torch.Tensor | None = None,
@@ -134,6 +156,16 @@ class PointwiseJudge:
         """Rewards as floats, one per (prompt, response)."""
         return self.score_texts(prompts, responses, normalize=normalize).tolist()
 
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Identity: a kind without saved reward statistics has nothing to normalise with."""
+        return raw
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
+        """Rewards (N,), response lengths in the judge's tokens (N,) and no truncation flags; kinds that know
+        more (what they cut, extras) override this."""
+        return ScoreDetails(self.score_texts(prompts, responses).double(), response_lengths(self, responses),
+                            torch.zeros(len(responses), dtype=torch.bool))
+
     def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
                 temperature: float | None = None) -> list[Comparison]:
         """For each prompt, P(a ≻ b) = sigmoid((r_a − r_b) / T); T defaults to the model's (one scoring pass)."""
@@ -149,9 +181,19 @@ class PointwiseJudge:
 
     def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking:
         """Candidates for one prompt, best first (one scoring pass; ties keep input order)."""
-        if not candidates:
-            raise ValueError("rank needs at least one candidate")
-        return rank_scores(self.score([prompt] * len(candidates), list(candidates), normalize=normalize))
+        return self.rank_many([prompt], [candidates], normalize=normalize)[0]
+
+    def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], *,
+                  normalize: bool = False) -> list[Ranking]:
+        """`rank` for many prompts at once: one scoring pass over every candidate of every prompt."""
+        _check_lists(prompts, candidates)
+        flat = self.score([p for p, c in zip(prompts, candidates) for _ in c], [x for c in candidates for x in c],
+                          normalize=normalize)
+        out, start = [], 0
+        for c in candidates:
+            out.append(rank_scores(flat[start:start + len(c)]))
+            start += len(c)
+        return out
 
 
 RANK_STRATEGIES = ("matrix", "knockout")
@@ -195,28 +237,44 @@ class PairwiseJudge:
              strategy: str | None = None) -> Ranking:
         """Candidates best first. matrix: every pair judged once (N(N−1)/2), score_i = mean_j (P[i,j] − P[j,i]);
         knockout: single elimination, N − 1 judgements, score = rounds won (a bye counts as won)."""
+        return self.rank_many([prompt], [candidates], strategy=strategy)[0]
+
+    def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], *, normalize: bool = False,
+                  strategy: str | None = None) -> list[Ranking]:
+        """`rank` for many prompts, the judgements of every prompt in one `margins` call (one per knockout
+        round). `normalize` is refused: rank scores have no saved statistics."""
+        if normalize:
+            raise NoScores(self.kind, "a normalised score")
         strategy = strategy or self.rank_strategy
         if strategy not in RANK_STRATEGIES:
             raise ValueError(f"unknown rank strategy {strategy!r}; choose from {', '.join(RANK_STRATEGIES)}")
-        n = len(candidates)
-        if n == 0:
-            raise ValueError("rank needs at least one candidate")
-        if n == 1:
-            return Ranking([0.0], [0], 0)
-        if strategy == "matrix":
-            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-            p = torch.sigmoid(self.margins([prompt] * len(pairs), [candidates[i] for i, _ in pairs],
-                                           [candidates[j] for _, j in pairs]).double())
-            wins = torch.zeros(n, n, dtype=torch.float64)  # wins[i, j] = P(i ≻ j)
-            for (i, j), q in zip(pairs, p.tolist()):
-                wins[i, j], wins[j, i] = q, 1.0 - q
-            return rank_scores(((wins - wins.T).sum(1) / (n - 1)).tolist())
-        rounds = [0.0] * n
-        alive = list(range(n))
-        while len(alive) > 1:
-            a, b = alive[0::2], alive[1::2]
-            m = self.margins([prompt] * len(b), [candidates[i] for i in a[:len(b)]], [candidates[j] for j in b])
-            alive = [i if x >= 0 else j for i, j, x in zip(a, b, m.tolist())] + a[len(b):]  # a tie: the first
-            for i in alive:
-                rounds[i] += 1
-        return rank_scores(rounds)
+        _check_lists(prompts, candidates)
+        if strategy == "matrix":  # P[i,j] − P[j,i] = 2σ(m) − 1 = tanh(m / 2): exactly antisymmetric
+            jobs = [(k, i, j) for k, c in enumerate(candidates) for i in range(len(c)) for j in range(i + 1, len(c))]
+            m = self._judge(prompts, candidates, jobs)
+            net = [torch.zeros(len(c), len(c), dtype=torch.float64) for c in candidates]
+            for (k, i, j), x in zip(jobs, torch.tanh(m / 2).tolist()):
+                net[k][i, j], net[k][j, i] = x, -x
+            return [rank_scores((w.sum(1) / max(1, len(w) - 1)).tolist()) for w in net]
+        rounds = [[0.0] * len(c) for c in candidates]
+        alive = [list(range(len(c))) for c in candidates]
+        while any(len(a) > 1 for a in alive):
+            jobs = [(k, i, j) for k, a in enumerate(alive) for i, j in zip(a[0::2], a[1::2])]
+            m = self._judge(prompts, candidates, jobs).tolist()
+            won: list[list[int]] = [[] for _ in candidates]
+            for (k, i, j), x in zip(jobs, m):
+                won[k].append(i if x >= 0 else j)  # a tie: the first
+            for k, a in enumerate(alive):
+                if len(a) > 1:
+                    alive[k] = won[k] + a[len(won[k]) * 2:]  # the odd one out has a bye
+                    for i in alive[k]:
+                        rounds[k][i] += 1
+        return [rank_scores(r) for r in rounds]
+
+    def _judge(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]],
+               jobs: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Margins (len(jobs),) of candidates[k][i] over candidates[k][j] for each job (k, i, j)."""
+        if not jobs:
+            return torch.zeros(0, dtype=torch.float64)
+        return self.margins([prompts[k] for k, _, _ in jobs], [candidates[k][i] for k, i, _ in jobs],
+                            [candidates[k][j] for k, _, j in jobs]).double()
