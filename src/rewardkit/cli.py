@@ -132,7 +132,9 @@ def _serve(cfg) -> int:
         from rewardkit.serve.service import ServeSettings
     except ImportError as e:
         raise ConfigError(f"`serve` needs the serve extra ({e.name} missing): pip install 'rewardkit[serve]'") from None
-    models = load_models_config(cfg.models) if cfg.models else single_model(cfg.model.path)
+    options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("path", "kind")}
+    models = (load_models_config(cfg.models) if cfg.models
+              else single_model(cfg.model.path, kind=cfg.model.kind, options=options))
     s = cfg.scoring
     settings = ServeSettings(
         normalize=cfg.normalize, clip=cfg.clip, max_texts=cfg.max_texts, max_body_bytes=cfg.max_body_bytes,

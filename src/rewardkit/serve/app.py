@@ -19,14 +19,13 @@ from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from rewardkit.metrics import preference_prob
-from rewardkit.scoring import rank_scores
+from rewardkit.scoring import NoScores
 from rewardkit.serve.batcher import QueueFull
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
 from rewardkit.serve.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse,
                                      HealthResponse, RankRequest, RankResponse, ScoreResponse, VllmScoreRequest,
                                      VllmScoreResponse, as_text)
-from rewardkit.serve.service import RewardService, ServeSettings
+from rewardkit.serve.service import NotServable, RewardService, ServeSettings
 from rewardkit.serve.vllm_api import add_vllm_routes, parse_v1_score, vllm_score
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,11 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def _busy(request: Request, exc: QueueFull):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(NoScores)
+    @app.exception_handler(NotServable)
+    async def _unservable(request: Request, exc: ValueError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(FieldMissing)
     async def _field(request: Request, exc: FieldMissing):
@@ -100,24 +104,23 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
     @app.post("/v1/compare", dependencies=auth, response_model=CompareResponse)
     async def compare(req: CompareRequest) -> CompareResponse:
         check_count(2 * len(req.items), "texts (2 per comparison)")
-        prompts = [as_text(it.prompt) for it in req.items] * 2
-        responses = [as_text(it.a) for it in req.items] + [as_text(it.b) for it in req.items]
-        fields = {k: v * 2 for k, v in _item_fields(req.items).items()}
-        raw = (await service.score_pairs(prompts, responses, fields, normalize=False)).raw
-        a, b = raw[:len(req.items)], raw[len(req.items):]
-        return CompareResponse(prob_a_better=preference_prob(a - b, service.temperature).tolist(),
-                               raw_scores_a=a.tolist(), raw_scores_b=b.tolist(), temperature=service.temperature)
+        comps = await service.compare([as_text(it.prompt) for it in req.items], [as_text(it.a) for it in req.items],
+                                      [as_text(it.b) for it in req.items], _item_fields(req.items))
+        scored = bool(comps) and comps[0].reward_a is not None
+        return CompareResponse(prob_a_better=[c.prob_a_better for c in comps],
+                               raw_scores_a=[c.reward_a for c in comps] if scored else None,
+                               raw_scores_b=[c.reward_b for c in comps] if scored else None,
+                               margins=[c.margin for c in comps],
+                               temperature=comps[0].temperature if comps else service.temperature)
 
     @app.post("/v1/rank", dependencies=auth, response_model=RankResponse)
     async def rank(req: RankRequest) -> RankResponse:
         n = len(req.candidates)
         check_count(n, "candidates")
         fields = {k: [v] * n for k, v in (req.model_extra or {}).items()}
-        scored = await service.score_pairs([as_text(req.prompt)] * n, [as_text(c) for c in req.candidates],
-                                           fields, req.normalize)
-        ranking = rank_scores(scored.reward.tolist(), scored.raw.tolist())
-        return RankResponse(scores=ranking.scores, raw_scores=scored.raw.tolist(), order=ranking.order,
-                            best=ranking.best)
+        ranking, raw = await service.rank(as_text(req.prompt), [as_text(c) for c in req.candidates], fields,
+                                          req.normalize)
+        return RankResponse(scores=ranking.scores, raw_scores=raw, order=ranking.order, best=ranking.best)
 
     add_vllm_routes(app, service, auth, check_count)
     return app

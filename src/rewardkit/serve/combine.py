@@ -43,6 +43,8 @@ class ModelSpec:
     path: str
     normalize: bool | None = None
     max_length: int | None = None
+    kind: str = "auto"  # how the folder is read (`model.kind`)
+    options: dict = field(default_factory=dict, hash=False, compare=False)  # the kind's `model.*` options
 
 
 @dataclass
@@ -130,14 +132,15 @@ class ModelsConfig:
     rule: Rule
 
 
-_MODEL_KEYS = {"path", "normalize", "max_length"}
+_MODEL_KEYS = {"path", "normalize", "max_length", "kind", "reference", "beta", "reference_free", "length_normalize",
+               "rank_strategy", "aggregate", "template"}
 _RULE_KEYS = {"weighted_sum": {"rule", "weights"},
               "llama2": {"rule", "safety", "helpfulness", "threshold", "is_safety_field", "is_safety_value",
                          "is_safety_classifier", "classifier_threshold"}}
 
 
-def single_model(path: str, name: str = "reward") -> ModelsConfig:
-    return ModelsConfig({name: ModelSpec(name, path)}, Single(name))
+def single_model(path: str, name: str = "reward", *, kind: str = "auto", options: dict | None = None) -> ModelsConfig:
+    return ModelsConfig({name: ModelSpec(name, path, kind=kind, options=dict(options or {}))}, Single(name))
 
 
 def load_models_config(path: str | Path) -> ModelsConfig:
@@ -160,7 +163,9 @@ def load_models_config(path: str | Path) -> ModelsConfig:
         p = str(entry["path"])
         if not p.startswith("pypi:") and not Path(p).is_absolute() and (path.parent / p).exists():
             p = str(path.parent / p)  # relative to the models file
-        models[str(name)] = ModelSpec(str(name), p, entry.get("normalize"), entry.get("max_length"))
+        options = {k: v for k, v in entry.items() if k not in {"path", "normalize", "max_length", "kind"}}
+        models[str(name)] = ModelSpec(str(name), p, entry.get("normalize"), entry.get("max_length"),
+                                      entry.get("kind", "auto"), options)
     rule = _parse_rule(doc.get("combine"), models, path)
     missing = [m for m in rule.model_names() if m not in models]
     if missing:

@@ -96,9 +96,10 @@ class CompareRequest(BaseModel):
 
 
 class CompareResponse(BaseModel):
-    prob_a_better: list[float]  # sigmoid((raw_a - raw_b) / temperature), as RewardScorer.compare
-    raw_scores_a: list[float]
-    raw_scores_b: list[float]
+    prob_a_better: list[float]  # sigmoid(margin / temperature), as Judge.compare (margin = raw_a - raw_b)
+    raw_scores_a: list[float] | None  # None: the model compares without a score per text
+    raw_scores_b: list[float] | None
+    margins: list[float] | None = None  # log-odds of a over b at T=1
     temperature: float = 1.0  # the served model's calibrated T (1.0 when unfitted or several models)
 
 
@@ -111,8 +112,8 @@ class RankRequest(BaseModel):
 
 
 class RankResponse(BaseModel):
-    scores: list[float]  # in candidate order
-    raw_scores: list[float]
+    scores: list[float]  # in candidate order (rank scores for models that only compare)
+    raw_scores: list[float] | None
     order: list[int]  # candidate indices, best first (ties keep input order)
     best: int
 

@@ -2,6 +2,10 @@
 
 Per request: tokenise on the model's tokenizer thread (off the event loop), queue the sequences on the
 model's batcher, await the raw rewards, then normalise, combine and clip on the event loop (cheap).
+Judges that do not expose token-level batching (`encode`/`encode_text`/`run`: pairwise rankers, generative
+judges, DPO and process rewards) run whole calls on that model's one worker thread instead; compare and rank
+go to the judge itself when one such model is served, and kinds without per-text scores refuse the
+score routes with `NoScores`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 
 from rewardkit.data.tokenize import TokenizedSequence
-from rewardkit.scoring import RewardScorer
+from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher
 from rewardkit.serve.combine import ModelsConfig, Rule
 from rewardkit.serve.metrics import Metrics
@@ -56,23 +60,35 @@ class Scored:
     tokens: int = 0
 
 
+class NotServable(ValueError):
+    """A request the served model cannot answer (e.g. a full text for a kind that needs prompt and response)."""
+
+
+def batchable(judge: Judge) -> bool:
+    """Whether `judge` exposes token-level batching (value-head models): requests then share forwards."""
+    return all(callable(getattr(judge, a, None)) for a in ("encode", "encode_text", "run"))
+
+
 @dataclass
 class ServedModel:
     name: str
-    scorer: RewardScorer
+    scorer: Judge
     normalize: bool
-    batcher: DynamicBatcher
-    tokenizer_thread: ThreadPoolExecutor  # one thread: tokenizers are not safe to share across threads
+    batcher: DynamicBatcher | None  # None: whole calls on `tokenizer_thread`
+    tokenizer_thread: ThreadPoolExecutor  # one thread: tokenizers (and unbatched judges) are not thread-safe
 
 
 class RewardService:
     """Score texts with every model a rule needs; `start()` before use, `stop()` after."""
 
-    def __init__(self, scorers: Mapping[str, RewardScorer], rule: Rule, settings: ServeSettings,
+    def __init__(self, scorers: Mapping[str, Judge], rule: Rule, settings: ServeSettings,
                  metrics: Metrics | None = None, normalize: Mapping[str, bool | None] | None = None):
         missing = [n for n in rule.model_names() if n not in scorers]
         if missing:
             raise ValueError(f"rule needs model(s) {', '.join(missing)}; loaded: {', '.join(scorers)}")
+        unscored = [n for n in rule.model_names() if not scorers[n].pointwise]
+        if unscored and len(rule.model_names()) > 1:
+            raise NoScores(scorers[unscored[0]].kind, f"a per-text reward to combine ({unscored[0]})")
         self.rule, self.settings = rule, settings
         self.metrics = metrics or Metrics()
         self.models: dict[str, ServedModel] = {}
@@ -80,7 +96,8 @@ class RewardService:
             norm = (normalize or {}).get(name)
             self.models[name] = ServedModel(
                 name, scorer, settings.normalize if norm is None else norm,
-                DynamicBatcher(name, _runner(scorer, settings.batch.max_batch_size), settings.batch, self.metrics),
+                DynamicBatcher(name, _runner(scorer, settings.batch.max_batch_size), settings.batch, self.metrics)
+                if batchable(scorer) else None,
                 ThreadPoolExecutor(1, thread_name_prefix=f"rewardkit-tok-{name}"))
 
     @classmethod
@@ -89,8 +106,9 @@ class RewardService:
         scorers = {}
         for name, spec in cfg.models.items():
             log.info("loading model %s from %s", name, spec.path)
-            scorers[name] = RewardScorer.load(spec.path, device=device, batch_size=settings.batch.max_batch_size,
-                                              max_length=spec.max_length or max_length, bf16=bf16)
+            scorers[name] = load_judge(spec.path, kind=spec.kind, options=spec.options, device=device,
+                                       batch_size=settings.batch.max_batch_size,
+                                       max_length=spec.max_length or max_length, bf16=bf16)
         return cls(scorers, cfg.rule, settings, metrics, {n: s.normalize for n, s in cfg.models.items()})
 
     @property
@@ -102,26 +120,72 @@ class RewardService:
 
     def start(self) -> None:
         for m in self.models.values():
-            m.batcher.start()
+            if m.batcher is not None:
+                m.batcher.start()
 
     def stop(self) -> None:
         for m in self.models.values():
-            m.batcher.stop()
+            if m.batcher is not None:
+                m.batcher.stop()
             m.tokenizer_thread.shutdown(wait=False)
+
+    def _sole_unbatched(self) -> ServedModel | None:
+        """The served model when the rule is one model that runs whole calls (its own compare / rank)."""
+        names = self.rule.model_names()
+        m = self.models[names[0]]
+        return m if len(names) == 1 and m.batcher is None else None
+
+    async def _call(self, m: ServedModel, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(m.tokenizer_thread, fn)
+
+    async def compare(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any],
+                      fields: Mapping[str, Sequence[Any]] | None = None) -> list[Comparison]:
+        """P(a ≻ b) per prompt at the served temperature: the judge's own compare for a sole unbatched model,
+        else from the rule's raw rewards (one batched pass over a and b)."""
+        m = self._sole_unbatched()
+        if m is not None:
+            return await self._call(m, lambda: m.scorer.compare(prompts, a, b))
+        n = len(prompts)
+        raw = (await self.score_pairs(list(prompts) * 2, list(a) + list(b),
+                                      {k: list(v) * 2 for k, v in (fields or {}).items()}, normalize=False)).raw
+        return comparisons(raw[:n].double() - raw[n:].double(), self.temperature, raw[:n], raw[n:])
+
+    async def rank(self, prompt: Any, candidates: Sequence[Any], fields: Mapping[str, Sequence[Any]] | None = None,
+                   normalize: bool | None = None) -> tuple[Ranking, list[float] | None]:
+        """Candidates best first, and their raw rewards (None for kinds that only compare)."""
+        m = self._sole_unbatched()
+        if m is not None:
+            norm = m.normalize if normalize is None else normalize
+            ranking = await self._call(m, lambda: m.scorer.rank_many([prompt], [candidates], normalize=norm)[0])
+            raw = (await self._call(m, lambda: m.scorer.score([prompt] * len(candidates), list(candidates)))
+                   if norm else ranking.scores) if m.scorer.pointwise else None
+            return ranking, raw
+        scored = await self.score_pairs([prompt] * len(candidates), list(candidates), fields, normalize)
+        return rank_scores(scored.reward.tolist(), scored.raw.tolist()), scored.raw.tolist()
 
     async def score_full_texts(self, texts: Sequence[str], fields: Mapping[str, Sequence[Any]] | None = None,
                                normalize: bool | None = None) -> Scored:
         """Full prompt+response texts (OpenRLHF's queries)."""
-        return await self._score(lambda s: [s.encode_text(t) for t in texts], len(texts), fields, normalize)
+        def whole(j: Judge) -> torch.Tensor:
+            if not j.pointwise:
+                raise NoScores(j.kind, "a reward per text")
+            raise NotServable(f"a {j.kind!r} model needs the prompt and the response apart; send them to "
+                              "/v1/score (items) or /classify (messages) instead of full texts")
+
+        return await self._score(lambda s: [s.encode_text(t) for t in texts], len(texts), fields, normalize, whole)
 
     async def score_pairs(self, prompts: Sequence[Any], responses: Sequence[Any],
                           fields: Mapping[str, Sequence[Any]] | None = None, normalize: bool | None = None) -> Scored:
         """(prompt, response) pairs; strings or chat messages (each model's chat template is applied)."""
-        return await self._score(lambda s: [s.encode(p, r) for p, r in zip(prompts, responses)],
-                                 len(prompts), fields, normalize)
+        def whole(j: Judge) -> torch.Tensor:
+            return torch.tensor(j.score(prompts, responses), dtype=torch.float32)  # NoScores where it has none
 
-    async def _score(self, encode: Callable[[RewardScorer], list[TokenizedSequence]], n: int,
-                     fields: Mapping[str, Sequence[Any]] | None, normalize: bool | None) -> Scored:
+        return await self._score(lambda s: [s.encode(p, r) for p, r in zip(prompts, responses)],
+                                 len(prompts), fields, normalize, whole)
+
+    async def _score(self, encode: Callable[[Any], list[TokenizedSequence]], n: int,
+                     fields: Mapping[str, Sequence[Any]] | None, normalize: bool | None,
+                     whole: Callable[[Judge], torch.Tensor]) -> Scored:
         if n == 0:
             empty = torch.empty(0)
             return Scored(empty, empty, {})
@@ -131,6 +195,8 @@ class RewardService:
 
         async def raw_of(m: ServedModel) -> torch.Tensor:
             nonlocal tokens
+            if m.batcher is None:
+                return await loop.run_in_executor(m.tokenizer_thread, whole, m.scorer)
             seqs = await loop.run_in_executor(m.tokenizer_thread, encode, m.scorer)
             tokens += sum(len(s.input_ids) for s in seqs)
             return await m.batcher.submit(seqs)
@@ -153,6 +219,6 @@ class RewardService:
         return Scored(reward, raw_combined, {**extra, **combined.extra}, tokens)
 
 
-def _runner(scorer: RewardScorer, batch_size: int) -> Callable[[list[TokenizedSequence]], torch.Tensor]:
+def _runner(scorer: Any, batch_size: int) -> Callable[[list[TokenizedSequence]], torch.Tensor]:
     # The batcher already bounds a batch by its own token budget: no second cap inside the forward.
     return lambda seqs: scorer.run(seqs, batch_size=batch_size, max_tokens=None).score
