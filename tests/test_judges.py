@@ -139,3 +139,13 @@ def test_load_judge_reads_the_saved_kind(tiny_models, tmp_path):
     assert isinstance(judge, RewardScorer) and judge.kind == "scalar" and judge.pointwise
     with pytest.raises(ValueError, match="unknown model kind 'nope'"):
         load_judge(tmp_path / "rm", kind="nope")
+
+
+def test_help_lists_every_kind(capsys):
+    from rewardkit.cli import KIND_HELP, build_parser
+    from rewardkit.config import MODEL_KINDS
+    from rewardkit.scoring import JUDGES
+
+    assert set(MODEL_KINDS) == set(JUDGES) == set(KIND_HELP)
+    text = build_parser().format_help()
+    assert all(f"  {k} " in text for k in MODEL_KINDS)

@@ -362,11 +362,30 @@ def _command_parser(sub, name: str, cmd: Command) -> argparse.ArgumentParser:
     return p
 
 
+# One line per model kind (`model.kind`; the registry is scoring.judges.JUDGES, whose keys config reads).
+KIND_HELP = {
+    "scalar": "value head: one reward per response (loss=bt, logexp, internlm2, token, kwise, binary, regression)",
+    "multi_objective": "attribute heads + gate (ArmoRM-style): a reward and its attributes (loss=attributes, gating)",
+    "pairrm": "pairwise ranker: an encoder reads prompt + A + B and gives P(A > B) (loss=pairrm); compare/rank only",
+    "generative": "any causal LM asked 'A or B?': P from the label tokens' logits (loss=judge); compare/rank only",
+    "dpo": "a DPO policy's implicit reward beta * log(pi/pi_ref) (model.reference, model.beta; eval --dpo-policy)",
+    "prm": "process reward model: a score per reasoning step, aggregated by model.aggregate (loss=prm)",
+}
+
+
+def _kinds_epilog() -> str:
+    from rewardkit.config import MODEL_KINDS
+
+    width = max(len(k) for k in MODEL_KINDS)
+    return "\n".join(["Model kinds (model.kind; a saved folder names its own):",
+                      *(f"  {k:<{width}}  {KIND_HELP.get(k, '')}" for k in MODEL_KINDS)])
+
+
 def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(
         prog="rewardkit", description="Train, evaluate and serve reward models for RLHF.",
         epilog="Every command takes [CONFIG.yaml] [key=value ...]; `rewardkit COMMAND --help` lists its keys "
-               "with their defaults.")
+               "with their defaults.\n\n" + _kinds_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     return p, {name: _command_parser(sub, name, cmd) for name, cmd in COMMANDS.items()}

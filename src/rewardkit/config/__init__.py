@@ -17,12 +17,12 @@ config system can have.
 from rewardkit.config.commands import (COMMANDS, CalibrateRunConfig, EvalRunConfig, FilterRunConfig, LossConfig,
                                        MakePairsRunConfig, RankRunConfig, ReportRunConfig, ScoreRunConfig,
                                        ServeRunConfig, TrainConfig, TrainRunConfig)
-from rewardkit.config.groups import (FORMATS, LOSS_NAMES, SCORE_MAX_TOKENS, Columns, DataConfig, MaxLength, ModelConfig,
+from rewardkit.config.groups import (FORMATS, LOSS_NAMES, MODEL_KINDS, SCORE_MAX_TOKENS, Columns, DataConfig, MaxLength, ModelConfig,
                                      PairsInput, RowsInput, SavedModel, ScoringConfig, Source)
 from rewardkit.config.schema import (ConfigError, FieldError, all_keys, check_values, closest_key, describe,
                                      flat_config, load_config, parse_override, parse_overrides, to_dict)
 
-__all__ = ["COMMANDS", "FORMATS", "LOSS_NAMES", "SCORE_MAX_TOKENS", "CalibrateRunConfig", "Columns", "ConfigError",
+__all__ = ["COMMANDS", "FORMATS", "LOSS_NAMES", "MODEL_KINDS", "SCORE_MAX_TOKENS", "CalibrateRunConfig", "Columns", "ConfigError",
            "DataConfig", "EvalRunConfig", "FieldError", "FilterRunConfig", "LossConfig", "MakePairsRunConfig",
            "MaxLength", "ModelConfig", "PairsInput", "RankRunConfig", "ReportRunConfig", "RowsInput", "SavedModel",
            "ScoreRunConfig", "ScoringConfig", "Source", "ServeRunConfig", "TrainConfig", "TrainRunConfig", "all_keys",
