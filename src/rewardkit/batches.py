@@ -134,6 +134,16 @@ class TargetBatch(_Movable):
 
 
 @dataclass
+class JudgeBatch(_Movable):
+    """Generative-judge training: B pairs as 2B judge prompts, first with the chosen response shown as A, then
+    the same B with it shown as B. sequences: (2B, T) padded (either side); answers: (2B,) long, the index of
+    the right label (0 = "A", 1 = "B")."""
+
+    sequences: SequenceBatch
+    answers: torch.Tensor
+
+
+@dataclass
 class StepOutput:
     """One micro-batch through an objective.
 

@@ -6,6 +6,7 @@ Families, by the data they need (shapes in each docstring):
   K-wise     rewards (P, K), preference (P, K), mask (P, K) -> (P,)        `kwise`
   pointwise  reward (N,), target (N,) -> (N,)                              `binary`, `regression`
   multi-objective  attribute regression -> (), gated Bradley-Terry -> (B,) `attributes`, `gating`
+  generative judge label scores (N, L), right label (N,) -> (N,)          `judge`
 Per-example losses are returned unreduced; the caller takes the mean. `center_penalty` (reward
 centering) can be added to any pairwise loss. Look a loss up by name with `get_loss`: an unknown name
 is an error that lists the choices, never a silent fallback to another loss.
@@ -183,9 +184,16 @@ def gating_bt(chosen_attributes: torch.Tensor, rejected_attributes: torch.Tensor
                          margin=margin)
 
 
+def judge_ce(label_scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Generative judges: cross-entropy over the label tokens only (the answer restricted to "A"/"B"), (N,).
+    label_scores: (N, L) next-token logits of each label; answers: (N,) long, the right label's index."""
+    return F.cross_entropy(label_scores.float(), answers, reduction="none")
+
+
 PAIRWISE_LOSSES: dict[str, Loss] = {"bt": bradley_terry, "logexp": log_exp, "internlm2": internlm2}
 LOSSES: dict[str, Loss] = {**PAIRWISE_LOSSES, "token": token_level, "kwise": kwise_bt, "binary": binary,
-                           "regression": regression, "attributes": attribute_regression, "gating": gating_bt}
+                           "regression": regression, "attributes": attribute_regression, "gating": gating_bt,
+                           "judge": judge_ce}
 
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)  # the one list of loss names (config reads it from this source)
 

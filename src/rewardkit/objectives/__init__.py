@@ -6,6 +6,7 @@ its options live in the other `loss.*` keys.
   kwise                  prompt + K ranked completions         (objectives.pairwise.KwiseObjective)
   binary, regression     prompt + response + label / score     (objectives.pointwise.PointwiseObjective)
   attributes, gating     multi-objective stages 1 and 2        (objectives.multi_objective)
+  judge                  pairs, an LM answering "A or B?"      (objectives.judge.JudgeObjective)
 An option set for a loss that does not read it is an error, so a typo'd combination never trains silently.
 """
 
@@ -28,6 +29,7 @@ FAMILIES = {
     "kwise": ("pairwise", "KwiseObjective"),
     "binary": ("pointwise", "PointwiseObjective"), "regression": ("pointwise", "PointwiseObjective"),
     "attributes": ("multi_objective", "AttributeObjective"), "gating": ("multi_objective", "GatingObjective"),
+    "judge": ("judge", "JudgeObjective"),
 }
 # `loss.*` options each loss reads; the pair-data options (margins, centering) per family.
 _LOSS_OPTIONS = {
