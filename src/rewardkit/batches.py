@@ -144,6 +144,19 @@ class JudgeBatch(_Movable):
 
 
 @dataclass
+class StepBatch(_Movable):
+    """N right-padded stepwise sequences with up to S steps each (process reward models).
+
+    sequences: (N, T) padded, right side. positions: (N, S) long, the token index of each step's readout
+    (0 in padding slots); labels: (N, S) float, 1 = correct step; mask: (N, S) bool, True for real steps."""
+
+    sequences: SequenceBatch
+    positions: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
 class StepOutput:
     """One micro-batch through an objective.
 

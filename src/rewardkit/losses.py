@@ -6,6 +6,7 @@ Families, by the data they need (shapes in each docstring):
   K-wise     rewards (P, K), preference (P, K), mask (P, K) -> (P,)        `kwise`
   pointwise  reward (N,), target (N,) -> (N,)                              `binary`, `regression`
   multi-objective  attribute regression -> (), gated Bradley-Terry -> (B,) `attributes`, `gating`
+  stepwise   step logits (N, S), labels (N, S), mask (N, S) -> (N, S)      `prm`
   generative judge label scores (N, L), right label (N,) -> (N,)          `judge`
 Per-example losses are returned unreduced; the caller takes the mean. `center_penalty` (reward
 centering) can be added to any pairwise loss. Look a loss up by name with `get_loss`: an unknown name
@@ -190,9 +191,17 @@ def judge_ce(label_scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(label_scores.float(), answers, reduction="none")
 
 
+def step_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Process reward models: BCE of each step's logit against its label (1 = correct step), shape (N, S),
+    0 where `mask` (N, S) is False. One logit per step; 2-class cross-entropy is the same loss."""
+    loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    return loss * mask.to(loss.dtype)
+
+
 PAIRWISE_LOSSES: dict[str, Loss] = {"bt": bradley_terry, "logexp": log_exp, "internlm2": internlm2}
 LOSSES: dict[str, Loss] = {**PAIRWISE_LOSSES, "token": token_level, "kwise": kwise_bt, "binary": binary,
                            "regression": regression, "attributes": attribute_regression, "gating": gating_bt,
+                           "prm": step_bce,
                            "judge": judge_ce}
 
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)  # the one list of loss names (config reads it from this source)

@@ -1,5 +1,5 @@
 """Pure metrics over reward tensors (no model, no I/O): pair accuracy, reward statistics, ranking accuracy,
-regression error, AUC, Spearman, length-bias diagnostics. Imports torch only."""
+regression error, AUC, Spearman, length-bias diagnostics, process-reward step metrics. Imports torch only."""
 
 from __future__ import annotations
 
@@ -121,6 +121,33 @@ def binary_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     y = labels.bool()
     return {"auc": auc(logits, labels), "accuracy": float(((logits > 0) == y).double().mean()),
             "positive_rate": float(y.double().mean()), "n": int(y.numel())}
+
+
+def first_wrong(bad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's first wrong step, -1 when none is. bad, mask: (N, S) bool -> (N,) long."""
+    bad = bad & mask
+    if bad.shape[1] == 0:
+        return torch.full((bad.shape[0],), -1, dtype=torch.long)
+    return torch.where(bad.any(1), bad.int().argmax(1), -1)  # argmax: the first of equal maxima
+
+
+def step_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Process reward models on N responses of up to S steps: logits (N, S) (a step is predicted correct
+    when its logit > 0, i.e. P > 0.5), labels (N, S) 1 = correct, mask (N, S) bool, True for real steps.
+
+    step_accuracy: right steps / steps; first_wrong_accuracy: responses whose first wrong step (or "none
+    wrong") is predicted exactly; step_auc: ROC AUC of the logits for the correct-step label (NaN when one
+    class is absent); wrong_step_rate: share of steps labelled wrong."""
+    m = mask.bool()
+    y = labels.bool()
+    pred_ok = logits > 0
+    n_steps = int(m.sum())
+    right = (pred_ok == y) & m
+    fw = first_wrong(~pred_ok, m) == first_wrong(~y, m)
+    return {"step_accuracy": float(right.sum()) / max(n_steps, 1),
+            "first_wrong_accuracy": float(fw.double().mean()) if fw.numel() else float("nan"),
+            "step_auc": auc(logits[m], y[m].float()),
+            "wrong_step_rate": float((~y & m).sum()) / max(n_steps, 1), "steps": n_steps, "n": int(m.shape[0])}
 
 
 @dataclass(frozen=True)

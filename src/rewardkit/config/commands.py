@@ -100,6 +100,8 @@ class LossConfig:
                                                "verbosity) before gating; unset: no debiasing.")
     verbosity_threshold: float = _f(0.03, "gating: per attribute, the smallest lambda in [0, 1] with "
                                           "|Spearman(r_i - lambda r_v, r_v)| <= this, on the training pairs.")
+    step_separator: str = _f("\n", "prm: string appended to every step; the step's value is read at its last "
+                                   "token. Saved with the model, which splits string responses on it.")
 
     def __post_init__(self):
         _check(self.huber_delta is None or self.huber_delta > 0, "huber_delta", f"must be > 0, got {self.huber_delta}")

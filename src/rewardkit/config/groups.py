@@ -163,6 +163,8 @@ class Columns:
                                "rank, filter, make-pairs: the scores written (or read, without a model).")
     attributes: list[str] = _f([], "loss=attributes: the attribute columns (numbers; null/NaN = missing).")
     messages: str = _f("messages", "score: a whole chat column (the last message is the response).")
+    steps: str = _f("completions", "loss=prm and stepwise eval: the list of reasoning steps (TRL's stepwise format).")
+    step_labels: str = _f("labels", "loss=prm and stepwise eval: one label per step (true = correct).")
 
 
 FORMATS = ("auto", "explicit", "implicit", "conversational", "sharegpt")

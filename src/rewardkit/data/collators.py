@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rewardkit.batches import PairBatch, RankingBatch, SequenceBatch, TargetBatch
+from rewardkit.batches import PairBatch, RankingBatch, SequenceBatch, StepBatch, TargetBatch
 from rewardkit.data.rankings import TokenizedRanking
+from rewardkit.data.steps import TokenizedSteps
 from rewardkit.data.targets import TokenizedTarget
 from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
 
@@ -86,3 +87,26 @@ class TargetCollator:
     def __call__(self, items: list[TokenizedTarget]) -> TargetBatch:
         target = torch.tensor([it.target for it in items], dtype=torch.float32)
         return TargetBatch(pad_sequences([it.sequence for it in items], self.pad_id), target, ~target.isnan())
+
+
+@dataclass
+class StepCollator:
+    """`list[TokenizedSteps]` -> `StepBatch`: right-padded sequences, each step's readout position and label
+    (label 0 and mask False in the padding slots of rows with fewer steps)."""
+
+    pad_id: int
+
+    def __call__(self, items: list[TokenizedSteps]) -> StepBatch:
+        if not items:
+            raise ValueError("StepCollator needs at least one item")
+        s = max(len(it.positions) for it in items)
+        pos = torch.zeros(len(items), s, dtype=torch.long)
+        labels = torch.zeros(len(items), s)
+        mask = torch.zeros(len(items), s, dtype=torch.bool)
+        for i, it in enumerate(items):
+            k = len(it.positions)
+            pos[i, :k] = torch.tensor(it.positions, dtype=torch.long)
+            mask[i, :k] = True
+            if it.labels:
+                labels[i, :k] = torch.tensor(it.labels)
+        return StepBatch(pad_sequences([it.sequence for it in items], self.pad_id), pos, labels, mask)

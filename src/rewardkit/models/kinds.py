@@ -13,6 +13,7 @@ from typing import Any
 KINDS: dict[str, str] = {
     "scalar": "rewardkit.models.heads:ScalarHead",
     "multi_objective": "rewardkit.models.heads:AttributeHead",
+    "prm": "rewardkit.models.prm:StepHead",
 }
 
 

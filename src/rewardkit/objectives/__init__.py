@@ -6,6 +6,7 @@ its options live in the other `loss.*` keys.
   kwise                  prompt + K ranked completions         (objectives.pairwise.KwiseObjective)
   binary, regression     prompt + response + label / score     (objectives.pointwise.PointwiseObjective)
   attributes, gating     multi-objective stages 1 and 2        (objectives.multi_objective)
+  prm                    prompt + steps + step labels          (objectives.prm.PRMObjective)
   judge                  pairs, an LM answering "A or B?"      (objectives.judge.JudgeObjective)
 An option set for a loss that does not read it is an error, so a typo'd combination never trains silently.
 """
@@ -29,6 +30,7 @@ FAMILIES = {
     "kwise": ("pairwise", "KwiseObjective"),
     "binary": ("pointwise", "PointwiseObjective"), "regression": ("pointwise", "PointwiseObjective"),
     "attributes": ("multi_objective", "AttributeObjective"), "gating": ("multi_objective", "GatingObjective"),
+    "prm": ("prm", "PRMObjective"),
     "judge": ("judge", "JudgeObjective"),
 }
 # `loss.*` options each loss reads; the pair-data options (margins, centering) per family.
@@ -36,6 +38,7 @@ _LOSS_OPTIONS = {
     "internlm2": {"gamma", "penalty", "penalty_weight"},
     "regression": {"huber_delta", "normalize_labels"},
     "attributes": {"freeze_backbone"},
+    "prm": {"step_separator"},
     "gating": {"gate_hidden", "gate_layers", "gate_temperature", "verbosity_attribute", "verbosity_threshold"},
 }
 _PAIR_DATA = {"bt", "logexp", "internlm2", "token", "gating"}

@@ -19,6 +19,7 @@ from rewardkit.scoring.base import Judge
 JUDGES: dict[str, str] = {
     "scalar": "rewardkit.scoring.reward:RewardScorer",
     "multi_objective": "rewardkit.scoring.reward:RewardScorer",
+    "prm": "rewardkit.scoring.prm:StepScorer",
     "generative": "rewardkit.scoring.generative:GenerativeJudge",
     "dpo": "rewardkit.scoring.dpo:DpoReward",
 }
