@@ -119,3 +119,23 @@ def test_best_of_n_and_stepwise_eval_with_the_trained_model(trained, tmp_path):
     assert len(out) == 32 and len(out[0]["steps"]) == len(out[0]["labels"])
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
     assert not is_stepwise_data(load_config(EvalRunConfig, None, [f"model={run}", f"data={pairs}"]).data)
+
+
+def test_cli_eval_rank_and_score_with_the_trained_model(trained, tmp_path, capsys):
+    from rewardkit.cli import main
+
+    _, run, held = trained
+    assert main(["eval", str(run), str(held), "--json"]) == 0  # stepwise rows are detected
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["format"] == "stepwise" and stats["step_accuracy"] > 0.9 and stats["skipped_rows"] == 0
+    prompt = "Start at 3, then add 2, then multiply by 4."
+    rows = write_jsonl(tmp_path / "bon.jsonl", [{"prompt": prompt, "responses": [
+        "3 + 2 = 5.\nI guess 5 * 4 = 21.", "3 + 2 = 5.\n5 * 4 = 20.", "I guess 3 + 2 = 6.\n6 * 4 = 24."]}])
+    assert main(["rank", str(run), "--input", str(rows), "--output", str(tmp_path / "ranked.jsonl"),
+                 "model.aggregate=product"]) == 0
+    assert json.loads((tmp_path / "ranked.jsonl").read_text().splitlines()[0])["best_index"] == 1
+    one = write_jsonl(tmp_path / "one.jsonl", [{"prompt": prompt, "response": "3 + 2 = 5.\nI guess 5 * 4 = 21."}])
+    assert main(["score", str(run), "--input", str(one), "--output", str(tmp_path / "scored.jsonl")]) == 0
+    scored = json.loads((tmp_path / "scored.jsonl").read_text().splitlines()[0])
+    assert len(scored["steps"]) == 2 and scored["steps"][0] > 0.5 > scored["steps"][1]
+    assert scored["score"] == pytest.approx(min(scored["steps"]))  # model.aggregate defaults to min

@@ -260,7 +260,12 @@ def run_eval(cfg: EvalRunConfig, scorer: Judge | None = None) -> EvalOutcome:
 
 def evaluate(cfg: EvalRunConfig) -> dict[str, Any]:
     """Score every pair in `cfg.data.path`; return accuracy and reward statistics (see `pairwise_stats`) plus
-    `calibration`, `length_bias` and, for RewardBench data, `rewardbench` / `rewardbench2`."""
+    `calibration`, `length_bias` and, for RewardBench data, `rewardbench` / `rewardbench2`. Stepwise rows
+    (prompt, completions, labels) get a process reward model's step metrics instead (`eval.prm`)."""
+    from rewardkit.eval.prm import evaluate_prm, is_stepwise_data
+
+    if cfg.data.benchmark == "auto" and is_stepwise_data(cfg.data):
+        return evaluate_prm(cfg)
     outcome = run_eval(cfg)
     if cfg.output:
         write_jsonl(cfg.output, outcome.pairs)
