@@ -137,7 +137,7 @@ def step_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
 
     step_accuracy: right steps / steps; first_wrong_accuracy: responses whose first wrong step (or "none
     wrong") is predicted exactly; step_auc: ROC AUC of the logits for the correct-step label (NaN when one
-    class is absent); wrong_step_rate: share of steps labelled wrong."""
+    class is absent); wrong_step_rate: share of steps labelled wrong; n_steps: steps scored; n: responses."""
     m = mask.bool()
     y = labels.bool()
     pred_ok = logits > 0
@@ -147,7 +147,7 @@ def step_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
     return {"step_accuracy": float(right.sum()) / max(n_steps, 1),
             "first_wrong_accuracy": float(fw.double().mean()) if fw.numel() else float("nan"),
             "step_auc": auc(logits[m], y[m].float()),
-            "wrong_step_rate": float((~y & m).sum()) / max(n_steps, 1), "steps": n_steps, "n": int(m.shape[0])}
+            "wrong_step_rate": float((~y & m).sum()) / max(n_steps, 1), "n_steps": n_steps, "n": int(m.shape[0])}
 
 
 @dataclass(frozen=True)

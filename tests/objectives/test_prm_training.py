@@ -48,7 +48,7 @@ def test_step_metrics_on_a_hand_example():
     assert first_wrong(logits <= 0, mask).tolist() == [1, -1, 0]
     s = step_stats(logits, labels, mask)
     assert s["step_accuracy"] == pytest.approx(5 / 7) and s["first_wrong_accuracy"] == pytest.approx(2 / 3)
-    assert s["steps"] == 7 and s["n"] == 3 and s["wrong_step_rate"] == pytest.approx(3 / 7)
+    assert s["n_steps"] == 7 and s["n"] == 3 and s["wrong_step_rate"] == pytest.approx(3 / 7)
 
 
 def test_generator_reproduces_the_example_file(tmp_path):
