@@ -86,6 +86,20 @@ def test_readouts_sit_on_each_steps_separator(prm):
     assert [tok.decode(it2.sequence.input_ids[p]) for p in it2.positions] == [tok.decode(other.sep_ids[-1:])] * 2
 
 
+def test_encoder_layout_reads_each_steps_last_token(tiny_models):
+    """WordPiece drops "\n": the readout is then the step's own last token, inside [CLS] p [SEP] steps [SEP]."""
+    model, tok = RewardModel.from_pretrained(str(tiny_models["bert"]), kind="prm", seed=0)
+    enc = StepEncoder(SequenceEncoder(tok, 64, model.is_encoder))
+    it = enc.encode("start at 2", ["two plus three is five", "so five"])
+    ids = it.sequence.input_ids
+    assert tok.decode(ids) == "[CLS] start at 2 [SEP] two plus three is five so five [SEP]"
+    assert [tok.decode(ids[p]) for p in it.positions] == ["five", "five"] and it.positions[-1] == len(ids) - 2
+    assert it.sequence.token_type_ids[it.positions[0]] == 1
+    b = StepCollator(tok.pad_token_id)([it])
+    with torch.no_grad():
+        assert step_logits(model.eval(), b.sequences, b.positions).shape == (1, 2)
+
+
 def test_truncation_keeps_whole_steps(prm):
     model, tok = prm
     full = StepEncoder(SequenceEncoder(tok, 512, False)).encode("Start at 2. " * 5, ["2 + 3 = 5."] * 4, (1, 0, 1, 0))
