@@ -83,7 +83,8 @@ class LossConfig:
     SHORTHAND: ClassVar[str] = "name"  # `loss=kwise` sets loss.name
     name: str = _f("bt", "Objective: bt, logexp, internlm2 (pairs); token (pairs, causal backbones); kwise "
                          "(K ranked completions); binary, regression (pointwise); attributes, gating "
-                         "(multi-objective stages 1 and 2). The other loss.* keys are its options.",
+                         "(multi-objective stages 1 and 2); prm (stepwise rows: a process reward model). The "
+                         "other loss.* keys are its options.",
                    choices=LOSS_NAMES)
     gamma: float = _f(2.0, "internlm2: exponent of the difficulty-decay factor.")
     penalty: str = _f("log_barrier", "internlm2: penalty on every score.", choices=("log_barrier", "l2", "none"))
