@@ -7,6 +7,7 @@ Families, by the data they need (shapes in each docstring):
   pointwise  reward (N,), target (N,) -> (N,)                              `binary`, `regression`
   multi-objective  attribute regression -> (), gated Bradley-Terry -> (B,) `attributes`, `gating`
   stepwise   step logits (N, S), labels (N, S), mask (N, S) -> (N, S)      `prm`
+  pairwise ranker  logits of both orders (B,), (B,) -> (B,)                `pairrm`
   generative judge label scores (N, L), right label (N,) -> (N,)          `judge`
 Per-example losses are returned unreduced; the caller takes the mean. `center_penalty` (reward
 centering) can be added to any pairwise loss. Look a loss up by name with `get_loss`: an unknown name
@@ -185,6 +186,13 @@ def gating_bt(chosen_attributes: torch.Tensor, rejected_attributes: torch.Tensor
                          margin=margin)
 
 
+def pairrm_bce(ab: torch.Tensor, ba: torch.Tensor) -> torch.Tensor:
+    """Pairwise ranker (PairRM, Jiang et al. 2023): BCE on each pair in both orders, shape (B,).
+    ab: (B,) logits of (prompt, chosen, rejected), label 1; ba: (B,) of (prompt, rejected, chosen), label 0.
+    `(softplus(-ab) + softplus(ba)) / 2`, finite for any logits."""
+    return (F.softplus(-ab) + F.softplus(ba)) / 2
+
+
 def judge_ce(label_scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """Generative judges: cross-entropy over the label tokens only (the answer restricted to "A"/"B"), (N,).
     label_scores: (N, L) next-token logits of each label; answers: (N,) long, the right label's index."""
@@ -202,6 +210,7 @@ PAIRWISE_LOSSES: dict[str, Loss] = {"bt": bradley_terry, "logexp": log_exp, "int
 LOSSES: dict[str, Loss] = {**PAIRWISE_LOSSES, "token": token_level, "kwise": kwise_bt, "binary": binary,
                            "regression": regression, "attributes": attribute_regression, "gating": gating_bt,
                            "prm": step_bce,
+                           "pairrm": pairrm_bce,
                            "judge": judge_ce}
 
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)  # the one list of loss names (config reads it from this source)

@@ -98,6 +98,11 @@ def test_gating_bt_by_hand():
     torch.testing.assert_close(gating_bt(ac, ar, gate), torch.tensor([sp(-0.5)]))
 
 
+def test_pairrm_bce_by_hand():
+    ab, ba = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 0.0])  # logits of (c, r) labelled 1, (r, c) labelled 0
+    torch.testing.assert_close(get_loss("pairrm")(ab, ba), torch.tensor([(sp(-2.0) + sp(-1.0)) / 2, math.log(2)]))
+
+
 def _inputs(scale: float):
     """name -> (function of float64 tensors, input tensors) for every registered loss."""
     g = torch.Generator().manual_seed(0)
@@ -120,6 +125,7 @@ def _inputs(scale: float):
         "regression-huber": (lambda p: regression(p, torch.ones(3, dtype=torch.float64), huber_delta=0.7), (rnd(3),)),
         "attributes": (lambda p: attribute_regression(p, target, ~target.isnan()), (rnd(3, 2),)),
         "gating": (lambda ac, ar, w: gating_bt(ac, ar, w.softmax(-1)), (rnd(3, 2), rnd(3, 2), rnd(3, 2))),
+        "pairrm": (lambda ab, ba: get_loss("pairrm")(ab, ba), (rnd(4), rnd(4))),
     }
 
 

@@ -14,6 +14,7 @@ KINDS: dict[str, str] = {
     "scalar": "rewardkit.models.heads:ScalarHead",
     "multi_objective": "rewardkit.models.heads:AttributeHead",
     "prm": "rewardkit.models.prm:StepHead",
+    "pairrm": "rewardkit.models.pairrm:PairHead",
 }
 
 

@@ -7,6 +7,7 @@ its options live in the other `loss.*` keys.
   binary, regression     prompt + response + label / score     (objectives.pointwise.PointwiseObjective)
   attributes, gating     multi-objective stages 1 and 2        (objectives.multi_objective)
   prm                    prompt + steps + step labels          (objectives.prm.PRMObjective)
+  pairrm                 pairs, prompt + A + B in one encoder  (objectives.pairrm.PairRMObjective)
   judge                  pairs, an LM answering "A or B?"      (objectives.judge.JudgeObjective)
 An option set for a loss that does not read it is an error, so a typo'd combination never trains silently.
 """
@@ -31,6 +32,7 @@ FAMILIES = {
     "binary": ("pointwise", "PointwiseObjective"), "regression": ("pointwise", "PointwiseObjective"),
     "attributes": ("multi_objective", "AttributeObjective"), "gating": ("multi_objective", "GatingObjective"),
     "prm": ("prm", "PRMObjective"),
+    "pairrm": ("pairrm", "PairRMObjective"),
     "judge": ("judge", "JudgeObjective"),
 }
 # `loss.*` options each loss reads; the pair-data options (margins, centering) per family.

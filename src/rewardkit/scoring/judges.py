@@ -22,6 +22,7 @@ JUDGES: dict[str, str] = {
     "prm": "rewardkit.scoring.prm:StepScorer",
     "generative": "rewardkit.scoring.generative:GenerativeJudge",
     "dpo": "rewardkit.scoring.dpo:DpoReward",
+    "pairrm": "rewardkit.scoring.pairrm:PairRanker",
 }
 
 
