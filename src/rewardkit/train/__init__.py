@@ -1,0 +1,31 @@
+"""Reward-model training: one explicit accelerate loop, read it top to bottom (`loop.py`).
+
+setup (objective, model, data, optimiser) -> loop (forward, loss, step, log, eval, checkpoint) -> final
+eval, normalisation stats, save. What differs between loss families (data format, batch -> loss, eval
+metric) sits behind `rewardkit.objectives.Objective`; for pairs a micro-batch is chosen+rejected in
+one forward.
+
+Several processes (`accelerate launch [--config_file F] -m rewardkit train ...`): `train.batch_size` is per
+process. Every process builds the same global batches (seed, epoch) and keeps its own share
+(`data.batching.RankBatches`), so no item is read twice in an epoch and N processes x batch B see exactly
+the items of 1 process x batch N*B. Each share's loss is weighted by its item count, so the gradient is the
+mean over every item of the optimiser step, whatever the shares. Evaluation is shared between the processes
+and gathered (`scoring.sharded_scoring`); training rows are summed over processes; only the main process
+writes files, logs to trackers or shows the progress bar.
+
+Where the parts live: `loop` (train, TrainResult), `plan` (which items make each micro-batch, collation),
+`checkpoints` (save, find, resume), `sharded` (FSDP2 / ZeRO-3 whole weights for eval and the final save,
+DeepSpeed batch keys), `tracking` (metrics.jsonl rows, trackers, rows reduced over processes), `launch`
+(launch checks, bf16 detection, quiet logs off the main process).
+"""
+
+from __future__ import annotations
+
+from rewardkit.train.launch import LaunchError, bf16_native, check_launch
+from rewardkit.train.loop import TrainResult, train
+from rewardkit.train.plan import resolve_batching
+from rewardkit.train.sharded import fill_weights, full_params, sharded_weights, structure_copy
+from rewardkit.train.tracking import TRACKERS, reduce_window, resolve_trackers
+
+__all__ = ["TRACKERS", "LaunchError", "TrainResult", "bf16_native", "check_launch", "fill_weights", "full_params",
+           "reduce_window", "resolve_batching", "resolve_trackers", "sharded_weights", "structure_copy", "train"]

@@ -1,0 +1,92 @@
+"""Which training items make each micro-batch of this process, and how they are collated: length grouping,
+token budgets and packing for packable objectives, a plain shuffle for the others; batches dealt to the
+processes by `data.batching.RankBatches`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rewardkit.config import TrainRunConfig
+from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler, RankBatches
+from rewardkit.data.mixing import follow_mixture
+from rewardkit.data.packing import PackedPairCollator, unit_length
+
+# One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
+log = logging.getLogger("rewardkit.train")
+
+
+def resolve_batching(batching: str, *, flat: bool) -> str:
+    """`auto` -> `random` for flat packed rows (they have no padding whatever the lengths, so grouping would
+    only make the largest batches larger), `grouped` for padded layouts, where it cuts padding (README)."""
+    if batching != "auto":
+        return batching
+    return "random" if flat else "grouped"
+
+
+def _item_tokens(item: Any) -> int:
+    """Tokens of one training item (a pair, a ranking, a labelled sequence)."""
+    if hasattr(item, "chosen"):
+        return len(item.chosen.input_ids) + len(item.rejected.input_ids)
+    if hasattr(item, "sequences"):
+        return sum(len(s.input_ids) for s in item.sequences)
+    if hasattr(item, "sequence"):
+        return len(item.sequence.input_ids)
+    return 1
+
+
+def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfig, num_processes: int = 1,
+                  process_index: int = 0) -> tuple[RankBatches, Callable, Callable, bool]:
+    """(this process's micro-batches, collate, fetch: indices -> items, fixed: batches hold batch_size items).
+
+    Packable objectives (pairs) get length grouping, token budgets and packing; other families shuffle plainly.
+    Fixed-size batches are drawn for the global batch (batch_size x processes) and split between the
+    processes; token-budgeted and packed batches are per process and dealt in groups of similar token counts.
+    """
+    t = cfg.train
+    deal = dict(num_processes=num_processes, process_index=process_index, seed=cfg.seed,
+                cost=lambda i: _item_tokens(items[i]))
+    global_batch = t.batch_size * num_processes
+
+    def fetch(indices: list) -> list:
+        return [tuple(items[i] for i in x) if isinstance(x, tuple) else items[x] for x in indices]
+
+    if not objective.packable:
+        if t.packing not in ("none", "auto") or t.max_tokens:
+            raise ValueError(f"train.packing / train.max_tokens apply to pairwise losses, not {objective.name}")
+        sampler = LengthGroupedBatchSampler([1] * len(items), batch_size=global_batch, seed=cfg.seed, group=False)
+        return RankBatches(follow_mixture(sampler, items, None), split=True, **deal), objective.collator(pad_id), \
+            fetch, True
+    packing = t.packing
+    if packing == "auto":
+        packing = "plain" if model.is_encoder else "shared_prompt"
+    if packing != "none" and t.row_length:
+        # Fixed rows filled first-fit over the whole window: ~0.3% padding; best where attention is varlen (GPU).
+        shared = packing == "shared_prompt"
+        collate = PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=shared, row_length=t.row_length)
+        sampler = PackedBatchSampler([unit_length(p, shared) for p in items], row_length=t.row_length,
+                                     rows_per_batch=max(1, (t.max_tokens or t.row_length) // t.row_length),
+                                     seed=cfg.seed)
+        sampler = follow_mixture(sampler, items, lambda p: unit_length(p, shared))
+        return RankBatches(sampler, split=False, **deal), collate, fetch, False
+    # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch: one
+    # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
+    # The flat layout brings its own SDPA-based attention; a model explicitly set to eager keeps batch rows.
+    flat = t.pack_layout == "flat" and model.hf.config._attn_implementation != "eager"
+    collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt",
+                                  flat=flat)
+               if packing != "none" else objective.collator(pad_id))
+    batching = resolve_batching(t.batching, flat=flat and packing != "none")
+    log.info("batching: %s", batching)
+    def pair_length(p) -> int:
+        return max(len(p.chosen.input_ids), len(p.rejected.input_ids))
+
+    lengths = [pair_length(p) for p in items]
+    if t.max_tokens:  # a budget per process: batches are per process, dealt in groups of similar cost
+        sampler = LengthGroupedBatchSampler(lengths, max_tokens=t.max_tokens, seqs_per_item=2, seed=cfg.seed,
+                                            group=batching == "grouped")
+        return RankBatches(follow_mixture(sampler, items, pair_length), split=False, **deal), collate, fetch, False
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=global_batch, seqs_per_item=2, seed=cfg.seed,
+                                        group=batching == "grouped")
+    return RankBatches(follow_mixture(sampler, items, pair_length), split=True, **deal), collate, fetch, True

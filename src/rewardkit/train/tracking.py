@@ -1,0 +1,102 @@
+"""What a run reports: rows appended to metrics.jsonl and sent to the trackers (tensorboard, wandb), and the
+training window's sums reduced over every process into one row."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from rewardkit.config import ConfigError, TrainRunConfig, to_dict
+from rewardkit.io import atomic_write
+from rewardkit.metrics import reward_stats
+from rewardkit.objectives import StepWindow
+
+# One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
+log = logging.getLogger("rewardkit.train")
+
+TRACKERS = ("tensorboard", "wandb")
+
+
+def resolve_trackers(report_to: str | list[str]) -> list[str]:
+    """`train.report_to` as tracker names (`none` -> []); a tracker whose package is missing is an error."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*TRACKERS, "none")]
+    if unknown:
+        raise ConfigError(f"train.report_to: {', '.join(unknown)} is not one of none, {', '.join(TRACKERS)}")
+    names = [n for n in dict.fromkeys(names) if n != "none"]
+    import importlib.util
+
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"train.report_to={name} needs the {name} package: pip install 'rewardkit[{name}]'")
+    if "wandb" in names and not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"  # never reach for the network unasked; `wandb sync` uploads later
+        log.info("wandb: offline (set WANDB_MODE=online or WANDB_API_KEY to upload while training)")
+    return names
+
+
+def hparams(cfg: TrainRunConfig) -> dict[str, Any]:
+    """The config as flat `group.key` -> scalar (what TensorBoard's hparams and wandb's config take)."""
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(to_dict(cfg), "")
+    return flat
+
+
+def trim_metrics(path: Path, resumed_step: int | None) -> None:
+    """A fresh run starts metrics.jsonl anew; a resumed one drops the rows logged after its checkpoint."""
+    if resumed_step is None:
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        rows = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= resumed_step]
+        with atomic_write(path) as fh:
+            fh.write("".join(r + "\n" for r in rows))
+
+
+def write_row(row: dict, *, path: Path, accelerator: Accelerator, trackers: list[str], main: bool) -> None:
+    """Append `row` ({"split", "step", name: value}) to metrics.jsonl (main process) and send its numbers to
+    the trackers as <split>/<name> at its step."""
+    if main:
+        with path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    if trackers:  # accelerator.log writes on the main process only
+        accelerator.log({f"{row['split']}/{k}": v for k, v in row.items()
+                         if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        step=row["step"])
+
+
+def reduce_window(accelerator: Accelerator, window: StepWindow, unit: str) -> dict[str, float]:
+    """`window.row(unit)` for the sums of every process: loss and metrics as means over all their examples,
+    reward mean/std over all their rewards, throughput as all examples / tokens per second of wall time."""
+    if accelerator.num_processes == 1:
+        return window.row(unit)
+    keys = sorted(window.sums)
+    rewards = torch.cat(window.rewards).double() if window.rewards else torch.zeros(0, dtype=torch.float64)
+    local = torch.tensor([window.loss, window.n, window.tokens, window.processed, *(window.sums[k] for k in keys),
+                          float(rewards.sum()), float((rewards ** 2).sum()), rewards.numel()], dtype=torch.float64)
+    total = accelerator.reduce(local.to(accelerator.device), "sum").cpu().tolist()
+    loss, n, tokens, processed, *rest = total
+    sums, (rsum, rsq, rn) = dict(zip(keys, rest[:len(keys)])), rest[len(keys):]
+    dt = time.perf_counter() - window.start
+    mean = rsum / rn if rn else float("nan")
+    stats = ({"reward_mean": mean, "reward_std": math.sqrt(max(rsq / rn - mean * mean, 0.0))} if rn
+             else reward_stats(torch.zeros(0)))
+    return {"loss": loss / max(n, 1), **{k: v / max(n, 1) for k, v in sums.items()}, **stats,
+            f"{unit}_per_s": n / dt, "tokens_per_s": tokens / dt,
+            "padding_fraction": 1 - tokens / max(processed, 1)}
