@@ -149,3 +149,16 @@ def test_help_lists_every_kind(capsys):
     assert set(MODEL_KINDS) == set(JUDGES) == set(KIND_HELP)
     text = build_parser().format_help()
     assert all(f"  {k} " in text for k in MODEL_KINDS)
+
+
+def test_a_plain_lm_calibrated_as_a_judge_keeps_its_kind(tiny_models, tmp_path):
+    import shutil
+
+    from rewardkit.models.reward_model import write_temperature
+
+    lm = tmp_path / "lm"
+    shutil.copytree(tiny_models["llama"], lm)
+    assert load_judge(lm, kind="generative").temperature == 1.0
+    write_temperature(lm, 2.5, kind="generative")
+    judge = load_judge(lm)  # auto: the kind written beside T, not a value head
+    assert judge.kind == "generative" and not judge.pointwise and judge.temperature == 2.5

@@ -22,7 +22,7 @@ from rewardkit.data.pairs import PreferenceExample, load_preferences
 from rewardkit.data.readers import LoadReport, read_rows
 from rewardkit.io import write_jsonl
 from rewardkit.metrics import length_bias, pairwise_stats
-from rewardkit.scoring import Judge, ScoreDetails, judge_from_config
+from rewardkit.scoring import Judge, ScoreDetails, judge_from_config, saved_kind
 from rewardkit.scoring.base import response_lengths
 
 log = logging.getLogger(__name__)
@@ -290,6 +290,10 @@ def calibrate(cfg: CalibrateRunConfig | EvalRunConfig, *, save: bool = True):
         log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right, or the model is no better "
                     "than chance; not saving it. Use more, or harder, dev data", fit.temperature)
     elif save:
-        path = write_temperature(Path(cfg.model.path), fit.temperature)
+        if not (Path(cfg.model.path) / "config.json").is_file():
+            raise ValueError(f"{cfg.model.path}: no config.json to save the temperature in (a GGUF file or hub "
+                             f"id?); rerun with save=false and pass the fitted T yourself")
+        kind = None if saved_kind(cfg.model.path) else judge.kind  # a plain LM read as a judge keeps its kind
+        path = write_temperature(Path(cfg.model.path), fit.temperature, kind=kind)
         log.info("wrote rewardkit.temperature=%.4g to %s", fit.temperature, path)
     return fit

@@ -205,8 +205,10 @@ class RewardModel(nn.Module):
         return (rewards - self.mean) / (self.std if self.std > 0 and math.isfinite(self.std) else 1.0)
 
 
-def write_temperature(model_dir: str | Path, temperature: float) -> Path:
-    """Set `rewardkit.temperature` in a saved model's config.json (atomically; other keys untouched)."""
+def write_temperature(model_dir: str | Path, temperature: float, *, kind: str | None = None) -> Path:
+    """Set `rewardkit.temperature` in a saved model's config.json (atomically; other keys untouched). `kind`
+    is written too where the block names none, so a plain LM folder calibrated as a judge (generative, dpo)
+    is not later read as a value-head model."""
     t = float(temperature)
     if not (t > 0 and math.isfinite(t)):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -218,7 +220,8 @@ def write_temperature(model_dir: str | Path, temperature: float) -> Path:
     block = cfg.get(CONFIG_KEY)
     if block is not None and not isinstance(block, dict):
         raise ValueError(f"{path}: field `{CONFIG_KEY}` must be an object, got {type(block).__name__}")
-    cfg[CONFIG_KEY] = {**(block or {}), "temperature": t}
+    cfg[CONFIG_KEY] = {**({"kind": kind} if kind and not (block or {}).get("kind") else {}), **(block or {}),
+                       "temperature": t}
     mode = path.stat().st_mode & 0o777
     with atomic_write(path) as fh:
         json.dump(cfg, fh, indent=2, sort_keys=True)
