@@ -54,14 +54,6 @@ def load_lm(path: str, *, gguf_file: str | None = None, tokenizer: str | None = 
     return hf, tok
 
 
-def pad_id(tokenizer) -> int:
-    """A filler id for padding (always masked, never read): pad, else EOS, else 0."""
-    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if t is not None:
-            return int(t)
-    return 0
-
-
 def left_align(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows (N, T) with their real tokens moved to the end (any padding side in, left padding out)."""
     if bool(mask[:, -1].all()):

@@ -23,7 +23,8 @@ from rewardkit.data.pairs import PreferenceExample, load_preferences
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.losses import judge_ce
 from rewardkit.metrics import reward_stats
-from rewardkit.models.judge_lm import JudgeLM, pad_id
+from rewardkit.models.causal_lm import pad_id
+from rewardkit.models.judge_lm import JudgeLM
 from rewardkit.models.lora import LoraSpec
 from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_sources
 from rewardkit.scoring.judge_prompt import LABELS, JudgePrompt

@@ -23,7 +23,8 @@ from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
 from rewardkit.data.fields import Text
 from rewardkit.data.tokenize import TokenizedSequence
-from rewardkit.models.judge_lm import JudgeLM, pad_id
+from rewardkit.models.causal_lm import pad_id
+from rewardkit.models.judge_lm import JudgeLM
 from rewardkit.scoring.base import PairwiseJudge, _check_triples
 from rewardkit.scoring.judge_prompt import JudgePrompt
 from rewardkit.scoring.run import length_batches
