@@ -9,6 +9,7 @@ import random
 import pytest
 
 from conftest import bert_tokenizer, write_jsonl
+from rewardkit.cli import main
 from rewardkit.config import ConfigError, TrainRunConfig, load_config
 from rewardkit.objectives import make_objective
 from rewardkit.scoring import RewardScorer, load_judge
@@ -31,6 +32,17 @@ def _rps_rows(n_prompts: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared CPU they cost several times the time."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     """A tiny random BERT (2 layers, hidden 64) whose weights are drawn 5x wider than BERT's default (std 0.1):
@@ -49,17 +61,6 @@ def encoder(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny model gains nothing from threads; on a shared CPU they cost several times the time."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def rps(tmp_path_factory):
     d = tmp_path_factory.mktemp("rps")
@@ -73,32 +74,65 @@ def _cfg(model, train_file, out, loss, *extra):
         f"output_dir={out}", "seed=0", *extra])
 
 
+@pytest.fixture(scope="module")
+def runs(encoder, rps, tmp_path_factory):
+    """The same data, model and budget trained as a pairwise ranker and as a value head (bt): their folders
+    and final evals on the held-out prompts."""
+    train_file, test_file = rps
+    out = tmp_path_factory.mktemp("rps-runs")
+    results = {loss: train(_cfg(encoder, train_file, out / loss, loss, f"data.eval={test_file}"))
+               for loss in ("pairrm", "bt")}
+    return {loss: (out / loss, r.final_eval) for loss, r in results.items()}
+
+
 def _accuracy(judge, rows) -> float:
     """Held-out pair accuracy through the Judge interface (what `rewardkit eval` reads): P(chosen ≻ rejected) > 1/2."""
     comps = judge.compare([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
     return sum(c.margin > 0 for c in comps) / len(comps)
 
 
-def test_pairrm_learns_rock_paper_scissors_a_value_head_cannot(encoder, rps, tmp_path, one_thread):
-    train_file, test_file = rps
-    held_out = [json.loads(line) for line in test_file.read_text().splitlines()]
-    res = train(_cfg(encoder, train_file, tmp_path / "pairrm", "pairrm", f"data.eval={test_file}"))
-    ranker = load_judge(tmp_path / "pairrm")
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_pairrm_learns_rock_paper_scissors_a_value_head_cannot(runs, rps):
+    held_out = _rows(rps[1])
+    out, final = runs["pairrm"]
+    ranker = load_judge(out)
     assert isinstance(ranker, PairRanker)
     acc = _accuracy(ranker, held_out)
-    assert acc > 0.95 and res.final_eval["accuracy"] > 0.95, (acc, res.final_eval)
-    assert res.final_eval["accuracy"] == pytest.approx(acc)  # training's eval reads the judge's margins
-    rows = [json.loads(x) for x in (tmp_path / "pairrm" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-2]["loss"] < rows[0]["loss"]
-    saved = json.loads((tmp_path / "pairrm" / "config.json").read_text())["rewardkit"]
+    assert acc > 0.95 and final["accuracy"] > 0.95, (acc, final)
+    assert final["accuracy"] == pytest.approx(acc)  # training's eval reads the judge's margins
+    metrics = _rows(out / "metrics.jsonl")
+    assert metrics[-2]["loss"] < metrics[0]["loss"]
+    saved = json.loads((out / "config.json").read_text())["rewardkit"]
     assert saved["kind"] == "pairrm" and saved["objective"]["loss"] == "pairrm" and saved["max_length"] == 32
     assert ranker.rank(held_out[0]["prompt"], ["rock rock rock", "paper paper paper"]).order == [1, 0]
-
     # a value head trained the same way: any scalar orders at most 2 of each prompt's 3 pairs right
-    train(_cfg(encoder, train_file, tmp_path / "bt", "bt", f"data.eval={test_file}"))
-    rm = load_judge(tmp_path / "bt")
+    rm = load_judge(runs["bt"][0])
     assert isinstance(rm, RewardScorer)
-    assert _accuracy(rm, held_out) <= 2 / 3 + 1e-9
+    assert _accuracy(rm, held_out) <= 2 / 3 + 1e-9 and runs["bt"][1]["accuracy"] <= 2 / 3 + 1e-9
+
+
+def test_cli_eval_and_rank_with_a_pair_ranker(runs, rps, tmp_path, capsys):
+    out, _ = runs["pairrm"]
+    held_out = _rows(rps[1])
+    assert main(["eval", str(out), str(rps[1]), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["accuracy"] == pytest.approx(_accuracy(load_judge(out), held_out))
+    gen = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "Game 7: red blue. Your move?",
+                                                "responses": ["rock rock rock", "paper paper paper", "rock rock rock"]}])
+    for strategy in ("matrix", "knockout"):
+        ranked_file = tmp_path / f"ranked-{strategy}.jsonl"
+        assert main(["rank", str(out), "--input", str(gen), "--output", str(ranked_file),
+                     f"model.rank_strategy={strategy}"]) == 0
+        ranked = _rows(ranked_file)[0]
+        want = load_judge(out).rank("Game 7: red blue. Your move?", ranked["responses"], strategy=strategy)
+        assert ranked["scores"] == pytest.approx(want.scores) and ranked["best_index"] == want.best == 1
+    capsys.readouterr()
+    assert main(["filter", str(out), "--input", str(gen), "--output", str(tmp_path / "f.jsonl"),
+                 "threshold=0"]) == 2
+    assert "compares responses and gives no score of its own" in capsys.readouterr().err
 
 
 def test_decoders_and_pair_margins_are_config_errors(tiny_models, rps, tmp_path):
