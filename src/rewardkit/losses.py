@@ -196,7 +196,8 @@ def pairrm_bce(ab: torch.Tensor, ba: torch.Tensor) -> torch.Tensor:
 def judge_ce(label_scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """Generative judges: cross-entropy over the label tokens only (the answer restricted to "A"/"B"), (N,).
     label_scores: (N, L) next-token logits of each label; answers: (N,) long, the right label's index."""
-    return F.cross_entropy(label_scores.float(), answers, reduction="none")
+    low = label_scores.dtype in (torch.float16, torch.bfloat16)  # softmax in fp32 at least, fp64 stays fp64
+    return F.cross_entropy(label_scores.float() if low else label_scores, answers, reduction="none")
 
 
 def step_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,8 @@ def _inputs(scale: float):
     mask = torch.tensor([[True, True, True], [True, True, False]])
     target = torch.tensor([[0.5, float("nan")], [1.0, -1.0], [float("nan"), 2.0]], dtype=torch.float64)
     margin = torch.rand(4, generator=g, dtype=torch.float64)
+    steps_ok = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    steps_mask = torch.tensor([[True, True, True], [True, False, False]])
     return {
         "bt": (lambda c, r: get_loss("bt")(c, r, margin=margin), (rnd(4), rnd(4))),
         "logexp": (lambda c, r: get_loss("logexp")(c, r, margin=margin), (rnd(4), rnd(4))),
@@ -126,6 +128,8 @@ def _inputs(scale: float):
         "attributes": (lambda p: attribute_regression(p, target, ~target.isnan()), (rnd(3, 2),)),
         "gating": (lambda ac, ar, w: gating_bt(ac, ar, w.softmax(-1)), (rnd(3, 2), rnd(3, 2), rnd(3, 2))),
         "pairrm": (lambda ab, ba: get_loss("pairrm")(ab, ba), (rnd(4), rnd(4))),
+        "prm": (lambda z: get_loss("prm")(z, steps_ok, steps_mask), (rnd(2, 3),)),
+        "judge": (lambda s: get_loss("judge")(s, torch.tensor([0, 1, 1])), (rnd(3, 2),)),
     }
 
 
