@@ -138,3 +138,9 @@ def test_light_imports_stay_light(module):
     code = (f"import sys, {module}; heavy = [m for m in ('torch', 'fastapi', 'matplotlib', 'peft', 'uvicorn') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_test_files_have_unique_names():
+    """Test folders have no __init__.py, so pytest imports test files by basename: two alike fail collection."""
+    names = [p.name for p in (SRC.parent / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
