@@ -20,24 +20,39 @@ from rewardkit.models.reward_model import backbone_hidden
 LOGIT_CHUNK = 1024  # positions per LM-head call: bounds the (positions, vocab) logits kept at once
 
 
-def load_causal_lm(path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False,
-                   dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """(`*ForCausalLM` in eval mode, tokenizer) for any causal-LM checkpoint. No pad token is added: a new
-    vocabulary row would change the softmax, and padding is masked anyway (`pad_id` picks a filler)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_lm(path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
+            trust_remote_code: bool = False, dtype: torch.dtype = torch.float32, seq2seq: bool = True,
+            needed_by: str = "this model kind") -> tuple[nn.Module, Any]:
+    """(LM, tokenizer): `*ForSeq2SeqLM` where the config is encoder-decoder (if `seq2seq`), else
+    `*ForCausalLM`. A checkpoint without trained LM-head weights (a value-head reward model) is refused: its
+    logits would be noise. No pad token is added: a new vocabulary row would change the softmax, and
+    padding is masked anyway (`pad_id` picks a filler)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path, gguf_file = resolve_path(path, gguf_file)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kw["gguf_file"] = gguf_file
-    tok = AutoTokenizer.from_pretrained(path, **kw)
-    hf, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
+    tok_path = tokenizer or path
+    tok = AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+    encoder_decoder = seq2seq and getattr(AutoConfig.from_pretrained(path, **kw), "is_encoder_decoder", False)
+    auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    hf, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
     if gguf_file:
         _forget_gguf_quantizer(hf)
-    if hf.get_output_embeddings() is None or any(k.startswith("lm_head.") for k in info["missing_keys"]):
-        # e.g. a value-head reward model: its LM head would be freshly drawn, its log-probs noise
-        raise ValueError(f"{path}: has no trained language-model head; a DPO reward needs the policy and "
-                         "reference causal LMs (not value-head reward models)")
+    head = hf.get_output_embeddings()
+    head_names = {n for n, p in hf.named_parameters() if head is not None and any(p is q for q in head.parameters())}
+    if head is None or any(k in head_names or k.startswith("lm_head.") for k in info["missing_keys"]):
+        raise ValueError(f"{path}: has no trained language-model head (is it a value-head reward model?); "
+                         f"{needed_by} needs a language model")
+    return hf, tok
+
+
+def load_causal_lm(path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False,
+                   dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """(`*ForCausalLM` in eval mode, tokenizer): a DPO policy or reference."""
+    hf, tok = load_lm(path, gguf_file=gguf_file, trust_remote_code=trust_remote_code, dtype=dtype, seq2seq=False,
+                      needed_by="a DPO reward (policy and reference)")
     return hf.eval(), tok
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from rewardkit.batches import SequenceBatch
-from rewardkit.models.backbone import CONFIG_KEY, _forget_gguf_quantizer, resolve_path, set_attention
+from rewardkit.models import causal_lm
+from rewardkit.models.backbone import CONFIG_KEY, resolve_path, set_attention
 from rewardkit.models.lora import (ADAPTER_WEIGHTS, ALL_LINEAR, LoraSpec, LoraState, base_name, is_adapter_param,
                                    remove_stale_files, require_peft, saved_block)
 
@@ -30,28 +31,9 @@ PEFT_PREFIX = "base_model.model."  # peft's key prefix for a PeftModel around th
 
 def load_lm(path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
             trust_remote_code: bool = False) -> tuple[nn.Module, Any]:
-    """(LM in fp32, tokenizer): `*ForSeq2SeqLM` where the config is encoder-decoder, else `*ForCausalLM`.
-    A checkpoint without trained LM-head weights (a value-head reward model) is refused: its answer logits
-    would be random. No pad token is added (a new vocabulary row would change the softmax)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    path, gguf_file = resolve_path(path, gguf_file)
-    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    tok_path = tokenizer or path
-    tok = AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
-    config = AutoConfig.from_pretrained(path, **kw)
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    hf, info = auto.from_pretrained(path, dtype=torch.float32, output_loading_info=True, **kw)
-    if gguf_file:
-        _forget_gguf_quantizer(hf)
-    head = hf.get_output_embeddings()
-    head_names = {n for n, p in hf.named_parameters() if head is not None and any(p is q for q in head.parameters())}
-    if head is None or any(k in head_names or k.startswith("lm_head.") for k in info["missing_keys"]):
-        raise ValueError(f"{path}: has no trained language-model head (is it a value-head reward model?); "
-                         "a generative judge needs a causal or seq2seq LM")
-    return hf, tok
+    """(LM in fp32, tokenizer), causal or seq2seq (`causal_lm.load_lm`)."""
+    return causal_lm.load_lm(path, gguf_file=gguf_file, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                             needed_by="a generative judge")
 
 
 def left_align(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
