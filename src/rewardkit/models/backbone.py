@@ -115,6 +115,20 @@ def quantization_kwargs(quantization: str) -> dict[str, Any]:
     return {"quantization_config": qc, "device_map": {"": torch.cuda.current_device()}}
 
 
+def open_checkpoint(path: str, gguf_file: str | None, tokenizer: str | None,
+                    trust_remote_code: bool) -> tuple[str, dict[str, Any], Any]:
+    """(resolved path, from_pretrained keywords, tokenizer) of any checkpoint form `resolve_path` knows; the
+    tokenizer comes from `tokenizer` where given."""
+    from transformers import AutoTokenizer
+
+    path, gguf_file = resolve_path(path, gguf_file)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    tok_path = tokenizer or path
+    return path, kw, AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+
+
 def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
                   trust_remote_code: bool = False, quantization: str = "none", adapter: bool = False) -> Backbone:
     """Load any causal-LM, encoder or sequence-classification checkpoint as a 1-output classifier (fp32).
@@ -124,16 +138,11 @@ def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | N
     weights: embedding rows added for new tokens (a pad token) are zeros, so that reloading the base
     reproduces them, and a tokenizer with more tokens than the base (the run folder's) grows the embedding.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     check_quantization(quantization, gguf_file or (path if path.endswith(".gguf") else None))
-    path, gguf_file = resolve_path(path, gguf_file)
-    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    tok_path = tokenizer or path
-    tok = AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+    path, kw, tok = open_checkpoint(path, gguf_file, tokenizer, trust_remote_code)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-head load report is expected, not a problem
     try:
@@ -142,7 +151,7 @@ def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | N
             **quantization_kwargs(quantization), **kw)
     finally:
         hf_logging.set_verbosity(verbosity)
-    if gguf_file:
+    if "gguf_file" in kw:  # also where `path` named the .gguf file
         _forget_gguf_quantizer(hf)
     rows = hf.get_input_embeddings().weight.shape[0]
     if not is_encoder(hf) or tok.pad_token_id is None:  # pad == eos only matters for decoders

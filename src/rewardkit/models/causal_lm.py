@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rewardkit.batches import Sequences
-from rewardkit.models.backbone import _forget_gguf_quantizer, resolve_path
+from rewardkit.models.backbone import _forget_gguf_quantizer, open_checkpoint
 from rewardkit.models.reward_model import backbone_hidden
 
 LOGIT_CHUNK = 1024  # positions per LM-head call: bounds the (positions, vocab) logits kept at once
@@ -27,18 +27,13 @@ def load_lm(path: str, *, gguf_file: str | None = None, tokenizer: str | None = 
     `*ForCausalLM`. A checkpoint without trained LM-head weights (a value-head reward model) is refused: its
     logits would be noise. No pad token is added: a new vocabulary row would change the softmax, and
     padding is masked anyway (`pad_id` picks a filler)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    path, gguf_file = resolve_path(path, gguf_file)
-    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    tok_path = tokenizer or path
-    tok = AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+    path, kw, tok = open_checkpoint(path, gguf_file, tokenizer, trust_remote_code)
     encoder_decoder = seq2seq and getattr(AutoConfig.from_pretrained(path, **kw), "is_encoder_decoder", False)
     auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     hf, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
-    if gguf_file:
+    if "gguf_file" in kw:
         _forget_gguf_quantizer(hf)
     head = hf.get_output_embeddings()
     head_names = {n for n, p in hf.named_parameters() if head is not None and any(p is q for q in head.parameters())}
