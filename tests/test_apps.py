@@ -191,3 +191,15 @@ def test_score_file_rows_messages_normalize_and_extras(tmp_path):
     assert [r["score"] for r in read(tmp_path / "raw.jsonl")] == [3.0, 1.0]
     with pytest.raises(DataError, match=r"line 1: field `response`: missing"):
         score_file(str(src), tmp_path / "x.jsonl", scorer)
+
+
+def test_summaries_hold_only_the_counts_each_command_keeps(tmp_path):
+    """rank used to print "kept": 0 while writing every row, make-pairs "kept": 0 beside its pairs."""
+    src = tmp_path / "lists.jsonl"
+    write_jsonl(src, [{"prompt": "p", "responses": ["a", "bbb", "cc"]}, {"prompt": "q", "responses": ["x", "yy"]}])
+    ranked = rank_file(str(src), tmp_path / "r.jsonl", LengthScorer()).to_dict()
+    assert ranked == {"rows_in": 2, "rows_out": 2, "responses": 5}
+    pairs = make_pairs_file(str(src), tmp_path / "p.jsonl", LengthScorer()).to_dict()
+    assert pairs == {"rows_in": 2, "rows_out": 2, "responses": 5, "dropped_ties": 0}
+    kept = filter_file(str(src), tmp_path / "f.jsonl", LengthScorer(), threshold=2.0).to_dict()
+    assert kept["kept"] == 3 and "dropped_ties" not in kept

@@ -47,11 +47,12 @@ class AppReport:
     rows_in: int = 0
     rows_out: int = 0
     responses: int = 0
-    kept: int = 0  # filter: responses kept
-    dropped_ties: int = 0  # make-pairs: candidate pairs dropped as ties or below min_margin
+    kept: int | None = None  # filter: responses kept
+    dropped_ties: int | None = None  # make-pairs: candidate pairs dropped as ties or below min_margin
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counts that apply to the command (a count a command does not keep is left out, not 0)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -246,7 +247,7 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
         from rewardkit.scoring import NoScores
 
         raise NoScores(scorer.kind, "filter's score per response")
-    report, cols = AppReport(), columns or Columns()
+    report, cols = AppReport(kept=0), columns or Columns()
     rows = iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows)
     topk = _TopK() if top_percent is not None else None
     tmp = None
@@ -336,7 +337,7 @@ def make_pairs_file(source: str, output: str | Path, scorer=None, *, strategy: s
     a loss margin; rename or drop it if that is not wanted."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown pair strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    rng, report, cols = random.Random(seed), AppReport(), columns or Columns()
+    rng, report, cols = random.Random(seed), AppReport(dropped_ties=0), columns or Columns()
     drop = {cols.responses, cols.scores, "best_index", "best_response", "raw_scores"}
     with atomic_write(output) as fh:
         for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
