@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from rewardkit.data.fields import Message, Text
 from rewardkit.data.pairs import PreferenceExample
@@ -176,11 +177,13 @@ class SequenceEncoder:
                              ex.margin or 0.0)
 
 
-def tokenize_pairs(encoder: SequenceEncoder, examples: list[PreferenceExample], name: str = "data") -> list[TokenizedPair]:
-    """Tokenise every example; none is dropped, and the truncated count is logged."""
+def tokenize_pairs(encoder: Any, examples: list[PreferenceExample], name: str = "data", *,
+                   what: str = "pairs", how: str = "prompt cut first, from the left") -> list[TokenizedPair]:
+    """Tokenise every example with `encoder.encode_pair` (a SequenceEncoder, or a TripleEncoder for pairwise
+    rankers); none is dropped, and the truncated count is logged."""
     pairs = [encoder.encode_pair(ex) for ex in examples]
     n_trunc = sum(p.truncated for p in pairs)
     if n_trunc:
-        log.info("%s: %d of %d pairs truncated to max_length=%d (prompt cut first, from the left)",
-                 name, n_trunc, len(pairs), encoder.max_length)
+        log.info("%s: %d of %d %s truncated to max_length=%d (%s)", name, n_trunc, len(pairs), what,
+                 encoder.max_length, how)
     return pairs

@@ -21,7 +21,7 @@ import logging
 
 from rewardkit.data.fields import Text
 from rewardkit.data.pairs import PreferenceExample
-from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence, render
+from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence, render, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,4 @@ class TripleEncoder:
 def tokenize_triple_pairs(encoder: TripleEncoder, examples: list[PreferenceExample],
                           name: str = "data") -> list[TokenizedPair]:
     """Every example in both orders; none is dropped, and the truncated count is logged."""
-    pairs = [encoder.encode_pair(ex) for ex in examples]
-    n_trunc = sum(p.truncated for p in pairs)
-    if n_trunc:
-        log.info("%s: %d of %d triples truncated to max_length=%d (each part keeps its end)",
-                 name, n_trunc, len(pairs), encoder.max_length)
-    return pairs
+    return tokenize_pairs(encoder, examples, name, what="triples", how="each part keeps its end")
