@@ -25,6 +25,24 @@ from rewardkit.config import ConfigError, describe, load_config
 
 log = logging.getLogger("rewardkit")
 
+# Exit codes (README "Reliability"): 0 done, 2 bad input or options (one line on stderr naming file, row and
+# field), 3 training stopped because the loss or gradients kept going non-finite. An exception may carry its
+# own `exit_code`; anything else is a bug and keeps its traceback.
+EXIT_BAD_INPUT = 2
+
+
+def json_line(obj: Any) -> str:
+    """One strict-JSON line: NaN and infinities become null (Python's json writes `NaN`, which is not JSON)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), allow_nan=False)
+
 
 # --------------------------------------------------------------------------- commands: config -> library call
 
@@ -33,14 +51,14 @@ def _train(cfg) -> int:
 
     result = train(cfg)
     if result.is_main_process:  # several processes: one summary line, from the main one
-        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, **result.final_eval}))
+        print(json_line({"output_dir": str(result.output_dir), "steps": result.steps, **result.final_eval}))
     return 0
 
 
 def _print(stats: dict, as_json: bool, prefix: str = "") -> None:
     """One JSON object, or nested stats as `dotted.key: value` lines (lists are left to the JSON form)."""
     if as_json:
-        print(json.dumps(stats))
+        print(json_line(stats))
         return
     for k, v in stats.items():
         key = f"{prefix}{k}"
@@ -71,7 +89,7 @@ def _report(cfg) -> int:
     from rewardkit.eval.report import write_report
 
     files = write_report(cfg.path, cfg.output_dir)
-    print(json.dumps({"html": str(files.html), "markdown": str(files.markdown),
+    print(json_line({"html": str(files.html), "markdown": str(files.markdown),
                       "plots": [str(p) for p in files.plots]}))
     return 0
 
@@ -87,7 +105,7 @@ def _merge(cfg) -> int:
     model, tok = RewardModel.from_pretrained(cfg.model.path)
     n = model.merge_lora()
     model.save_pretrained(cfg.output, tok, max_length=model.saved_max_length)
-    print(json.dumps({"output": cfg.output, "base": block["lora"].get("base"), "merged_layers": n,
+    print(json_line({"output": cfg.output, "base": block["lora"].get("base"), "merged_layers": n,
                       "kind": model.kind, "hf_equivalent": model.hf_equivalent}))
     return 0
 
@@ -120,7 +138,7 @@ def _rows_app(cfg) -> int:
         kw.update(strategy=cfg.strategy, min_margin=cfg.min_margin, seed=cfg.seed)
     run = {"rank": apps.rank_file, "filter": apps.filter_file, "make-pairs": apps.make_pairs_file}[cfg.COMMAND]
     report = run(cfg.data.path, cfg.output, _scorer(cfg), **kw)
-    print(json.dumps({"output": cfg.output, **report.to_dict()}))
+    print(json_line({"output": cfg.output, **report.to_dict()}))
     return 0
 
 
@@ -441,11 +459,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[name].run(command_config(name, args))
-    except (ConfigError, DataError, FileNotFoundError, ValueError, OSError) as e:
-        if debug:
+    except Exception as e:  # noqa: BLE001 - only known kinds are turned into one line; the rest re-raise
+        code = getattr(e, "exit_code", None)
+        if code is None and isinstance(e, (ConfigError, DataError, FileNotFoundError, ValueError, OSError)):
+            code = EXIT_BAD_INPUT
+        if debug or code is None:
             raise
         print(f"rewardkit {name}: error: {e}", file=sys.stderr)
-        return 2
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover
