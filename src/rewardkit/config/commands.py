@@ -25,6 +25,8 @@ class TrainConfig:
     scheduler: str = _f("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
     warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    max_bad_steps: int = _f(10, "Optimiser steps whose loss or gradient is not finite are skipped (no weight "
+                                "change) and counted; this many in a row stop the run (exit 3).")
     bf16: bool | None = _f(None, "bf16 autocast for forward and backward. Default (null): on where the hardware "
                                  "computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), off where "
                                  "it would be emulated; weights stay fp32.")
@@ -66,7 +68,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _positive(self, "epochs", "lr")
-        _at_least(self, 1, "batch_size", "grad_accum", "eval_batch_size", "log_every", "checkpoint_every")
+        _at_least(self, 1, "batch_size", "grad_accum", "eval_batch_size", "log_every", "checkpoint_every",
+                  "max_bad_steps")
         _at_least(self, 1, "max_steps", "max_tokens", "row_length", optional=True)
         _at_least(self, 0, "weight_decay", "max_grad_norm", "eval_every", "save_every", "center_rewards_coef")
         _check(0 <= self.warmup_ratio <= 1, "warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
