@@ -2,35 +2,44 @@
 
 Routes: POST /get_reward (OpenRLHF's remote reward model), POST /v1/score, /v1/compare, /v1/rank,
 vLLM's pooling API (POST /classify, /score, /pooling, GET /v1/models; `vllm_api.py`), GET /health (never
-needs the key), GET /metrics (Prometheus text). Request bodies are never logged.
+needs the key), GET /metrics (Prometheus text), GET /openapi.json (needs the key too). Request bodies are
+never logged. Auth, body limits and deadlines, and client disconnects are handled in front of the routes
+(`guard.py`); every error answer is `{"detail": "<one sentence>"}`, as the OpenAPI schema declares.
 """
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import ipaddress
-import json
 import logging
-import time
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Union
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Body, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBearer
+from pydantic.json_schema import models_json_schema
 
 from rewardkit.scoring import NoScores
-from rewardkit.serve.batcher import QueueFull
+from rewardkit.serve.batcher import QueueFull, ShuttingDown
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
-from rewardkit.serve.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse,
-                                     HealthResponse, RankRequest, RankResponse, ScoreResponse, VllmScoreRequest,
-                                     VllmScoreResponse, as_text)
+from rewardkit.serve.guard import Guard
+from rewardkit.serve.schemas import (CompareRequest, CompareResponse, ErrorResponse, GetRewardRequest,
+                                     GetRewardResponse, HealthResponse, RankRequest, RankResponse, ScoreRequest,
+                                     ScoreResponse, VllmScoreRequest, VllmScoreResponse, as_text)
 from rewardkit.serve.service import NotServable, RewardService, ServeSettings
 from rewardkit.serve.vllm_api import add_vllm_routes, parse_v1_score, vllm_score
 
 log = logging.getLogger(__name__)
-ROUTES = ("/get_reward", "/v1/score", "/v1/compare", "/v1/rank", "/classify", "/score", "/pooling", "/v1/models",
-          "/health", "/metrics")
+DRAIN_GRACE_S = 5.0  # after the drain: time for a forward already running to finish before uvicorn cuts it
+ERRORS = {400: "the served model kind cannot answer this route", 401: "missing or wrong API key",
+          408: "request body not received within serve.body_timeout", 413: "body or text count over the limit",
+          422: "malformed request (names the field)", 503: "queue full, or server shutting down (Retry-After)"}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse, "description": ERRORS[c]} for c in codes}
 
 
 def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
@@ -45,8 +54,11 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
             service.stop()
 
     app = FastAPI(title="rewardkit reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(_BodyLimitAndMetrics, max_body=settings.max_body_bytes, metrics=service.metrics)
-    auth = [Depends(_bearer_check(settings.api_key))]
+    app.add_middleware(Guard, settings=settings, metrics=service.metrics)
+    # Guard checks the key before the body is read; this dependency only declares it in the OpenAPI schema.
+    auth = [Security(HTTPBearer(auto_error=False))] if settings.api_key is not None else []
+    get_errors = _errors(401) if settings.api_key is not None else {}
+    post_errors = _errors(*(c for c in ERRORS if c != 401 or settings.api_key is not None))
 
     def check_count(n: int, what: str = "texts") -> None:
         if n > settings.max_texts:
@@ -54,7 +66,8 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
                                      "(the server's --max-texts); split the request")
 
     @app.exception_handler(QueueFull)
-    async def _busy(request: Request, exc: QueueFull):
+    @app.exception_handler(ShuttingDown)
+    async def _busy(request: Request, exc: QueueFull | ShuttingDown):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(NoScores)
@@ -78,18 +91,20 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
     async def health() -> HealthResponse:
         return HealthResponse(status="ok", models=list(service.models))
 
-    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse)
+    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse, responses=get_errors)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/get_reward", dependencies=auth, response_model=GetRewardResponse)
+    @app.post("/get_reward", dependencies=auth, response_model=GetRewardResponse, responses=post_errors)
     async def get_reward(req: GetRewardRequest) -> GetRewardResponse:
         check_count(len(req.query), "queries")
         scored = await service.score_full_texts(req.query, _checked_fields(req.fields(), len(req.query)))
         rewards = scored.reward.tolist()
         return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=scored.extra)
 
-    @app.post("/v1/score", dependencies=auth, response_model=None)
+    @app.post("/v1/score", dependencies=auth, response_model=Union[ScoreResponse, VllmScoreResponse],
+              responses=post_errors, openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
+                  "anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in V1_SCORE_BODIES]}}}}})
     async def score(body: dict[str, Any] = Body()) -> ScoreResponse | VllmScoreResponse:
         # vLLM serves /v1/score too: a vLLM client that calls it gets vLLM's answer shape.
         req = parse_v1_score(body)
@@ -101,7 +116,7 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
                                            _item_fields(req.items), req.normalize)
         return ScoreResponse(scores=scored.reward.tolist(), raw_scores=scored.raw.tolist(), components=scored.extra)
 
-    @app.post("/v1/compare", dependencies=auth, response_model=CompareResponse)
+    @app.post("/v1/compare", dependencies=auth, response_model=CompareResponse, responses=post_errors)
     async def compare(req: CompareRequest) -> CompareResponse:
         check_count(2 * len(req.items), "texts (2 per comparison)")
         comps = await service.compare([as_text(it.prompt) for it in req.items], [as_text(it.a) for it in req.items],
@@ -113,7 +128,7 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
                                margins=[c.margin for c in comps],
                                temperature=comps[0].temperature if comps else service.temperature)
 
-    @app.post("/v1/rank", dependencies=auth, response_model=RankResponse)
+    @app.post("/v1/rank", dependencies=auth, response_model=RankResponse, responses=post_errors)
     async def rank(req: RankRequest) -> RankResponse:
         n = len(req.candidates)
         check_count(n, "candidates")
@@ -122,8 +137,27 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
                                           req.normalize)
         return RankResponse(scores=ranking.scores, raw_scores=raw, order=ranking.order, best=ranking.best)
 
-    add_vllm_routes(app, service, auth, check_count)
+    add_vllm_routes(app, service, auth, check_count, get_errors, post_errors)
+    _declare_v1_score_bodies(app)
     return app
+
+
+V1_SCORE_BODIES = (ScoreRequest, VllmScoreRequest)  # /v1/score takes either (parse_v1_score tells them apart)
+
+
+def _declare_v1_score_bodies(app: FastAPI) -> None:
+    """Put /v1/score's two body models (and what they use) into the schema's components, which FastAPI does
+    not do for a body it sees as a plain dict."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            _, defs = models_json_schema([(m, "validation") for m in V1_SCORE_BODIES],
+                                         ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in defs.get("$defs", {}).items():
+                components.setdefault(name, definition)
+        return app.openapi_schema
+    app.openapi = openapi
 
 
 def _checked_fields(fields: dict[str, list[Any]], n: int) -> dict[str, list[Any]]:
@@ -136,90 +170,6 @@ def _item_fields(items) -> dict[str, list[Any]]:
     return {k: [(it.model_extra or {}).get(k) for it in items] for k in keys}
 
 
-def _bearer_check(api_key: str | None):
-    async def check(authorization: str | None = Header(default=None)) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
-                                headers={"WWW-Authenticate": "Bearer"})
-    return check
-
-
-class _BodyLimitAndMetrics:
-    """ASGI middleware: refuse bodies over `max_body` bytes with 413 (before parsing), time every request.
-
-    The body is read here (at most max_body + one chunk) and replayed to the app, so chunked uploads
-    without Content-Length are bounded too.
-    """
-
-    def __init__(self, app, max_body: int, metrics):
-        self.app, self.max_body, self.metrics = app, max_body, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-        status = [500]
-
-        async def send_tracked(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            replay = await self._read_body(scope, receive)
-            if isinstance(replay, tuple):
-                code, detail = replay
-                await _send_json(send_tracked, code, detail)
-                return
-            await self.app(scope, replay, send_tracked)
-        finally:
-            self.metrics.request(route, status[0], time.perf_counter() - started)
-
-    async def _read_body(self, scope, receive):
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = (413, f"request body too large: over {self.max_body} bytes (the server's --max-body-bytes)")
-        if declared is not None:
-            try:
-                if int(declared) > self.max_body:
-                    return too_big
-            except ValueError:
-                return 400, "invalid Content-Length header"
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return _replay_disconnect
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body:
-                return too_big
-            more = message.get("more_body", False)
-        body, sent = b"".join(chunks), [False]
-
-        async def replay():
-            if not sent[0]:
-                sent[0] = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # later calls wait for the client to disconnect
-        return replay
-
-
-async def _replay_disconnect():
-    return {"type": "http.disconnect"}
-
-
-async def _send_json(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def build_app(models: ModelsConfig, settings: ServeSettings, *, device: str = "cpu",
               max_length: int | None = None, bf16: bool = False) -> FastAPI:
     """Load the models of `models` and wrap them in an app."""
@@ -230,16 +180,42 @@ def build_app(models: ModelsConfig, settings: ServeSettings, *, device: str = "c
 def run_server(models: ModelsConfig, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 5000,
                device: str = "cpu", max_length: int | None = None, access_log: bool = False,
                bf16: bool = False) -> None:
-    """Load, then serve until interrupted (uvicorn, one process: the model worker holds the model once)."""
+    """Load, then serve until SIGTERM/SIGINT (uvicorn, one process: the model worker holds the model once).
+
+    Loading errors propagate before anything listens (the CLI turns them into exit 2). On SIGTERM the
+    server stops accepting, drains (`settings.drain_timeout`) and exits 0."""
     import uvicorn
 
     if not _is_loopback(host) and settings.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or REWARDKIT_API_KEY)", host)
-    app = build_app(models, settings, device=device, max_length=max_length, bf16=bf16)
+    service = RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16)
+    config = uvicorn.Config(create_app(service, settings), host=host, port=port, access_log=access_log,
+                            log_level="info", timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE_S)
     log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward)",
              host, port, host, port)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    draining_server(config, service, settings.drain_timeout).run()
+
+
+def draining_server(config, service: RewardService, drain_s: float):
+    """A uvicorn.Server whose shutdown (SIGTERM, SIGINT) first tells the service to drain: new requests get
+    503, queued work may run `drain_s` more seconds, then gets 503. A drained stop exits 0 instead of
+    re-raising the signal (uvicorn's habit), as a finished job should."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            log.info("shutting down: draining for up to %g s", drain_s)
+            service.begin_drain(drain_s)
+            await super().shutdown(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()  # reached only when the shutdown completed
+
+    return DrainingServer(config)
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,6 +5,10 @@ concurrently), so batching inside a request does nothing; the worker merges whol
 forward instead. A batch closes when it reaches `max_batch_size` texts, when the next request would push
 it past `max_batch_tokens` padded tokens, or `max_wait_ms` after its oldest request arrived. The model runs
 on the worker thread, never on the event loop.
+
+Faults. A request whose client went away (its task cancelled) leaves the queue at once: its texts never
+reach the model. `begin_drain(seconds)` (SIGTERM) refuses new work, lets queued work run for `seconds`, then
+fails what is still queued with `ShuttingDown` (the app answers 503); a forward already running finishes.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ class BatchSettings:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
 
 
+class ShuttingDown(Exception):
+    """The server is stopping: it takes no new work, and work still queued when the drain time ends is dropped."""
+
+    retry_after = 1
+
+
 class QueueFull(Exception):
     """The model's queue cannot take this request now; retry after `retry_after` seconds."""
 
@@ -48,7 +58,7 @@ class QueueFull(Exception):
         super().__init__(f"server busy: {waiting} texts already queued (limit {limit}); retry later")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: deque.remove must find this job, not an equal-looking one
 class _Job:
     """One request's sequences and where to deliver their scores."""
 
@@ -77,6 +87,8 @@ class DynamicBatcher:
         self._waiting = 0  # texts in _jobs
         self._cond = threading.Condition()
         self._stopping = False
+        self._draining = False
+        self._drain_timer: threading.Timer | None = None
         self._thread: threading.Thread | None = None
         if metrics is not None:
             metrics.queue_depth_gauge(name, lambda: self._waiting)
@@ -91,8 +103,42 @@ class DynamicBatcher:
             self._thread = threading.Thread(target=self._work, name=f"rewardkit-batcher-{self.name}", daemon=True)
             self._thread.start()
 
+    def begin_drain(self, seconds: float) -> None:
+        """Refuse new work from now on; work still queued after `seconds` fails with ShuttingDown.
+
+        A timer, not the worker, expires the queue: the worker may be inside a long forward at that moment."""
+        with self._cond:
+            if self._draining:
+                return
+            self._draining = True
+        self._drain_timer = threading.Timer(seconds, self._expire_queue, args=(seconds,))
+        self._drain_timer.daemon = True
+        self._drain_timer.start()
+
+    def _expire_queue(self, seconds: float) -> None:
+        with self._cond:
+            jobs, n = list(self._jobs), self._waiting
+            self._jobs.clear()
+            self._waiting = 0
+        if not jobs:
+            return
+        log.warning("model %s: drain time (%g s) over, %d queued texts answered 503", self.name, seconds, n)
+        self._count_dropped(n, "shutdown")
+        exc = ShuttingDown(f"server shutting down: this request could not be scored within the {seconds:g} s "
+                           "drain; retry (on another server)")
+        for job in jobs:
+            _deliver(job, _fail, exc)
+
+    def _count_dropped(self, n: int, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count("texts_dropped_total", "Queued texts dropped before their forward, by reason "
+                               "(cancelled: the client went away; shutdown: the drain time ran out).",
+                               n, model=self.name, reason=reason)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Finish queued work, then end the worker thread."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -106,6 +152,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(seqs, loop.create_future(), loop)
         with self._cond:
+            if self._draining:
+                raise ShuttingDown("server shutting down: not taking new requests; retry (on another server)")
             if self._stopping or self._thread is None:
                 raise RuntimeError(f"model worker {self.name!r} is not running")
             if self._waiting + len(seqs) > self.settings.max_queue:
@@ -113,7 +161,20 @@ class DynamicBatcher:
             self._jobs.append(job)
             self._waiting += len(seqs)
             self._cond.notify()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the client went away: its texts must not cost a forward
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: _Job) -> None:
+        with self._cond:
+            try:
+                self._jobs.remove(job)
+            except ValueError:
+                return  # the worker already took it (its forward runs; the result is discarded)
+            self._waiting -= len(job.seqs)
+        self._count_dropped(len(job.seqs), "cancelled")
 
     # ------------------------------------------------------------------ worker thread
 

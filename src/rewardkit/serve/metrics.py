@@ -71,6 +71,7 @@ class Metrics:
         self._forward = _Histogram(LATENCY_BUCKETS)
         self._queue_wait = _Histogram(LATENCY_BUCKETS)
         self._gauges: dict[LabelKey, Callable[[], float]] = {}
+        self._counters: dict[str, tuple[str, dict[LabelKey, int]]] = {}  # name -> (help, counts)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (("route", route), ("status", str(status)))
@@ -87,6 +88,13 @@ class Metrics:
             self._forward.observe(key, forward_s)
             for w in waits_s:
                 self._queue_wait.observe(key, w)
+
+    def count(self, name: str, help_: str, n: int = 1, **labels: str) -> None:
+        """Add n to counter `<prefix>_<name>{labels}` (texts cut, requests cancelled, ...)."""
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            counts = self._counters.setdefault(name, (help_, {}))[1]
+            counts[key] = counts.get(key, 0) + n
 
     def queue_depth_gauge(self, model: str, read: Callable[[], float]) -> None:
         """Register a callable read at scrape time (texts waiting for `model`'s worker)."""
@@ -109,6 +117,9 @@ class Metrics:
                 ("queue_wait_seconds", self._queue_wait, "Time a request waited before its batch ran."),
             ):
                 out += [f"# HELP {p}_{name} {help_}", f"# TYPE {p}_{name} histogram"] + hist.lines(f"{p}_{name}")
+            for name, (help_, counts) in sorted(self._counters.items()):
+                out += [f"# HELP {p}_{name} {help_}", f"# TYPE {p}_{name} counter"]
+                out += [f"{p}_{name}{_labels(k)} {v}" for k, v in sorted(counts.items())]
             out += [f"# HELP {p}_queue_depth Texts waiting for the model worker.", f"# TYPE {p}_queue_depth gauge"]
             out += [f"{p}_queue_depth{_labels(k)} {_num(read())}" for k, read in sorted(self._gauges.items())]
         return "\n".join(out) + "\n"

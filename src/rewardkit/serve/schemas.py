@@ -118,6 +118,13 @@ class RankResponse(BaseModel):
     best: int
 
 
+class ErrorResponse(BaseModel):
+    """Every error answer (400, 401, 408, 413, 422, 503): one sentence naming the field or the limit. A 422
+    joins its problems as `field.path: message; ...` and never echoes the submitted input."""
+
+    detail: str
+
+
 class HealthResponse(BaseModel):
     status: str
     models: list[str]

@@ -6,6 +6,9 @@ Judges that do not expose token-level batching (`encode`/`encode_text`/`run`: pa
 judges, DPO and process rewards) run whole calls on that model's one worker thread instead; compare and rank
 go to the judge itself when one such model is served, and kinds without per-text scores refuse the
 score routes with `NoScores`.
+
+Every text is cut to the served models' character limit before anything tokenises it (`limits.py`), and
+`begin_drain` (SIGTERM) refuses new work and bounds how long queued work may still take.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import torch
 
 from rewardkit.data.tokenize import TokenizedSequence
 from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
-from rewardkit.serve.batcher import BatchSettings, DynamicBatcher
+from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown
 from rewardkit.serve.combine import ModelsConfig, Rule
+from rewardkit.serve.limits import cap_text, char_limit, model_max_length
 from rewardkit.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,11 +41,16 @@ class ServeSettings:
     max_texts: int = 512  # texts per request; more -> 413
     max_body_bytes: int = 16 * 1024 * 1024  # request body; more -> 413
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
+    body_timeout: float = 30.0  # seconds to receive a whole request body; slower -> 408, connection closed
+    drain_timeout: float = 30.0  # after SIGTERM: queued work may run this long, then 503; then exit
     batch: BatchSettings = field(default_factory=BatchSettings)
 
     def __post_init__(self):
         if self.max_texts < 1 or self.max_body_bytes < 1:
             raise ValueError("max_texts and max_body_bytes must be positive")
+        if not (self.body_timeout > 0 and self.drain_timeout >= 0):
+            raise ValueError(f"body_timeout must be > 0 and drain_timeout >= 0, got {self.body_timeout}, "
+                             f"{self.drain_timeout}")
         if self.max_texts > self.batch.max_queue:
             raise ValueError(f"max_texts ({self.max_texts}) must not exceed the queue size ({self.batch.max_queue}): "
                              "a request that big could never be queued")
@@ -99,6 +108,9 @@ class RewardService:
                 DynamicBatcher(name, _runner(scorer, settings.batch.max_batch_size), settings.batch, self.metrics)
                 if batchable(scorer) else None,
                 ThreadPoolExecutor(1, thread_name_prefix=f"rewardkit-tok-{name}"))
+        # One limit for all: every text goes to every model of the rule.
+        self.char_limit = max(char_limit(model_max_length(self.models[n].scorer)) for n in rule.model_names())
+        self.draining = False
 
     @classmethod
     def load(cls, cfg: ModelsConfig, settings: ServeSettings, *, device: str = "cpu", max_length: int | None = None,
@@ -123,6 +135,27 @@ class RewardService:
             if m.batcher is not None:
                 m.batcher.start()
 
+    def begin_drain(self, seconds: float) -> None:
+        """SIGTERM: refuse new requests (503); work already queued may run `seconds` more, then gets 503."""
+        self.draining = True
+        for m in self.models.values():
+            if m.batcher is not None:
+                m.batcher.begin_drain(seconds)
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise ShuttingDown("server shutting down: not taking new requests; retry (on another server)")
+
+    def _capped(self, texts: Sequence[Any]) -> list[Any]:
+        out, cut = [], 0
+        for t in texts:
+            t, c = cap_text(t, self.char_limit)
+            out.append(t)
+            cut += c
+        if cut:
+            self.metrics.count("texts_cut_total", f"Texts cut to {self.char_limit} characters before tokenising.", cut)
+        return out
+
     def stop(self) -> None:
         for m in self.models.values():
             if m.batcher is not None:
@@ -136,12 +169,14 @@ class RewardService:
         return m if len(names) == 1 and m.batcher is None else None
 
     async def _call(self, m: ServedModel, fn: Callable[[], Any]) -> Any:
+        self._check_open()
         return await asyncio.get_running_loop().run_in_executor(m.tokenizer_thread, fn)
 
     async def compare(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any],
                       fields: Mapping[str, Sequence[Any]] | None = None) -> list[Comparison]:
         """P(a ≻ b) per prompt at the served temperature: the judge's own compare for a sole unbatched model,
         else from the rule's raw rewards (one batched pass over a and b)."""
+        prompts, a, b = self._capped(prompts), self._capped(a), self._capped(b)
         m = self._sole_unbatched()
         if m is not None:
             return await self._call(m, lambda: m.scorer.compare(prompts, a, b))
@@ -153,6 +188,7 @@ class RewardService:
     async def rank(self, prompt: Any, candidates: Sequence[Any], fields: Mapping[str, Sequence[Any]] | None = None,
                    normalize: bool | None = None) -> tuple[Ranking, list[float] | None]:
         """Candidates best first, and their raw rewards (None for kinds that only compare)."""
+        prompt, candidates = self._capped([prompt])[0], self._capped(candidates)
         m = self._sole_unbatched()
         if m is not None:
             norm = m.normalize if normalize is None else normalize
@@ -172,11 +208,14 @@ class RewardService:
             raise NotServable(f"a {j.kind!r} model needs the prompt and the response apart; send them to "
                               "/v1/score (items) or /classify (messages) instead of full texts")
 
+        texts = self._capped(texts)
         return await self._score(lambda s: [s.encode_text(t) for t in texts], len(texts), fields, normalize, whole)
 
     async def score_pairs(self, prompts: Sequence[Any], responses: Sequence[Any],
                           fields: Mapping[str, Sequence[Any]] | None = None, normalize: bool | None = None) -> Scored:
         """(prompt, response) pairs; strings or chat messages (each model's chat template is applied)."""
+        prompts, responses = self._capped(prompts), self._capped(responses)
+
         def whole(j: Judge) -> torch.Tensor:
             return torch.tensor(j.score(prompts, responses), dtype=torch.float32)  # NoScores where it has none
 
@@ -189,6 +228,7 @@ class RewardService:
         if n == 0:
             empty = torch.empty(0)
             return Scored(empty, empty, {})
+        self._check_open()
         loop = asyncio.get_running_loop()
         names = self.rule.model_names()
         tokens = 0

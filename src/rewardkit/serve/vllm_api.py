@@ -33,24 +33,26 @@ VLLM_SCORE_KEYS = ("queries", "documents", "text_1", "text_2")
 CheckCount = Callable[..., None]
 
 
-def add_vllm_routes(app: FastAPI, service: RewardService, auth: list, check_count: CheckCount) -> None:
-    @app.get("/v1/models", dependencies=auth, response_model=ModelList)
+def add_vllm_routes(app: FastAPI, service: RewardService, auth: list, check_count: CheckCount,
+                    get_errors: dict | None = None, post_errors: dict | None = None) -> None:
+    """`get_errors`/`post_errors`: the error answers the OpenAPI schema declares for each kind of route."""
+    @app.get("/v1/models", dependencies=auth, response_model=ModelList, responses=get_errors)
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=served_name(service))])
 
-    @app.post("/classify", dependencies=auth, response_model=ClassifyResponse)
+    @app.post("/classify", dependencies=auth, response_model=ClassifyResponse, responses=post_errors)
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
         values, scored = await _classify(service, req, check_count)
         return ClassifyResponse(model=req.model or served_name(service), usage=_usage(scored),
                                 data=[ClassifyData(index=i, label=LABEL, probs=[v]) for i, v in enumerate(values)])
 
-    @app.post("/pooling", dependencies=auth, response_model=PoolingResponse)
+    @app.post("/pooling", dependencies=auth, response_model=PoolingResponse, responses=post_errors)
     async def pooling(req: PoolingRequest) -> PoolingResponse:
         values, scored = await _classify(service, req, check_count)
         return PoolingResponse(model=req.model or served_name(service), usage=_usage(scored),
                                data=[PoolingData(index=i, data=[v]) for i, v in enumerate(values)])
 
-    @app.post("/score", dependencies=auth, response_model=VllmScoreResponse)
+    @app.post("/score", dependencies=auth, response_model=VllmScoreResponse, responses=post_errors)
     async def score(req: VllmScoreRequest) -> VllmScoreResponse:
         return await vllm_score(service, req, check_count)
 

@@ -1,0 +1,147 @@
+"""The ASGI layer in front of every route: what a request must pass before the app sees it, in this order.
+
+1. API key: every path but /health (also /openapi.json, and unknown paths) needs `Authorization: Bearer
+   <key>` when the server has one; checked on the headers alone, so a malformed body without a key is 401,
+   never 422.
+2. Body: read here, at most `max_body_bytes` (413, also for chunked uploads without Content-Length) and
+   within `body_timeout` seconds of the headers (408: a client dribbling its body cannot hold a connection
+   and a worker slot); both answers close the connection. The body is then replayed to the app.
+3. Disconnects: the app runs as a task beside a watcher of the connection; when the client goes away
+   before its answer, the task is cancelled, so its texts leave the model queue unscored (batcher.py).
+4. Shutdown: a request cut off by the server's own stop (uvicorn cancels what outlives the drain) gets a
+   503 instead of a silently closed connection.
+
+Every request is timed into the metrics (status 499: the client went away first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from typing import Any
+
+ROUTES = ("/get_reward", "/v1/score", "/v1/compare", "/v1/rank", "/classify", "/score", "/pooling", "/v1/models",
+          "/health", "/metrics", "/openapi.json")
+OPEN_PATHS = ("/health",)
+CLIENT_GONE = 499  # nginx's code for "client closed the request", in metrics only
+
+
+class Guard:
+    """ASGI middleware; `settings` is a ServeSettings (api_key, max_body_bytes, body_timeout)."""
+
+    def __init__(self, app, settings, metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        state = {"status": CLIENT_GONE, "started": False, "done": False}
+
+        async def send_tracked(message):
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["done"] = True
+            await send(message)
+
+        try:
+            if scope["path"] not in OPEN_PATHS and not self._authorised(scope):
+                return await send_json(send_tracked, 401, "missing or wrong API key: send `Authorization: Bearer "
+                                       "<key>`", [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])
+            body = await self._read_body(scope, receive)
+            if isinstance(body, tuple):
+                code, detail = body
+                return await send_json(send_tracked, code, detail, [(b"connection", b"close")])
+            if body is None:
+                return  # the client went away while sending
+            await self._run(scope, _Replay(body, receive), send_tracked, state)
+        finally:
+            self.metrics.request(route, state["status"], time.perf_counter() - started)
+
+    def _authorised(self, scope) -> bool:
+        key = self.settings.api_key
+        if key is None:
+            return True
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key.encode())
+
+    async def _read_body(self, scope, receive) -> bytes | tuple[int, str] | None:
+        limit, seconds = self.settings.max_body_bytes, self.settings.body_timeout
+        too_big = (413, f"request body too large: over {limit} bytes (the server's --max-body-bytes)")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    return too_big
+            except ValueError:
+                return 400, "invalid Content-Length header"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        chunks, size, more = [], 0, True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                return 408, (f"request body not received within {seconds:g} s (the server's serve.body_timeout); "
+                             "connection closed")
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return too_big
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _run(self, scope, replay: "_Replay", send, state: dict[str, Any]) -> None:
+        app = asyncio.ensure_future(self.app(scope, replay, send))
+        watcher = asyncio.ensure_future(replay.watch())
+        try:
+            await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not app.done() and not state["done"]:  # the client went away first: drop its work
+                app.cancel()
+                await asyncio.wait({app})  # unlike `await app`, does not raise the app's CancelledError here
+                return
+            await app
+        except asyncio.CancelledError:
+            # The server stops and this request outlived the drain: answer it rather than drop the socket.
+            # The cancellation is not re-raised: this is the request's outermost frame and it ends now.
+            app.cancel()
+            if not state["started"]:
+                await send_json(send, 503, "server shutting down: the request could not finish within the "
+                                "drain time; retry (on another server)", [(b"connection", b"close")])
+        finally:
+            watcher.cancel()
+
+
+class _Replay:
+    """The app's `receive`: the body once, then (like the server's own) nothing until the client disconnects."""
+
+    def __init__(self, body: bytes, receive):
+        self.body, self.receive, self.sent, self.gone = body, receive, False, asyncio.Event()
+
+    async def __call__(self):
+        if not self.sent:
+            self.sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch(self) -> None:
+        """Returns when the client disconnects (or the server says the response is complete)."""
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.gone.set()
+
+
+async def send_json(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
