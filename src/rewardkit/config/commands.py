@@ -283,6 +283,10 @@ class ServeRunConfig:
     max_queue: int = _f(2048, "Texts waiting; beyond it: 503 + Retry-After.")
     max_texts: int = _f(512, "Texts per request; beyond it: 413.")
     max_body_bytes: int = _f(16 * 1024 * 1024, "Request body limit in bytes; beyond it: 413.")
+    body_timeout: float = _f(30.0, "Seconds to receive a request body once its headers arrived; slower: 408 and "
+                                   "the connection is closed.")
+    drain_timeout: float = _f(30.0, "On SIGTERM: stop accepting, let queued work run this many seconds more, "
+                                    "answer 503 to what is left, exit 0.")
     access_log: bool = _f(False, "One log line per request (never the body).")
 
     def __post_init__(self):
@@ -292,6 +296,8 @@ class ServeRunConfig:
         _check(self.scoring.max_tokens is not None, "scoring.max_tokens", "the server needs a number")
         _at_least(self, 0, "max_wait_ms")
         _at_least(self, 1, "max_queue", "max_texts", "max_body_bytes")
+        _positive(self, "body_timeout")
+        _at_least(self, 0, "drain_timeout")
         _check(self.max_texts <= self.max_queue, "max_texts",
                f"must not exceed max_queue ({self.max_queue}), or a full request could never be queued")
 
