@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -214,11 +213,16 @@ def test_implicit_example():
     assert ex.prompt + ex.chosen == HH_SINGLE_C and ex.prompt + ex.rejected == HH_SINGLE_R
 
 
-def test_implicit_identical_empty_responses_error():
+def test_implicit_identical_empty_responses_are_kept_and_noted():
     t = "\n\nHuman: hi\n\nAssistant:"
-    with pytest.raises(DataError, match="identical") as e:
-        to_example({"chosen": t, "rejected": t}, "implicit", Columns(), "f.jsonl:line 7")
-    assert "f.jsonl:line 7" in str(e.value) and "`chosen`" in str(e.value)
+    ex = to_example({"chosen": t, "rejected": t}, "implicit", Columns(), "f.jsonl:line 7")
+    assert (ex.chosen, ex.rejected) == ("", "")
+    assert ex.notes == ("empty_responses", "empty_responses", "identical_pairs")
+
+
+def test_implicit_empty_transcript_is_refused():
+    with pytest.raises(DataError, match=r"f.jsonl:line 7: field `chosen`: empty text"):
+        to_example({"chosen": " ", "rejected": "\n\nHuman: hi\n\nAssistant: x"}, "implicit", Columns(), "f.jsonl:line 7")
 
 
 def test_conversational_prompt_messages_and_message_responses():
@@ -274,7 +278,7 @@ def test_conversational_responses_repeating_the_prompt_are_not_duplicated():
 
 def test_conversational_bad_message_names_the_field():
     row = {"prompt": [_u("hi")], "chosen": [{"role": "assistant"}], "rejected": [_a("x")]}
-    with pytest.raises(DataError, match=r"`chosen\[0\]`.*`role` and `content`"):
+    with pytest.raises(DataError, match=r"`chosen\[0\]\.content`: missing"):
         to_example(row, "conversational", Columns(), "f:line 2")
     row = {"prompt": [_u("hi")], "chosen": [_a("x")], "rejected": [{"role": "assistant", "content": 3}]}
     with pytest.raises(DataError, match=r"`rejected\[0\]\.content`"):
@@ -378,8 +382,7 @@ GOOD = {"prompt": "p", "chosen": "c", "rejected": "r"}
 MALFORMED = {
     "missing-rejected": ([GOOD, GOOD, {"prompt": "p", "chosen": "c"}], 3, "rejected", "missing"),
     "wrong-type": ([GOOD, {"prompt": "p", "chosen": 5, "rejected": "r"}], 2, "chosen", "expected a string, got int"),
-    "empty-text": ([GOOD, GOOD, GOOD, {"prompt": "p", "chosen": "c", "rejected": "  "}], 4, "rejected", "empty text"),
-    "null-field": ([{"prompt": "p", "chosen": None, "rejected": "r"}, GOOD], 1, "chosen", "missing"),
+    "null-field": ([{"prompt": "p", "chosen": None, "rejected": "r"}, GOOD], 1, "chosen", "is null"),
     "not-an-object": ([GOOD, ["p", "c", "r"]], 2, None, "expected a JSON object, got list"),
     "bad-margin": ([GOOD, dict(GOOD, margin="lots")], 2, "margin", "expected a number"),
 }
@@ -423,8 +426,8 @@ def test_json_row_errors_name_the_row(tmp_path):
 
 def test_csv_row_errors_name_the_line(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text("prompt,chosen,rejected\np,c,r\np,,r\n")
-    with pytest.raises(DataError, match=r"d\.csv:line 3: field `chosen`: empty text"):
+    path.write_text("prompt,chosen,rejected\np,c,r\np,r\n")  # a missing cell reads as null
+    with pytest.raises(DataError, match=r"d\.csv:line 3: field `rejected`: is null"):
         load_preferences(str(path))
 
 
@@ -434,16 +437,19 @@ def test_skip_counts_bad_rows(tmp_path, caplog):
              "{not json",                                   # invalid JSON
              json.dumps({"prompt": "p", "chosen": "c"}),    # missing rejected
              json.dumps([1, 2]),                            # not an object
-             json.dumps(dict(GOOD, chosen="")),             # empty text
+             json.dumps(dict(GOOD, chosen="")),             # empty response: kept and counted
              json.dumps(dict(GOOD, margin="x")),            # bad margin
              json.dumps(dict(GOOD, prompt="last"))]
     path.write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING, logger="rewardkit.data.pairs"):
         examples, report = load_preferences(str(path), on_error="skip")
-    assert [e.prompt for e in examples] == ["p", "last"]
-    assert report.rows == 7 and report.skipped == 5
-    assert len(report.errors) == 5 and "line 2" in report.errors[0] and "`rejected`" in report.errors[1]
-    assert "skipped 5 malformed row(s) of 7" in caplog.text
+    assert [e.prompt for e in examples] == ["p", "p", "last"]
+    assert report.rows == 7 and report.skipped == 4 and report.counts == {"empty_responses": 1}
+    assert len(report.errors) == 4 and "line 2" in report.errors[0] and "`rejected`" in report.errors[1]
+    assert report.by_reason == {"invalid JSON": 1, "`rejected`: missing": 1, "expected a JSON object": 1,
+                                "`margin`: expected a number": 1}
+    assert "skipped 4 malformed row(s) of 7 (by reason: " in caplog.text
+    assert "1 empty responses" in caplog.text and "line 5" in caplog.text
 
 
 def test_skip_with_nothing_usable_errors(tmp_path):

@@ -64,7 +64,7 @@ def test_ranking_rows():
     ({"prompt": "p", "responses": ["a", "b"], "ranks": [1]}, "ranks", "expected a list of 2"),
     ({"prompt": "p", "responses": ["a", "b"], "scores": [1, 1]}, "scores", "tied"),
     ({"prompt": "p", "responses": ["a", "b"]}, "ranks", "need `ranks`"),
-    ({"prompt": "p", "responses": ["a", ""], "ranks": [1, 2]}, "responses[1]", "empty text"),
+    ({"prompt": "p", "responses": ["a", []], "ranks": [1, 2]}, "responses[1]", "no response message"),
     ({"prompt": "p", "responses": ["a", "b"], "ranks": [1, "x"]}, "ranks[1]", "expected a number"),
 ])
 def test_ranking_errors_name_line_and_field(row, field, problem):

@@ -1,8 +1,16 @@
 """Field parsers shared by every row format: each returns a typed value or raises a `DataError` that names
-the row and the field."""
+the row and the field.
+
+Empty responses (README "Reliability"): one rule for every format. A response that is "" (or only
+whitespace, or messages whose contents are all empty) is a real, bad answer: it is kept, scored as the prompt
+followed by the end-of-sequence token, and counted (`empty_responses` in the logs and the summaries). Only
+fields that must hold text refuse it: an implicit-format transcript (the whole conversation) and a step of a
+stepwise row.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Union
 
@@ -12,10 +20,26 @@ Message = dict[str, str]
 Text = Union[str, list[Message]]  # a plain string or chat messages
 
 
+# Chat roles a message may have: the ones chat templates know (OpenAI's developer/function, Llama 3.1's
+# ipython). Anything else is a typo or another dataset's convention, never something to pass on silently.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
+
+
 def need(row: dict[str, Any], key: str, where: str) -> Any:
-    if key not in row or row[key] is None:
-        raise DataError(where, key, f"missing (row has: {', '.join(map(str, row)) or 'nothing'})")
+    if key in row and row[key] is None:
+        raise DataError(where, key, "is null (expected a value)")
+    if key not in row:
+        close = difflib.get_close_matches(key, [str(k) for k in row], n=1, cutoff=0.75)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise DataError(where, key, f"missing (row has: {', '.join(map(str, row)) or 'nothing'}){hint}")
     return row[key]
+
+
+def is_empty(value: Text) -> bool:
+    """True for an empty response: blank text, no messages, or messages whose contents are all blank."""
+    if isinstance(value, str):
+        return not value.strip()
+    return all(not str(m.get("content", "")).strip() for m in value)
 
 
 def text(value: Any, key: str, where: str, allow_empty: bool = False) -> str:
@@ -34,16 +58,20 @@ def messages(value: Any, key: str, where: str, role_key: str = "role", content_k
         raise DataError(where, key, f"expected a list of messages, got {type(value).__name__}")
     out = []
     for j, m in enumerate(value):
-        if not isinstance(m, dict) or role_key not in m or content_key not in m:
-            raise DataError(where, f"{key}[{j}]", f"expected an object with `{role_key}` and `{content_key}`")
+        if not isinstance(m, dict):
+            raise DataError(where, f"{key}[{j}]", f"expected a message object with `{role_key}` and "
+                                                  f"`{content_key}`, got {type(m).__name__}")
+        for k in (role_key, content_key):
+            if m.get(k) is None:
+                raise DataError(where, f"{key}[{j}].{k}", "missing" if k not in m else "is null")
         role = m[role_key]
-        if roles is not None:
-            if str(role).lower() not in roles:
-                raise DataError(where, f"{key}[{j}].{role_key}", f"unknown role {role!r}")
-            role = roles[str(role).lower()]
+        known = roles if roles is not None else {r: r for r in CHAT_ROLES}
+        if not isinstance(role, str) or role.lower() not in known:
+            raise DataError(where, f"{key}[{j}].{role_key}",
+                            f"unknown role {role!r} (known: {', '.join(sorted(set(known)))})")
         if not isinstance(m[content_key], str):
-            raise DataError(where, f"{key}[{j}].{content_key}", "expected a string")
-        out.append({"role": str(role), "content": m[content_key]})
+            raise DataError(where, f"{key}[{j}].{content_key}", f"expected a string, got {type(m[content_key]).__name__}")
+        out.append({"role": known[role.lower()], "content": m[content_key]})
     return out
 
 
@@ -68,8 +96,9 @@ def prompt(row: dict[str, Any], key: str, where: str) -> Text:
 
 
 def response(value: Any, key: str, where: str) -> Text:
+    """A response: text (empty allowed and counted, see the module doc) or at least one chat message."""
     if isinstance(value, str):
-        return text(value, key, where)
+        return value
     msgs = messages(value, key, where)
     if not msgs:
         raise DataError(where, key, "no response message")

@@ -35,6 +35,12 @@ class PreferenceExample:
     margin: float | None = None
     source: str = ""  # "file.jsonl:line 12", for error messages downstream
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What loading counts about this pair (`LoadReport.note`): each empty response, identical answers."""
+        empty = tuple("empty_responses" for r in (self.chosen, self.rejected) if fields.is_empty(r))
+        return empty + (("identical_pairs",) if self.chosen == self.rejected else ())
+
 
 # --------------------------------------------------------------------------- formats
 
@@ -131,25 +137,23 @@ def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str,
     margin = fields.margin(row, cols.margin, where) if margins is None else _rated_margin(row, cols.rating, where, margins)
     if fmt == "explicit":
         prompt = fields.text(fields.need(row, cols.prompt, where), cols.prompt, where, allow_empty=True)
-        chosen = fields.text(fields.need(row, cols.chosen, where), cols.chosen, where)
-        rejected = fields.text(fields.need(row, cols.rejected, where), cols.rejected, where)
+        chosen = fields.text(fields.need(row, cols.chosen, where), cols.chosen, where, allow_empty=True)
+        rejected = fields.text(fields.need(row, cols.rejected, where), cols.rejected, where, allow_empty=True)
         return PreferenceExample(prompt, chosen, rejected, margin, where)
-    if fmt == "implicit":
+    if fmt == "implicit":  # a transcript is the whole conversation: it needs text; its last reply may be empty
         c = fields.text(fields.need(row, cols.chosen, where), cols.chosen, where)
         r = fields.text(fields.need(row, cols.rejected, where), cols.rejected, where)
         prompt, chosen, rejected = split_transcripts(c, r)
-        if not chosen.strip() and not rejected.strip():
-            raise DataError(where, cols.chosen, "chosen and rejected are identical")
         return PreferenceExample(prompt, chosen, rejected, margin, where)
     if fmt == "conversational":
         chosen_raw = fields.need(row, cols.chosen, where)
         rejected_raw = fields.need(row, cols.rejected, where)
-        as_msgs = lambda v, k: ([{"role": "assistant", "content": fields.text(v, k, where)}]  # noqa: E731
+        as_msgs = lambda v, k: ([{"role": "assistant", "content": fields.text(v, k, where, True)}]  # noqa: E731
                                 if isinstance(v, str) else fields.messages(v, k, where))
         chosen, rejected = as_msgs(chosen_raw, cols.chosen), as_msgs(rejected_raw, cols.rejected)
         p = row.get(cols.prompt)
         if p is not None and not (isinstance(p, (str, list)) and not p):
-            prompt = ([{"role": "user", "content": fields.text(p, cols.prompt, where)}] if isinstance(p, str)
+            prompt = ([{"role": "user", "content": fields.text(p, cols.prompt, where, True)}] if isinstance(p, str)
                       else fields.messages(p, cols.prompt, where))
             # Some datasets (e.g. UltraFeedback-binarized) repeat the prompt turns at the start of the
             # responses: drop them so the prompt is not rendered twice.
@@ -168,7 +172,7 @@ def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str,
         def response(key: str) -> list[Message]:
             v = fields.need(row, key, where)
             if isinstance(v, str):  # a bare reply
-                return [{"role": "assistant", "content": fields.text(v, key, where)}]
+                return [{"role": "assistant", "content": v}]
             msgs = fields.messages(v, key, where, **kw)
             if not msgs:
                 raise DataError(where, key, "no response message")

@@ -25,6 +25,11 @@ class RankingExample:
     preference: tuple[float, ...]
     source: str = ""
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What loading counts (`LoadReport.note`): each empty response (kept and scored, see `fields`)."""
+        return tuple("empty_responses" for r in self.responses if fields.is_empty(r))
+
 
 def ranking_example(row: dict[str, Any], cols: Columns, where: str) -> RankingExample:
     raw = fields.need(row, cols.responses, where)

@@ -2,7 +2,10 @@
 
 Every row comes with where it is ("path:line N" or "path:row N", 1-based), so errors can name it.
 `load_examples` is the one loader loop: rows -> typed examples with the `on_error` policy (raise, or skip
-and count), used by every row format (pairs, rankings, targets, benchmarks).
+and count by reason), used by every row format (pairs, rankings, targets, benchmarks).
+
+Bytes are decoded line by line (UTF-8; a leading BOM is dropped), so undecodable bytes are a row error naming
+the line like any other, and skippable. Extra columns are ignored.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import csv
 import itertools
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,13 @@ class DataError(ValueError):
         at = f"{where}: field `{field}`" if field else where
         super().__init__(f"{at}: {problem}")
 
+    @property
+    def reason(self) -> str:
+        """The kind of problem without the row's values, for counts: "`chosen`: expected a string"."""
+        problem = re.split(r",| \(|: ", self.problem, maxsplit=1)[0]
+        field = re.sub(r"\[\d+\]", "[*]", self.field) if self.field else None
+        return f"`{field}`: {problem}" if field else problem
+
 
 @dataclass
 class LoadReport:
@@ -35,22 +46,47 @@ class LoadReport:
     rows: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)  # first few skip reasons
+    by_reason: dict[str, int] = field(default_factory=dict)  # skipped rows per `DataError.reason`
+    counts: dict[str, int] = field(default_factory=dict)  # kept rows' notes, e.g. empty_responses
+    first: dict[str, str] = field(default_factory=dict)  # where each note was first seen
 
     def skip(self, err: DataError, on_error: str) -> None:
         """Count a malformed row, or re-raise it when `on_error` is "raise"."""
         if on_error == "raise":
             raise err
         self.skipped += 1
+        self.by_reason[err.reason] = self.by_reason.get(err.reason, 0) + 1
         if len(self.errors) < 5:
             self.errors.append(str(err))
 
+    def note(self, key: str, where: str) -> None:
+        """Count something about a kept row that must not be silent (an empty response, identical answers)."""
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.first.setdefault(key, where)
+
+    def summary(self) -> dict[str, Any]:
+        """The counts for a command's summary: skipped rows (and why, when any) and every note (0 when none)."""
+        out: dict[str, Any] = {"skipped_rows": self.skipped}
+        if self.by_reason:
+            out["skipped_by_reason"] = dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+        return {**out, **{k: self.counts.get(k, 0) for k in NOTES}, **self.counts}
+
     def finish(self, source: str, kept: int) -> None:
-        """Warn about skipped rows; a source with nothing usable is an error."""
+        """Log skipped rows by reason and the notes; a source with nothing usable is an error."""
         if self.skipped:
-            log.warning("%s: skipped %d malformed row(s) of %d; first: %s", source, self.skipped, self.rows,
-                        self.errors[0])
+            reasons = "; ".join(f"{r}: {n}" for r, n in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+            log.warning("%s: skipped %d malformed row(s) of %d (by reason: %s); first: %s", source, self.skipped,
+                        self.rows, reasons, self.errors[0])
+        for key, n in self.counts.items():
+            log.warning("%s: %d %s (%s; first: %s)", source, n, key.replace("_", " "), NOTES.get(key, "counted"),
+                        self.first[key])
         if not kept:
-            raise DataError(source, None, "no usable rows")
+            raise DataError(source, None, "no rows (the file is empty or blank)" if not self.rows else "no usable rows")
+
+
+# What each note means, for the log line (README "Reliability": empty responses are scored, not refused).
+NOTES = {"empty_responses": "scored as prompt + end-of-sequence, as a real (bad) answer",
+         "identical_pairs": "chosen equals rejected: a tie, kept"}
 
 
 ON_ERROR = ("raise", "skip")
@@ -64,8 +100,9 @@ def load_examples(source: str, convert: Callable[[dict[str, Any], str], Any] | N
     """Read `source` and convert each row with `convert(row, where)`.
 
     Malformed rows (unreadable JSON included) raise `DataError` (on_error="raise") or are skipped and counted
-    ("skip"). With `detect`, the converter is chosen from the first `DETECT_ROWS` readable rows together
-    (e.g. the format most of them have), so one odd first row cannot decide how every row is read.
+    by reason ("skip"). With `detect`, the converter is chosen from the first `DETECT_ROWS` readable rows
+    together (e.g. the format most of them have), so one odd first row cannot decide how every row is read.
+    An example may name counts it adds to the report in a `notes` attribute (e.g. "empty_responses").
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -84,9 +121,13 @@ def load_examples(source: str, convert: Callable[[dict[str, Any], str], Any] | N
         try:
             if isinstance(row, DataError):
                 raise row
-            examples.append(convert(row, where))
+            example = convert(row, where)
         except DataError as e:
             report.skip(e, on_error)
+            continue
+        examples.append(example)
+        for key in getattr(example, "notes", ()):
+            report.note(key, where)
     report.finish(source, len(examples))
     return examples, report
 
@@ -94,12 +135,17 @@ def load_examples(source: str, convert: Callable[[dict[str, Any], str], Any] | N
 def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield `(where, row)` pairs; `where` is "path:line N" or "path:row N" (1-based).
 
-    Raises `DataError` at the first unreadable row (invalid JSON, not an object).
+    Raises `DataError` at the first unreadable row (invalid JSON, not an object), and at the end when the
+    source held no rows at all (an empty or whitespace-only file).
     """
+    n = 0
     for where, row in _iter_rows(source, split):
         if isinstance(row, DataError):
             raise row
+        n += 1
         yield where, row
+    if not n:
+        raise DataError(str(source), None, "no rows (the file is empty or blank)")
 
 
 def _looks_like_path(source: str, suffix: str) -> bool:
@@ -128,20 +174,26 @@ def _iter_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | 
         yield from _read_hub(source, split)
         return
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8-sig") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{source}:line {i}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield where, DataError(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
-                    continue
-                yield where, _as_mapping(row, where)
+        for i, line in _lines(path, source):
+            where = f"{source}:line {i}"
+            if isinstance(line, DataError):
+                yield where, line
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            yield where, _as_mapping(row, where)
     elif suffix == ".json":
+        raw = _open(path, source, lambda p: p.read_bytes())
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            data = json.loads(raw.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{source}:line {line}", None, _not_utf8(e, raw.rfind(b"\n", 0, e.start) + 1)) from None
         except json.JSONDecodeError as e:
             raise DataError(f"{source}:line {e.lineno}", None, f"invalid JSON ({e.msg})") from None
         if isinstance(data, dict):  # {"data": [...]} wrappers (or any single list-valued key)
@@ -155,13 +207,12 @@ def _iter_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | 
         for i, row in enumerate(data, 1):
             yield f"{source}:row {i}", _as_mapping(row, f"{source}:row {i}")
     elif suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: Excel writes a BOM
-            reader = csv.DictReader(fh)
-            reader.fieldnames  # reads the header, so line_num is where the first record starts
+        reader = csv.DictReader(_csv_lines(path, source))  # BOM dropped: Excel writes one
+        reader.fieldnames  # reads the header, so line_num is where the first record starts
+        start = reader.line_num + 1
+        for row in reader:  # a record may span lines (quoted newlines): name the line it starts on
+            yield f"{source}:line {start}", dict(row)
             start = reader.line_num + 1
-            for row in reader:  # a record may span lines (quoted newlines): name the line it starts on
-                yield f"{source}:line {start}", dict(row)
-                start = reader.line_num + 1
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -174,6 +225,41 @@ def _iter_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | 
     else:
         raise DataError(source, None, f"unsupported file type `{suffix}` (use .jsonl, .json, .parquet, "
                                       ".csv or a datasets folder)")
+
+
+def _open(path: Path, source: str, read: Callable[[Path], Any]) -> Any:
+    """`read(path)` with an unreadable file (permissions, a folder) as a `DataError` naming it."""
+    try:
+        return read(path)
+    except OSError as e:
+        raise DataError(source, None, f"cannot read the file: {e.strerror or e}") from None
+
+
+def _not_utf8(e: UnicodeDecodeError, line_start: int = 0) -> str:
+    byte = e.object[e.start:e.start + 1].hex()
+    return f"not UTF-8 text (byte 0x{byte} at byte {e.start - line_start + 1} of the line); save the file as UTF-8"
+
+
+def _lines(path: Path, source: str) -> Iterator[tuple[int, str | DataError]]:
+    """(1-based line number, text) of a text file read as bytes, so one undecodable line is that line's
+    error (the rest of the file still reads); a UTF-8 BOM at the start is dropped. Memory: one line."""
+    fh = _open(path, source, lambda p: p.open("rb"))
+    with fh:
+        for i, raw in enumerate(fh, 1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield i, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, DataError(f"{source}:line {i}", None, _not_utf8(e))
+
+
+def _csv_lines(path: Path, source: str) -> Iterator[str]:
+    # A CSV record cannot be skipped alone once its bytes are bad (quoting may span lines): stop there.
+    for _, line in _lines(path, source):
+        if isinstance(line, DataError):
+            raise line
+        yield line
 
 
 def _as_mapping(row: Any, where: str) -> dict[str, Any] | DataError:

@@ -6,6 +6,13 @@ Layout of one sequence:
   encoder: [CLS] prompt [SEP] response [SEP]   (token_type_ids 0 then 1, when the model uses them)
 Truncation keeps the END of the response: prompt tokens go first (from the left), then response tokens
 (from the left), so the readout token is always the real last token.
+
+Before tokenising, a text longer than max_length x CHARS_PER_TOKEN characters keeps only its last that many
+characters (the end, as token truncation does), so a 50 MB response costs what a 32k-character one does
+instead of millions of tokens. Ordinary text has 3-5 characters per token and GPT-2's longest token has 66,
+so the cut only removes text that token truncation would drop anyway.
+An empty response still has a token to read the reward from: decoders end every sequence with EOS, encoders
+with [SEP] (an encoder tokenizer with neither reads the last prompt token).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from rewardkit.data.fields import Message, Text
 from rewardkit.data.pairs import PreferenceExample
 
 log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 64  # the character cap before tokenising is max_length x this (module doc)
 
 # Used when a tokenizer has no chat template (GPT-2, BERT): the HH transcript style.
 _FALLBACK_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System", "tool": "Tool"}
@@ -82,6 +91,7 @@ class SequenceEncoder:
         self.tok = tokenizer
         self.max_length = max_length
         self.is_encoder = is_encoder
+        self.max_chars = max_length * CHARS_PER_TOKEN
         probe = tokenizer("hello", add_special_tokens=False)["input_ids"]
         full = tokenizer("hello", add_special_tokens=True)["input_ids"]
         start = next((i for i in range(len(full)) if full[i:i + len(probe)] == probe), 0)
@@ -94,6 +104,9 @@ class SequenceEncoder:
             self.suffix = [tokenizer.eos_token_id]
 
     def _ids(self, text: str) -> list[int]:
+        """Token ids of `text`, at most its last `max_chars` characters (the character cap, module doc)."""
+        if len(text) > self.max_chars:
+            text = text[len(text) - self.max_chars:]
         return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
     def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
@@ -119,7 +132,8 @@ class SequenceEncoder:
             sep = []
             end = [] if response_ids[-1:] == self.suffix else self.suffix
         budget = self.max_length - len(prefix) - len(sep) - len(end)
-        truncated = len(prompt_ids) + len(response_ids) > budget
+        truncated = (len(prompt_ids) + len(response_ids) > budget or len(p_text) > self.max_chars
+                     or len(r_text) > self.max_chars)
         if truncated:
             keep_prompt = max(0, budget - len(response_ids))
             prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:] if keep_prompt else []
@@ -129,10 +143,14 @@ class SequenceEncoder:
             response_ids = response_ids[max(0, len(response_ids) - budget):]
         head = prefix + prompt_ids + sep
         ids = head + response_ids + end
+        if not ids:
+            raise ValueError("empty prompt and response, and the tokenizer adds no special token: no token to "
+                             "read a reward from")
         types = None
         if self.use_token_types:  # segment B = response, when there is a segment A
             types = [0] * len(head) + [1 if prompt_ids else 0] * (len(ids) - len(head))
-        return TokenizedSequence(ids, len(head), types, truncated)
+        # An empty response without an end token of its own is read at the last prompt token.
+        return TokenizedSequence(ids, min(len(head), len(ids) - 1), types, truncated)
 
     def encode_text(self, text: str) -> TokenizedSequence:
         """A full prompt+response text, as a PPO trainer decodes it (special tokens kept), -> ids.
@@ -154,6 +172,7 @@ class SequenceEncoder:
         if pad and pad not in (bos, eos):  # left padding kept in a decoded batch
             while text.startswith(pad):
                 text = text[len(pad):]
+        capped = len(text) > self.max_chars
         ids = self._ids(text)
         prefix = self.prefix
         if bos and getattr(tok, "bos_token_id", None) is not None and ids[:1] == [tok.bos_token_id] \
@@ -168,6 +187,7 @@ class SequenceEncoder:
         truncated = len(ids) > budget
         if truncated:
             ids = ids[len(ids) - budget:]
+        truncated = truncated or capped
         full = prefix + ids + end
         types = [0] * len(full) if self.use_token_types else None
         return TokenizedSequence(full, len(prefix), types, truncated)

@@ -198,7 +198,7 @@ def analyze(data: EvalData, judged: Judged | ScoreDetails, *, temperature: float
         lb = length_bias(torch.cat([margins / 2, -margins / 2]), torch.cat([judged.lengths[ci], judged.lengths[ri]]),
                          torch.arange(n), torch.arange(n, 2 * n), top_fraction).to_dict()
         lb["basis"] = "pair margins"
-    stats["skipped_rows"] = data.report.skipped
+    stats.update(data.report.summary())  # skipped_rows (+ by reason), empty_responses, identical_pairs
     stats["truncated_pairs"] = int((judged.truncated[ci] | judged.truncated[ri]).sum())
     stats["benchmark"] = data.kind
     cal = calibration(margins, temperature)

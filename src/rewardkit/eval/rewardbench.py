@@ -71,6 +71,10 @@ class BenchPair:
     subset: str
     id: str | None = None
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.example.notes
+
 
 @dataclass(frozen=True)
 class BestOfNRow:
@@ -84,21 +88,30 @@ class BestOfNRow:
     source: str = ""
     num_correct: int | None = None  # as given in the row; the `chosen` list is what counts
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Each empty completion (kept and scored, see `data.fields`)."""
+        return tuple("empty_responses" for c in self.chosen + self.rejected if fields.is_empty(c))
+
 
 def _is_v2_completions(value: Any) -> bool:
     # v2: a list of completions (strings, or message lists). v1 chat: a list of message dicts.
     return isinstance(value, list) and bool(value) and all(isinstance(v, (str, list)) for v in value)
 
 
-def detect_kind(rows: Sequence[dict[str, Any]], cols: Columns | None = None) -> str:
-    """The kind of rows: "rewardbench2" if `chosen` holds lists of completions, "rewardbench" if every row
-    has a `subset`, else "pairs"."""
-    cols = cols or Columns()
-    if any(_is_v2_completions(r.get(cols.chosen)) for r in rows):
+def _row_kind(row: dict[str, Any], cols: Columns) -> str:
+    if _is_v2_completions(row.get(cols.chosen)):
         return "rewardbench2"
-    if rows and all("subset" in r and cols.chosen in r and cols.rejected in r for r in rows):
-        return "rewardbench"
-    return "pairs"
+    return "rewardbench" if "subset" in row and cols.chosen in row and cols.rejected in row else "pairs"
+
+
+def detect_kind(rows: Sequence[dict[str, Any]], cols: Columns | None = None) -> str:
+    """The kind most rows have (ties: the earliest row's): "rewardbench2" when `chosen` holds lists of
+    completions, "rewardbench" with a `subset`, else "pairs". A majority, so that one odd row is reported as
+    the malformed row it is instead of changing how every other row is read."""
+    cols = cols or Columns()
+    kinds = [_row_kind(r, cols) for r in rows]
+    return max(dict.fromkeys(kinds), key=kinds.count) if kinds else "pairs"
 
 
 def _subset(row: dict[str, Any], where: str) -> str:
@@ -122,9 +135,7 @@ def to_bench_pair(row: dict[str, Any], where: str, cols: Columns | None = None) 
 
 
 def _completion(value: Any, field_name: str, where: str) -> Text:
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError(where, field_name, "empty completion")
+    if isinstance(value, str):  # "" is an empty answer: scored and counted (data.fields)
         return value
     return fields.messages(value, field_name, where)
 
