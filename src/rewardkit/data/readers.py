@@ -64,6 +64,19 @@ class LoadReport:
         self.counts[key] = self.counts.get(key, 0) + 1
         self.first.setdefault(key, where)
 
+    @classmethod
+    def combined(cls, reports: list[LoadReport]) -> LoadReport:
+        """One report adding up several (the sources of a training mixture and its eval sets)."""
+        out = cls()
+        for r in reports:
+            out.rows, out.skipped = out.rows + r.rows, out.skipped + r.skipped
+            out.errors += r.errors[:max(0, 5 - len(out.errors))]
+            for mine, theirs in ((out.by_reason, r.by_reason), (out.counts, r.counts)):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            out.first = {**r.first, **out.first}
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The counts for a command's summary: skipped rows (and why, when any) and every note (0 when none)."""
         out: dict[str, Any] = {"skipped_rows": self.skipped}

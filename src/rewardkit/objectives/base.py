@@ -19,7 +19,7 @@ from torch import nn
 from rewardkit.batches import StepOutput
 from rewardkit.config import DataConfig, TrainRunConfig
 from rewardkit.data.mixing import SourceSpec, eval_sources, mixture_counts, training_sources
-from rewardkit.data.readers import load_examples
+from rewardkit.data.readers import LoadReport, load_examples
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.metrics import reward_stats
 from rewardkit.models.lora import LoraSpec
@@ -43,12 +43,14 @@ class ObjectiveData:
     """Tokenised training and held-out items (pairs, rankings, points...).
 
     eval: every held-out item; eval_sets: the same items by named set (one set for a single eval source);
-    sources: where each training source sits in `train` (one slice unless `data.train` is a mixture)."""
+    sources: where each training source sits in `train` (one slice unless `data.train` is a mixture);
+    counts: what loading counted over every source (`LoadReport.summary`: skipped_rows, empty_responses...)."""
 
     train: list
     eval: list
     eval_sets: dict[str, list] = field(default_factory=dict)
     sources: list[SourceSlice] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mixed(self) -> bool:
@@ -124,20 +126,27 @@ def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:
     return train[:-n], train[-n:]
 
 
-def load_sources(cfg: TrainRunConfig, load: Callable[[SourceSpec], list], tokenize: Callable[[list, str], list],
-                 what: str) -> ObjectiveData:
-    """Every training source and eval set of `data.*`: `load(spec)` reads a source's examples,
-    `tokenize(examples, name)` turns them into items. Without `data.eval`, `data.eval_size` is held out from
-    the END of each training source (one set per source)."""
+def load_sources(cfg: TrainRunConfig, load: Callable[[SourceSpec], tuple[list, LoadReport]],
+                 tokenize: Callable[[list, str], list], what: str) -> ObjectiveData:
+    """Every training source and eval set of `data.*`: `load(spec)` reads a source's examples (and its
+    `LoadReport`), `tokenize(examples, name)` turns them into items. Without `data.eval`, `data.eval_size` is
+    held out from the END of each training source (one set per source)."""
     d = cfg.data
-    parts = [(spec, load(spec)) for spec in training_sources(d)]
-    held = {name: load(spec) for name, spec in eval_sources(d).items()}
+    reports: list[LoadReport] = []
+
+    def read(spec: SourceSpec) -> list:
+        examples, report = load(spec)
+        reports.append(report)
+        return examples
+
+    parts = [(spec, read(spec)) for spec in training_sources(d)]
+    held = {name: read(spec) for name, spec in eval_sources(d).items()}
     if not held and d.eval_size > 0:
         for i, (spec, examples) in enumerate(parts):
             kept, out = hold_out(examples, d, what)
             parts[i] = (spec, kept)
             held["eval" if len(parts) == 1 else spec.name] = out
-    data = ObjectiveData([], [])
+    data = ObjectiveData([], [], counts=LoadReport.combined(reports).summary())
     for spec, examples in parts:
         items = tokenize(examples, f"train {spec.name}" if len(parts) > 1 else "train")
         data.sources.append(SourceSlice(spec.name, len(data.train), len(items), spec.weight))
@@ -184,8 +193,8 @@ def load_tokenized(cfg: TrainRunConfig, encoder: SequenceEncoder, convert: Calla
                    tokenize: Callable[[SequenceEncoder, list], list], what: str) -> ObjectiveData:
     """Every source's rows converted by `convert(row, columns, where)`, then tokenised by
     `tokenize(encoder, examples)`."""
-    def load(spec: SourceSpec) -> list:
+    def load(spec: SourceSpec) -> tuple[list, LoadReport]:
         return load_examples(spec.path, lambda row, where: convert(row, spec.columns, where), split=spec.split,
-                             on_error=cfg.data.on_error, max_samples=spec.max_samples)[0]
+                             on_error=cfg.data.on_error, max_samples=spec.max_samples)
 
     return load_sources(cfg, load, lambda examples, name: tokenize(encoder, examples), what)

@@ -20,6 +20,7 @@ from rewardkit.config import ConfigError, TrainRunConfig
 from rewardkit.data.collators import pad_sequences
 from rewardkit.data.mixing import SourceSpec
 from rewardkit.data.pairs import PreferenceExample, load_preferences
+from rewardkit.data.readers import LoadReport
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.losses import judge_ce
 from rewardkit.metrics import reward_stats
@@ -97,9 +98,9 @@ class JudgeObjective(BaseObjective):
         if self.prompt is None:
             self.prompt = JudgePrompt(encoder.tok, None, d.max_length)
 
-        def load(spec: SourceSpec) -> list:
+        def load(spec: SourceSpec) -> tuple[list, LoadReport]:
             return load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
-                                    split=spec.split, max_samples=spec.max_samples)[0]
+                                    split=spec.split, max_samples=spec.max_samples)
 
         return load_sources(cfg, load, lambda examples, name: self._items(examples), "pairs")
 

@@ -19,6 +19,7 @@ from rewardkit.config import ConfigError, TrainRunConfig
 from rewardkit.data.collators import PairCollator
 from rewardkit.data.mixing import SourceSpec
 from rewardkit.data.pairs import load_preferences
+from rewardkit.data.readers import LoadReport
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.data.triples import TripleEncoder, tokenize_triple_pairs
 from rewardkit.losses import pairrm_bce
@@ -57,9 +58,9 @@ class PairRMObjective(BaseObjective):
         triples = TripleEncoder(encoder.tok, encoder.max_length, encoder.is_encoder)
         d = cfg.data
 
-        def load(spec: SourceSpec) -> list:
+        def load(spec: SourceSpec) -> tuple[list, LoadReport]:
             return load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
-                                    split=spec.split, max_samples=spec.max_samples)[0]
+                                    split=spec.split, max_samples=spec.max_samples)
 
         return load_sources(cfg, load, lambda examples, name: tokenize_triple_pairs(triples, examples, name), "pairs")
 

@@ -14,6 +14,7 @@ from rewardkit.data.collators import PairCollator, RankingCollator
 from rewardkit.data.mixing import SourceSpec
 from rewardkit.data.pairs import load_preferences, margin_mapping
 from rewardkit.data.rankings import ranking_example, tokenize_rankings
+from rewardkit.data.readers import LoadReport
 from rewardkit.data.tokenize import SequenceEncoder, tokenize_pairs
 from rewardkit.losses import PAIRWISE_LOSSES, center_penalty, first_divergence, kwise_bt, token_level
 from rewardkit.metrics import pairwise_stats, ranking_stats, reward_stats
@@ -27,9 +28,9 @@ def load_pairs(cfg: TrainRunConfig, encoder: SequenceEncoder) -> ObjectiveData:
     d = cfg.data
     margins = margin_mapping(d.margin_table, d.margin_map)
 
-    def load(spec: SourceSpec) -> list:
+    def load(spec: SourceSpec) -> tuple[list, LoadReport]:
         return load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
-                                split=spec.split, max_samples=spec.max_samples, margins=margins)[0]
+                                split=spec.split, max_samples=spec.max_samples, margins=margins)
 
     return load_sources(cfg, load, lambda examples, name: tokenize_pairs(encoder, examples, name), "pairs")
 
