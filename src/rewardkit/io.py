@@ -20,18 +20,34 @@ def _default_mode() -> int:
 
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file in the target's folder; on success it replaces `path`, on error it vanishes."""
+    """Open a temp file in the target's folder; on success it replaces `path`, on error it vanishes. A write
+    error that names no file (ENOSPC from write() or close()) is raised again naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        _raise_named(e, path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
         os.chmod(tmp, _default_mode())  # mkstemp makes 0600; outputs should look like any other file
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        _raise_named(e, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _raise_named(e: OSError, path: Path) -> None:
+    """Raise `e`, naming the output `path` where it names no file (or only our temp file): `[Errno 28] No space
+    left on device: 'out.jsonl'` instead of a bare `[Errno 28] No space left on device`."""
+    named = e.filename is not None and not Path(str(e.filename)).name.startswith(f".{path.name}.")
+    if named:
+        raise e
+    raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -44,21 +60,30 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 @contextmanager
-def staged_dir(target: str | Path) -> Iterator[Path]:
+def staged_dir(target: str | Path, last: str = "config.json") -> Iterator[Path]:
     """Yield a temp folder; on success its files are moved into `target` one atomic rename each.
 
-    `config.json` moves last so a reader never sees a config that points at missing weights.
+    `last` (config.json) moves last so a reader never sees a config that points at missing weights. On
+    failure nothing moves, and a `target` this call created is removed again (when still empty).
     """
     target = Path(target)
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+    ok = False
     try:
         yield tmp
-        names = sorted(os.listdir(tmp), key=lambda n: n == "config.json")
+        names = sorted(os.listdir(tmp), key=lambda n: n == last)
         for name in names:
             dest = target / name
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             os.replace(tmp / name, dest)
+        ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not ok:
+            try:
+                target.rmdir()
+            except OSError:  # not empty: another writer put something there meanwhile
+                pass
