@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from rewardkit.config import Columns
-from rewardkit.data import DataError, read_rows
+from rewardkit.data import DataError, fields, read_rows
 from rewardkit.io import atomic_write, write_jsonl
 
 STRATEGIES = ("max_min", "max_random", "all")
@@ -69,9 +69,9 @@ class ScoredRow:
 
 
 def _check_text(value: Any, where: str, key: str) -> Any:
-    ok = isinstance(value, str) or (isinstance(value, list) and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in value))
-    if not ok:
+    if isinstance(value, list):  # chat messages: known roles, string contents (data.fields)
+        return fields.messages(value, key, where)
+    if not isinstance(value, str):
         raise DataError(where, key, f"expected a string or chat messages, got {type(value).__name__}")
     return value
 
@@ -139,17 +139,13 @@ def _score_input(where: str, row: dict[str, Any], cols: Columns) -> tuple[Any, A
     """(prompt, response) of a score row: the `messages` chat (last message = response) or prompt+response."""
     msgs = row.get(cols.messages)
     if isinstance(msgs, list) and msgs:
-        if not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
-            raise DataError(where, cols.messages, "expected a list of {role, content} messages")
+        msgs = fields.messages(msgs, cols.messages, where)
         return msgs[:-1], msgs[-1:]
     if cols.response not in row:
         raise DataError(where, cols.response,
                         f"missing (need `{cols.prompt}`+`{cols.response}` or `{cols.messages}`)")
-    prompt, response = row.get(cols.prompt, ""), row[cols.response]
-    for key, val in ((cols.response, response), (cols.prompt, prompt)):
-        if not isinstance(val, (str, list)):
-            raise DataError(where, key, f"expected a string or messages, got {type(val).__name__}")
-    return prompt, response
+    response = _check_text(row[cols.response], where, cols.response)
+    return _check_text(row.get(cols.prompt, ""), where, cols.prompt), response
 
 
 def score_file(source: str, output: str | Path, scorer, *, columns: Columns | None = None,
