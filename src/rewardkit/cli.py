@@ -51,7 +51,8 @@ def _train(cfg) -> int:
 
     result = train(cfg)
     if result.is_main_process:  # several processes: one summary line, from the main one
-        print(json_line({"output_dir": str(result.output_dir), "steps": result.steps, **result.final_eval}))
+        stopped = {"stopped_by": result.stopped, "checkpoint": str(result.checkpoint)} if result.stopped else {}
+        print(json_line({"output_dir": str(result.output_dir), "steps": result.steps, **stopped, **result.final_eval}))
     return 0
 
 

@@ -1,44 +1,105 @@
 """Resumable checkpoints under <output_dir>/checkpoints/step-N: save (weights, optimiser, scheduler, RNG of every
-process, data position), find the newest complete one, and resume from it."""
+process, data position, the run's config), find the newest complete one, check the config, resume from it.
+
+A checkpoint is written into checkpoints/.step-N.tmp and renamed to step-N once complete (trainer_state.json,
+written last, records every file's size), so a kill during a save never leaves a step-N that resume would
+pick; folders of older versions that lack trainer_state.json, or whose files do not match it, are skipped
+with a warning."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
+from rewardkit.config import ConfigError
 from rewardkit.io import atomic_write
 from rewardkit.train.launch import LaunchError
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
 log = logging.getLogger("rewardkit.train")
 
+# Keys that may differ between a checkpoint's run and the run resuming it: they change where things go, what is
+# logged or evaluated, and speed or memory, not the weights. Any other difference is refused (exit 2).
+RUN_INDEPENDENT = frozenset({
+    "output_dir", "train.resume", "train.progress", "train.log_every", "train.eval_every", "train.eval_batch_size",
+    "train.save_every", "train.report_to", "train.project", "train.max_bad_steps", "train.gradient_checkpointing",
+    "train.checkpoint_every", "train.compile"})
+
 
 def _step_of(ckpt: Path) -> int:
     return int(ckpt.name.split("-")[1])
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (trainer_state.json is written last, after every process saved)."""
-    ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()),
-                   key=_step_of)
-    return ckpts[-1] if ckpts else None
+def _problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from (None: it is complete): no or unreadable trainer_state.json, or a file
+    missing or of another size than recorded."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json (a save was interrupted)"
+    except (OSError, ValueError) as e:
+        return f"unreadable trainer_state.json ({e})"
+    for name, size in state.get("files", {}).items():  # recorded since the atomic saves; older ones lack it
+        f = ckpt / name
+        if not f.is_file() or f.stat().st_size != size:
+            return f"{name} is missing or truncated"
+    return None
 
 
-def resume_point(out: Path, resume: str | None, n_proc: int) -> tuple[Path | None, dict[str, Any]]:
+def latest_checkpoint(out: Path, warn: bool = False) -> Path | None:
+    """The newest complete checkpoint in `out`; incomplete step-N folders (older versions wrote in place) are
+    skipped, with a warning when `warn`."""
+    ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+                   key=_step_of, reverse=True)
+    for p in ckpts:
+        problem = _problem(p)
+        if problem is None:
+            return p
+        if warn:
+            log.warning("skipping incomplete checkpoint %s: %s", p, problem)
+    return None
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: saved -> now` for every flat config key (`group.key`) both runs have that differs, except the
+    RUN_INDEPENDENT ones."""
+    return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(saved.keys() & now.keys())
+            if k not in RUN_INDEPENDENT and saved[k] != now[k]]
+
+
+def resume_point(out: Path, resume: str | None, n_proc: int, config: dict[str, Any] | None = None
+                 ) -> tuple[Path | None, dict[str, Any]]:
     """(checkpoint to resume from or None, its trainer_state.json): `resume` is "auto" (the newest complete one
-    in `out`, if any), a checkpoint folder, or empty (a fresh run)."""
-    path = _latest_checkpoint(out) if resume == "auto" else (Path(resume) if resume else None)
+    in `out`, if any), a checkpoint folder, or empty (a fresh run). With `config` (the flat config of this run),
+    a checkpoint written with a config that would change the run is refused (ConfigError naming the keys)."""
+    if resume == "auto":
+        path = latest_checkpoint(out, warn=True)
+    elif resume:
+        path = Path(resume)
+        problem = _problem(path) if path.is_dir() else "not a folder"
+        if problem is not None:
+            raise ConfigError(f"train.resume={resume}: cannot resume from it: {problem}")
+    else:
+        path = None
     state: dict[str, Any] = {}
     if path is not None:
         state = json.loads((path / "trainer_state.json").read_text())
         if state.get("num_processes", 1) != n_proc:  # the data dealt per step and each process's RNG differ
             raise LaunchError(f"{path} was written by {state.get('num_processes', 1)} process(es); resume it with "
                               f"as many (this launch has {n_proc})")
+        if config is not None and "config" in state:
+            changes = config_changes(state["config"], json.loads(json.dumps(config)))
+            if changes:
+                raise ConfigError(f"cannot resume from {path}: it was written with another config ({'; '.join(changes)}); "
+                                  "use the same values, or start a fresh run (another output_dir, no train.resume)")
+        elif config is not None:
+            log.warning("%s records no config (an older version): not checked against this run's", path)
     return path, state
 
 
@@ -51,19 +112,41 @@ def restore(accelerator: Accelerator, path: Path, state: dict[str, Any]) -> tupl
     return step, epoch, skip_batches
 
 
+def remove_partial(out: Path) -> None:
+    """Remove the .step-N.tmp folders of saves that were interrupted (main process, before training)."""
+    for p in (out / "checkpoints").glob(".step-*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,
-                    batches_per_epoch: int, keep: int = 2) -> None:
-    """Resumable state (weights, optimiser, scheduler, RNG of every process, data position); keeps the newest
-    `keep`. trainer_state.json is written last, once every process has saved, so it marks a complete one."""
+                    batches_per_epoch: int, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+    """Resumable state (weights, optimiser, scheduler, RNG of every process, data position, and `extra`: the
+    run's config, counters); keeps the newest `keep`. Every process writes into checkpoints/.step-N.tmp; then
+    the main process writes trainer_state.json (with each file's size) and renames the folder to step-N."""
     if batch_in_epoch >= batches_per_epoch:  # the epoch just ended: resume at the next one
         epoch, batch_in_epoch = epoch + 1, 0
-    path = out / "checkpoints" / f"step-{step}"
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
+    final = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".step-{step}.tmp"
     if accelerator.is_main_process:
-        with atomic_write(path / "trainer_state.json") as fh:
-            json.dump({"step": step, "epoch": epoch, "batches_in_epoch": batch_in_epoch,
-                       "num_processes": accelerator.num_processes}, fh)
-        for old in sorted((out / "checkpoints").glob("step-*"), key=_step_of)[:-keep]:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            with atomic_write(tmp / "trainer_state.json") as fh:
+                json.dump({"step": step, "epoch": epoch, "batches_in_epoch": batch_in_epoch,
+                           "num_processes": accelerator.num_processes, "files": files, **(extra or {})}, fh)
+            if final.exists():  # the same step saved again (a stop right after a resume)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no partial folder (a kill: the next run's job)
+        raise
+    if accelerator.is_main_process:
+        for old in sorted((p for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit()),
+                          key=_step_of)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return final

@@ -26,7 +26,9 @@ from rewardkit.io import atomic_write
 from rewardkit.models.backbone import disable_dropout
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
-from rewardkit.train.checkpoints import restore, resume_point, save_checkpoint
+from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
+from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
+                                    check_output_dir, clean_failed_run, diverged_message, grads_finite, saving)
 from rewardkit.train.launch import bf16_native, check_launch, quiet_logs
 from rewardkit.train.plan import train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
@@ -47,6 +49,8 @@ class TrainResult:
     processed_tokens: int = 0  # tokens the forwards computed, padding included, all processes together
     num_processes: int = 1
     is_main_process: bool = True  # only the main process prints the summary (cli) and writes files
+    stopped: str | None = None  # the signal (SIGTERM, SIGINT) that stopped the run before its end
+    checkpoint: Path | None = None  # where a stopped run saved its state (train.resume=auto continues it)
 
 
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -61,7 +65,13 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
 
 def train(cfg: TrainRunConfig) -> TrainResult:
     """Train a reward model as `cfg` says; the model, metrics.jsonl and the resolved config land in
-    `cfg.output_dir` (written by the main process only)."""
+    `cfg.output_dir` (written by the main process only).
+
+    Faults (`rewardkit.train.faults`): a step whose loss or gradient is not finite is skipped and counted, and
+    `train.max_bad_steps` of them in a row raise TrainingDiverged (exit 3, no model saved); SIGTERM or SIGINT
+    saves a checkpoint and returns a result with `stopped` set (a second signal: TrainingInterrupted); a failed
+    save raises SaveError (exit 2) and leaves what was there before. The output folder is created once the
+    model and data are loaded; a run that fails leaves a resumable checkpoint or nothing of its own."""
     t = cfg.train
     cfg.validate()  # the value checks of every group, and the keys a run needs
     trackers = resolve_trackers(t.report_to)
@@ -83,18 +93,30 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     accelerator.gradient_accumulation_steps = t.grad_accum
     main = accelerator.is_main_process
     n_proc, rank = accelerator.num_processes, accelerator.process_index
+    if main:
+        check_output_dir(out)
+    created = not out.exists()
     quiet = contextlib.nullcontext() if main else quiet_logs()
-    with quiet:
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        return _train(cfg, objective, accelerator, out, bf16, trackers, main, n_proc, rank)
+    with quiet, StopSignals() as signals:
+        try:
+            return _train(cfg, objective, accelerator, out, bf16, trackers, main, n_proc, rank, signals)
+        except BaseException as e:
+            if main:
+                clean_failed_run(out, created, keep_metrics=isinstance(e, TrainingDiverged),
+                                 has_checkpoint=latest_checkpoint(out) is not None)
+            if isinstance(e, KeyboardInterrupt) and signals.hard is not None:
+                last = latest_checkpoint(out)
+                raise TrainingInterrupted(
+                    f"stopped at once by a second {signals.name}: nothing saved since "
+                    f"{last if last is not None else 'the start (no checkpoint)'}", signals.hard) from None
+            raise
 
 
 def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trackers: list[str], main: bool,
-           n_proc: int, rank: int) -> TrainResult:
+           n_proc: int, rank: int, signals: StopSignals) -> TrainResult:
     t = cfg.train
-    resume, state = resume_point(out, t.resume, n_proc)
+    flat_cfg = hparams(cfg)  # saved in every checkpoint; a resume with a run-changing difference is refused
+    resume, state = resume_point(out, t.resume, n_proc, flat_cfg)
     # ---- model and data
     model, tok = objective.build_model(cfg)
     log.info("attention: %s", model.set_attention(cfg.model.attn_implementation))
@@ -107,6 +129,11 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     model.to(accelerator.device)  # prepare() may run the model (verbosity debiasing)
     objective.prepare(model, data.train, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
                       device=accelerator.device)  # e.g. label statistics, debiasing lambdas
+    if main:  # data and model are loaded and checked: only now does the output folder appear
+        check_free_space(out, model, t.save_every)
+        out.mkdir(parents=True, exist_ok=True)
+        remove_partial(out)  # checkpoint folders of saves a kill interrupted
+    accelerator.wait_for_everyone()
     if t.gradient_checkpointing:
         model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                                  every_n_layers=t.checkpoint_every)
@@ -145,8 +172,11 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     net, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
 
     step, epoch, skip_batches = 0, 0, 0
+    saved_step = None  # the step of the checkpoint in out/checkpoints that holds the current state, if any
     if resume is not None:
         step, epoch, skip_batches = restore(accelerator, resume, state)
+        if resume.parent.resolve() == (out / "checkpoints").resolve():
+            saved_step = step
 
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -177,9 +207,20 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
 
     # ---- loop
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and main), desc="train", dynamic_ncols=True)
-    window = StepWindow()
+    window = StepWindow()  # the good steps since the last row
     totals = StepWindow()  # whole-run throughput for TrainResult
+    micro: list = []  # (StepOutput, tokens, processed) of this optimiser step's micro-batches
+    losses_finite = True
+    in_a_row = state.get("bad_in_a_row", 0)  # consecutive skipped steps (a checkpoint carries the count)
+    skipped = good = 0  # skipped and good steps since the last row
     ga = t.grad_accum
+
+    def save(batch_in_epoch: int, n_batches: int) -> Path:
+        path = out / "checkpoints" / f"step-{step}"
+        with saving("checkpoint", path, "the previous checkpoints are untouched"):
+            return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
+                                   extra={"config": flat_cfg, "bad_in_a_row": in_a_row})
+
     net.train()
     while step < total_steps:
         batches.set_epoch(epoch)
@@ -188,6 +229,21 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         for j in range(skip_batches, n_batches):
             mb = epoch_batches[j]
             first = j - j % ga
+            if j == first and any_process(accelerator, signals.signum is not None)[0]:
+                # A stop signal (on any process): save where the run stands, between two optimiser steps.
+                name = signals.name if signals.signum is not None else "a stop signal"
+                try:
+                    ckpt = out / "checkpoints" / f"step-{step}" if saved_step == step else save(j, n_batches)
+                except OSError as e:
+                    raise TrainingInterrupted(f"{name} at step {step} and the checkpoint could not be saved: {e}",
+                                              signals.signum or 15) from e
+                bar.close()
+                log.warning("%s at step %d: state saved in %s; continue with train.resume=auto (same config)",
+                            name, step, ckpt)
+                for tracker in accelerator.trackers:
+                    tracker.finish()
+                return TrainResult(out, step, {}, time.perf_counter() - totals.start, num_processes=n_proc,
+                                   is_main_process=main, stopped=name, checkpoint=ckpt)
             group = epoch_batches[first:min(first + ga, n_batches)]  # the micro-batches of this optimiser step
             last = j == first + len(group) - 1
             step_items = sum(m.global_size for m in group)
@@ -195,6 +251,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
             accelerator.sync_gradients = last  # DeepSpeed steps on the last micro-batch only
             with contextlib.nullcontext() if last else accelerator.no_sync(net):
                 res = net(batch)  # StepOutput: loss, rewards, metric sums
+                losses_finite &= bool(torch.isfinite(res.loss.detach()))
                 # loss = mean over this share; weighted so that the step's gradient is the mean over all its
                 # items (accelerate divides by grad_accum, DDP averages over processes); a stand-in weighs 0.
                 accelerator.backward(res.loss * (mb.size * n_proc * ga / step_items))
@@ -202,30 +259,56 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
             if mb.size == 0:  # a stand-in: keep the metric names, count nothing
                 res = type(res)(res.loss * 0, res.rewards[:0], 0, {k: 0.0 for k in res.sums})
                 tokens = processed = 0
-            window.add(res, tokens, processed)
+            micro.append((res, tokens, processed))
             totals.add(res, tokens, processed)
             if not last:
                 continue
             grad_norm = None
             if t.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(net.parameters(), t.max_grad_norm)
-            optimizer.step()
+            # A non-finite loss (any micro-batch, any process) or gradient skips the update, as a grad scaler
+            # does; the step still counts (its data is consumed, the schedule moves on). Under DeepSpeed the
+            # engine has already stepped inside backward: such steps are counted and stop the run, not undone.
+            (bad,) = any_process(accelerator, not (losses_finite and grads_finite(list(net.parameters()), grad_norm)))
+            if bad:
+                in_a_row, skipped = in_a_row + 1, skipped + 1
+                log.warning("step %d: loss %s, grad norm %s: not finite, optimiser step skipped (%d in a row)",
+                            step + 1, float(micro[-1][0].loss.detach()), None if grad_norm is None else float(grad_norm),
+                            in_a_row)
+            else:
+                optimizer.step()
+                for r in micro:
+                    window.add(*r)
+                in_a_row, good = 0, good + 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            bad_loss = float(micro[-1][0].loss.detach())
+            micro, losses_finite = [], True
             step += 1
             bar.update(1)
-            if step % t.log_every == 0 or step == total_steps:
+            diverged = in_a_row >= t.max_bad_steps
+            if step % t.log_every == 0 or step == total_steps or diverged:
                 row = {"split": "train", "step": step, "epoch": epoch + (j + 1) / n_batches,
-                       **reduce_window(accelerator, window, objective.unit), "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                       **(reduce_window(accelerator, window, objective.unit) if good else {}),
+                       "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None, "skipped_steps": skipped}
                 log_row(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", metric=f"{row.get(objective.metric, float('nan')):.3f}")
-                window = StepWindow()
+                if good:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}",
+                                    metric=f"{row.get(objective.metric, float('nan')):.3f}")
+                window, skipped, good = StepWindow(), 0, 0
+            if diverged:
+                raise TrainingDiverged(diverged_message(step, in_a_row, bad_loss, row["grad_norm"], out,
+                                                        latest_checkpoint(out)))
             if t.eval_every and step % t.eval_every == 0 and step < total_steps:
                 run_eval()
                 net.train()
             if t.save_every and step % t.save_every == 0 and step < total_steps:
-                save_checkpoint(accelerator, out, step, epoch, j + 1, n_batches)
+                if in_a_row:  # keep the last checkpoint taken after a good step: it is what a resume should use
+                    log.warning("step %d: no checkpoint while steps are being skipped", step)
+                else:
+                    save(j + 1, n_batches)
+                    saved_step = step
             if step >= total_steps:
                 break
         else:
@@ -243,15 +326,21 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         log.warning("no eval data: reward mean/std measured on up to 1000 training %s", objective.unit)
     model.temperature = 1.0  # a temperature fitted to the old weights does not hold for the new ones
     model.mean, model.std = stats["reward_mean"], stats["reward_std"]
+    if not (math.isfinite(model.mean) and math.isfinite(model.std)):  # never save a model whose rewards are NaN
+        raise TrainingDiverged(f"the trained model's rewards are not finite (reward mean {model.mean}, std "
+                               f"{model.std} on the {'eval' if final else 'training'} data): no model saved in {out}")
     final_model = model
     if sharded_weights(accelerator):
         weights = accelerator.get_state_dict(net)  # a collective: the whole weights, on the main process
         if main:
             final_model = fill_weights(template, model, weights)
     if main:
-        final_model.save_pretrained(out, tok, max_length=cfg.data.max_length)
-        with atomic_write(out / "train_config.yaml") as fh:
-            yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+        last = latest_checkpoint(out)
+        with saving("the model into", out, "what was there before is untouched" +
+                    (f"; train.resume=auto continues from {last}" if last is not None else "")):
+            final_model.save_pretrained(out, tok, max_length=cfg.data.max_length)
+            with atomic_write(out / "train_config.yaml") as fh:
+                yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # what end_training() does, but keeping the process group for the caller
         tracker.finish()

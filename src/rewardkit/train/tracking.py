@@ -60,13 +60,26 @@ def hparams(cfg: TrainRunConfig) -> dict[str, Any]:
 
 
 def trim_metrics(path: Path, resumed_step: int | None) -> None:
-    """A fresh run starts metrics.jsonl anew; a resumed one drops the rows logged after its checkpoint."""
+    """A fresh run starts metrics.jsonl anew; a resumed one drops the rows logged after its checkpoint (a killed
+    run went on logging past it) and a last line cut by the kill, in one atomic rewrite."""
     if resumed_step is None:
         path.unlink(missing_ok=True)
     elif path.exists():
-        rows = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= resumed_step]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a row cut by a kill while it was appended
+            if isinstance(row, dict) and row.get("step", 0) <= resumed_step:
+                rows.append(line)
         with atomic_write(path) as fh:
             fh.write("".join(r + "\n" for r in rows))
+
+
+def _strict(v: Any) -> Any:
+    """NaN and infinities as null: metrics.jsonl stays strict JSON (a skipped step's loss is not finite)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def write_row(row: dict, *, path: Path, accelerator: Accelerator, trackers: list[str], main: bool) -> None:
@@ -74,7 +87,7 @@ def write_row(row: dict, *, path: Path, accelerator: Accelerator, trackers: list
     the trackers as <split>/<name> at its step."""
     if main:
         with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json.dumps({k: _strict(v) for k, v in row.items()}, allow_nan=False) + "\n")
     if trackers:  # accelerator.log writes on the main process only
         accelerator.log({f"{row['split']}/{k}": v for k, v in row.items()
                          if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)},
