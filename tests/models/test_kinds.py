@@ -112,7 +112,7 @@ def test_a_new_kind_needs_only_its_head_and_a_registry_line(tiny_models, tmp_pat
 
 
 def test_reward_scorer_is_a_scorer(tiny_models):
-    scorer = RewardScorer.load(tiny_models["llama"], max_length=48)
+    scorer = RewardScorer.load(tiny_models["llama"], max_length=48, allow_random_head=True)
     assert isinstance(scorer, Scorer)
     cands = ["Hello!", "Go away.", "Hi, how can I help you today?"]
     scores = scorer.score(["Hi"] * 3, cands)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rewardkit.models.folder_check import check_model_folder, check_tokenizer_folder, could_be_hub_id, hf_load
+
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "rewardkit"  # our block inside config.json
@@ -118,15 +120,32 @@ def quantization_kwargs(quantization: str) -> dict[str, Any]:
 def open_checkpoint(path: str, gguf_file: str | None, tokenizer: str | None,
                     trust_remote_code: bool) -> tuple[str, dict[str, Any], Any]:
     """(resolved path, from_pretrained keywords, tokenizer) of any checkpoint form `resolve_path` knows; the
-    tokenizer comes from `tokenizer` where given."""
+    tokenizer comes from `tokenizer` where given. A path that is not a checkpoint (missing, empty, no
+    config.json, truncated weights) and a tokenizer that cannot load are one-line errors naming the path."""
     from transformers import AutoTokenizer
 
     path, gguf_file = resolve_path(path, gguf_file)
+    check_model_folder(path, gguf_file)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kw["gguf_file"] = gguf_file
     tok_path = tokenizer or path
-    return path, kw, AutoTokenizer.from_pretrained(tok_path, **(kw if tok_path == path else {}))
+    if tok_path != path and not Path(tok_path).exists() and not could_be_hub_id(tok_path):
+        raise FileNotFoundError(f"{tok_path}: no such tokenizer folder (model.tokenizer)")
+    if not (gguf_file and tok_path == path):  # a GGUF file carries its own tokenizer
+        check_tokenizer_folder(tok_path)
+    tok = hf_load(tok_path, "its tokenizer", AutoTokenizer.from_pretrained, tok_path,
+                  **(kw if tok_path == path else {}))
+    return path, kw, tok
+
+
+def check_tokenizer(tok, path: str, decoder: bool) -> None:
+    """A decoder's reward is read at the EOS token that every sequence ends with: a tokenizer without one
+    is refused (a pad token is added when missing, see `ensure_pad_token`, but an EOS cannot be guessed)."""
+    if decoder and tok.eos_token_id is None:
+        raise ValueError(f"{path}: its tokenizer has no eos_token, and a decoder's reward is read at the EOS that "
+                         "ends every sequence: set `eos_token` in its tokenizer_config.json (or give another "
+                         "tokenizer with model.tokenizer)")
 
 
 def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
@@ -146,13 +165,14 @@ def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | N
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-head load report is expected, not a problem
     try:
-        hf, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, output_loading_info=True, dtype=torch.float32,
-            **quantization_kwargs(quantization), **kw)
+        hf, info = hf_load(path, "its weights", AutoModelForSequenceClassification.from_pretrained,
+                           path, num_labels=1, output_loading_info=True, dtype=torch.float32,
+                           **quantization_kwargs(quantization), **kw)
     finally:
         hf_logging.set_verbosity(verbosity)
     if "gguf_file" in kw:  # also where `path` named the .gguf file
         _forget_gguf_quantizer(hf)
+    check_tokenizer(tok, tokenizer or path, decoder=not is_encoder(hf))
     rows = hf.get_input_embeddings().weight.shape[0]
     if not is_encoder(hf) or tok.pad_token_id is None:  # pad == eos only matters for decoders
         ensure_pad_token(tok, hf)

@@ -15,6 +15,7 @@ from torch import nn
 
 from rewardkit.batches import Sequences
 from rewardkit.models.backbone import _forget_gguf_quantizer, open_checkpoint
+from rewardkit.models.folder_check import hf_load
 from rewardkit.models.reward_model import backbone_hidden
 
 LOGIT_CHUNK = 1024  # positions per LM-head call: bounds the (positions, vocab) logits kept at once
@@ -30,9 +31,10 @@ def load_lm(path: str, *, gguf_file: str | None = None, tokenizer: str | None = 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     path, kw, tok = open_checkpoint(path, gguf_file, tokenizer, trust_remote_code)
-    encoder_decoder = seq2seq and getattr(AutoConfig.from_pretrained(path, **kw), "is_encoder_decoder", False)
+    encoder_decoder = seq2seq and getattr(hf_load(path, "its config", AutoConfig.from_pretrained, path, **kw),
+                                          "is_encoder_decoder", False)
     auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
-    hf, info = auto.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
+    hf, info = hf_load(path, "its weights", auto.from_pretrained, path, dtype=dtype, output_loading_info=True, **kw)
     if "gguf_file" in kw:
         _forget_gguf_quantizer(hf)
     head = hf.get_output_embeddings()

@@ -25,6 +25,7 @@ from rewardkit.models import kinds
 from rewardkit.models import lora as lora_mod
 from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encoder, load_backbone, resolve_path,
                                        set_attention)
+from rewardkit.models.folder_check import check_model_folder
 from rewardkit.models.heads import READOUTS, Features, HeadOutput, pool
 from rewardkit.models.lora import LoraSpec
 from rewardkit.models.segment_attention import NAME as SEGMENTS, use_segment_attention
@@ -58,6 +59,7 @@ class RewardModel(nn.Module):
         self.saved_max_length: int | None = None
         self.objective_info: dict[str, Any] = {}  # how it was trained (loss, label statistics), saved as-is
         self.lora: lora_mod.LoraState | None = None  # the backbone's LoRA adapter and its base, if any
+        self.new_head = False  # from_pretrained: the checkpoint had no value head, this one is random
 
     @property
     def kind(self) -> str:
@@ -86,6 +88,7 @@ class RewardModel(nn.Module):
         (4bit/8bit, with `lora`) loads the backbone through bitsandbytes. Missing peft, bitsandbytes or CUDA
         are one-line errors raised before any weights load.
         """
+        check_model_folder(*resolve_path(path, gguf_file))  # before anything reads it: one line naming the path
         saved_lora = lora_mod.saved_block(path, gguf_file)
         wants_adapter = lora is not None and lora.r > 0
         if quantization != "none" and not (wants_adapter or saved_lora):
@@ -128,6 +131,7 @@ class RewardModel(nn.Module):
         model.saved_max_length = saved.get("max_length")
         model.objective_info = dict(saved.get("objective") or {})
         model.lora = state
+        model.new_head = new_head
         return model, b.tokenizer
 
     def save_pretrained(self, out_dir: str | Path, tokenizer, *, max_length: int | None = None) -> None:

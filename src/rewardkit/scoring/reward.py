@@ -29,20 +29,28 @@ class RewardScorer(PointwiseJudge):
         self.device = device
         self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
         self.bf16 = bf16  # bf16 autocast in the forwards (scores then agree with fp32 less closely)
+        self._template_fits = False  # checked on the first chat row (`_check_template_room`)
 
     @classmethod
     def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,
              max_length: int | None = None, max_tokens: int | None = SCORE_MAX_TOKENS,
-             bf16: bool = False) -> "RewardScorer":
-        """Load a saved reward model folder (any kind); `max_length` defaults to the one it was trained with."""
+             bf16: bool = False, allow_random_head: bool = False) -> "RewardScorer":
+        """Load a saved reward model folder (any kind); `max_length` defaults to the one it was trained with.
+        A checkpoint without a value head (a plain backbone) is refused unless `allow_random_head`: its
+        head would be random and its scores noise."""
         model, tok = RewardModel.from_pretrained(str(path))
+        if model.new_head and not allow_random_head:
+            raise ValueError(f"{path}: not a reward model (no value head saved: a plain backbone?); its scores would "
+                             "come from a random head. Train one with `rewardkit train`, or set "
+                             "model.allow_random_head=true to score with a random head anyway")
         return cls(model, tok, max_length=max_length or model.saved_max_length or 2048,
                    batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
 
     @classmethod
     def from_folder(cls, path: str, options: dict[str, Any], **settings: Any) -> "RewardScorer":
-        """The registry's entry (`scoring.judges`): value-head kinds take no kind-specific options."""
-        return cls.load(path, **settings)
+        """The registry's entry (`scoring.judges`): of the kind-specific options, value-head kinds read only
+        `allow_random_head`."""
+        return cls.load(path, allow_random_head=bool(options.get("allow_random_head", False)), **settings)
 
     @property
     def kind(self) -> str:
@@ -51,7 +59,18 @@ class RewardScorer(PointwiseJudge):
     # ------------------------------------------------------------------ tokens in, rewards out
 
     def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        if not self._template_fits and (isinstance(prompt, list) or isinstance(response, list)):
+            self._check_template_room()
         return self.encoder.encode(prompt, response)
+
+    def _check_template_room(self) -> None:
+        """Chat rows pay the template's fixed tokens (turn markers, roles) on every sequence: a max_length
+        that they alone overflow would leave no token of any response, so it is refused."""
+        empty = self.encoder.encode([{"role": "user", "content": ""}], [{"role": "assistant", "content": ""}])
+        if empty.truncated:
+            raise ValueError(f"data.max_length={self.encoder.max_length} is shorter than the chat template: an empty "
+                             "user turn and an empty reply already overflow it; raise data.max_length")
+        self._template_fits = True
 
     def encode_text(self, text: str) -> TokenizedSequence:
         """A full prompt+response text, as a PPO trainer decodes it (see `SequenceEncoder.encode_text`)."""
