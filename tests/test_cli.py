@@ -127,7 +127,7 @@ def test_misspelt_keys_name_the_closest_full_key(capsys):
 def test_value_checks_and_required_keys(capsys):
     for argv, msg in [
         (["train", "model=x", "data.train=y", "train.lr=0"], "train.lr: must be > 0"),
-        (["train", "model=x", "data.train=y", "data.max_length=0"], "data.max_length: must be at least 1"),
+        (["train", "model=x", "data.train=y", "data.max_length=0"], "data.max_length: must be at least 8"),
         (["eval", "m", "d", "scoring.batch_size=0"], "scoring.batch_size: must be at least 1"),
         (["eval", "m"], "`data` is required"),
         (["score", "m", "--input", "i"], "`output` is required"),

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from rewardkit.config.groups import (LOSS_NAMES, DataConfig, MaxLength, ModelConfig, PairsInput, RowsInput,
                                      SavedModel, ScoringConfig)
+from rewardkit.config.outputs import check_output_dir, check_output_file
 from rewardkit.config.schema import ConfigError, _at_least, _check, _f, _positive, _require, check_values
 
 
@@ -111,6 +112,9 @@ class LossConfig:
         _check(self.huber_delta is None or self.huber_delta > 0, "huber_delta", f"must be > 0, got {self.huber_delta}")
         _positive(self, "gate_temperature")
         _at_least(self, 1, "gate_hidden", "gate_layers")
+        _at_least(self, 0, "gamma", "penalty_weight")
+        _check(0 <= self.verbosity_threshold <= 1, "verbosity_threshold",
+               f"must be in [0, 1], got {self.verbosity_threshold}")
 
 
 @dataclass
@@ -132,6 +136,7 @@ class TrainRunConfig:
         check_values(self)
         if not self.model.path or not self.data.train:
             raise ConfigError("`model` and `data.train` are required")
+        check_output_dir(self.output_dir, "output_dir")
 
 
 # --------------------------------------------------------------------------- eval, calibrate
@@ -166,6 +171,11 @@ class EvalRunConfig(_PairsRun):
     def __post_init__(self):
         _check(0 < self.top_fraction <= 1, "top_fraction", f"must be in (0, 1], got {self.top_fraction}")
 
+    def validate(self) -> None:
+        super().validate()
+        check_output_file(self.output, "output")
+        check_output_dir(self.report_dir, "report_dir")
+
 
 @dataclass
 class CalibrateRunConfig(_PairsRun):
@@ -174,6 +184,8 @@ class CalibrateRunConfig(_PairsRun):
     COMMAND: ClassVar[str] = "calibrate"
 
     save: bool = _f(True, "Write the fitted T into the model's config.json (false: only print the fit).")
+    force: bool = _f(False, "Save the fitted T even where it makes the expected calibration error on these pairs "
+                            "worse than the T in use (by default the old T is kept then, and the fit printed).")
 
 
 # --------------------------------------------------------------------------- score and the row apps
@@ -197,6 +209,7 @@ class _RowsRun:
 
     def validate(self) -> None:
         _require(self, *(("model",) if self.MODEL_REQUIRED else ()), "data", "output")
+        check_output_file(self.output, "output")
 
 
 @dataclass
@@ -318,6 +331,7 @@ class MergeRunConfig:
 
     def validate(self) -> None:
         _require(self, "model", "output")
+        check_output_dir(self.output, "output")
 
 
 @dataclass
@@ -331,6 +345,7 @@ class ReportRunConfig:
 
     def validate(self) -> None:
         _require(self, "path")
+        check_output_dir(self.output_dir or self.path, "output_dir" if self.output_dir else "path")
 
 
 COMMANDS: dict[str, type] = {c.COMMAND: c for c in (  # type: ignore[attr-defined]

@@ -15,6 +15,9 @@ from rewardkit.config.schema import _at_least, _check, _f, _positive
 # Padded tokens per scoring forward (eval, score, RewardScorer) on the CPU; raise it on a GPU. The README
 # has the measurements behind it.
 SCORE_MAX_TOKENS = 4096
+# The shortest max_length any command takes: room for the special tokens around a few tokens of text (the
+# sequence encoder refuses less); a chat template longer than max_length is refused where text is rendered.
+MIN_MAX_LENGTH = 8
 
 
 def _loss_names() -> tuple[str, ...]:
@@ -137,6 +140,9 @@ class SavedModel:
                         choices=("min", "product", "last"))
     template: str | None = _f(None, "kind=generative: the judge prompt, with {prompt}, {a} and {b}; default: "
                                     "'Which response is better? Answer A or B.' after both responses.")
+    allow_random_head: bool = _f(False, "Value-head kinds: score with a checkpoint that has no value head (a plain "
+                                        "backbone) through a randomly initialised one. Off: such a folder is "
+                                        "refused, as its scores would be noise.")
 
     def __post_init__(self):
         _positive(self, "beta")
@@ -233,9 +239,11 @@ class DataConfig:
                                           "used instead of `margin_table`.")
 
     def __post_init__(self):
-        _at_least(self, 1, "max_length")
+        _at_least(self, MIN_MAX_LENGTH, "max_length")
         _at_least(self, 1, "max_samples", optional=True)
         _check(self.eval_size >= 0, "eval_size", f"must be >= 0, got {self.eval_size}")
+        _check(not isinstance(self.train, list) or any(s.weight > 0 for s in self.train), "train",
+               "a mixture needs at least one source with weight > 0")
 
 
 @dataclass
@@ -248,7 +256,7 @@ class RowsInput:
     columns: Columns = _f(Columns(), "Column names.")
 
     def __post_init__(self):
-        _at_least(self, 1, "max_length", optional=True)
+        _at_least(self, MIN_MAX_LENGTH, "max_length", optional=True)
 
 
 @dataclass
@@ -273,7 +281,8 @@ class PairsInput:
     on_error: str = _on_error()
 
     def __post_init__(self):
-        _at_least(self, 1, "max_length", "max_samples", optional=True)
+        _at_least(self, MIN_MAX_LENGTH, "max_length", optional=True)
+        _at_least(self, 1, "max_samples", optional=True)
 
 
 @dataclass
@@ -299,4 +308,4 @@ class MaxLength:
     max_length: int | None = _f(None, "Max tokens per text (default: the value the model was trained with).")
 
     def __post_init__(self):
-        _at_least(self, 1, "max_length", optional=True)
+        _at_least(self, MIN_MAX_LENGTH, "max_length", optional=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import textwrap
 import types
 import typing
@@ -16,7 +17,9 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+    """A config file or override that does not fit the schema; `key` is the dotted key at fault, where one is."""
+
+    key: str | None = None
 
 
 class FieldError(ConfigError):
@@ -151,6 +154,8 @@ def _coerce(value: Any, tp: Any, key: str, choices: tuple[str, ...] | None, root
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # .nan passes `> 0` checks as false, .inf passes them as true
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
@@ -183,9 +188,16 @@ def _build(cls: type, data: dict[str, Any], root: type, prefix: str = "", base: 
             while isinstance(v, dict) and v:  # name the whole key: `trian.epochs`, not `trian`
                 k, v = next(iter(v.items()))
                 key += f".{k}"
-            raise ConfigError(_unknown_key_message(key, root))
+            err = ConfigError(_unknown_key_message(key, root))
+            err.key = key
+            raise err
         f = names[k]
-        kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}", f.metadata.get("choices"), root, getattr(base, k))
+        try:
+            kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}", f.metadata.get("choices"), root, getattr(base, k))
+        except ConfigError as e:
+            if e.key is None:  # the innermost key at fault (FieldError already names its own)
+                e.key = f"{prefix}{k}"
+            raise
     try:
         return dataclasses.replace(base, **kwargs)
     except FieldError as e:
@@ -301,18 +313,52 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     from command-line options), then dotted `key=value` overrides parsed as YAML; later ones win."""
     layers = []
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        layers.append(loaded or {})
+        layers.append(_read_yaml(path))
     layers += [_nest(k, v) for k, v in [*(values or []), *parse_overrides(overrides or [])]]
     data: dict[str, Any] = {}
-    for layer in layers:
-        data = _merge(data, _layer(cls, layer))
-    return _build(cls, data, cls)
+    canonical = [_layer(cls, layer) for layer in layers]
+    for layer in canonical:
+        data = _merge(data, layer)
+    try:
+        return _build(cls, data, cls)
+    except ConfigError as e:
+        # A key that only the file sets: name the file, so the user knows where to look.
+        key = getattr(e, "key", None)
+        if path is None or not key or not _has(canonical[0], key) or any(_has(x, key) for x in canonical[1:]):
+            raise
+        err = ConfigError(f"{path}: {e}")
+        err.key = key
+        raise err from None
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping; errors are one line naming the file (and line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: {where}invalid YAML ({problem})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return loaded or {}
+
+
+def _has(tree: dict[str, Any], key: str) -> bool:
+    """Whether the nested mapping `tree` sets dotted `key` (or a group above it to a scalar)."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def flat_config(cls: type, **values: Any) -> Any:

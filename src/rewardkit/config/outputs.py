@@ -1,0 +1,40 @@
+"""Output paths checked by `validate()` before any work: a run that would fail at its very end because its
+output is a folder, sits under a file or cannot be written, fails first, naming the key and the path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rewardkit.config.schema import ConfigError
+
+
+def _writable_ancestor(folder: Path, key: str, path: str) -> None:
+    """The nearest existing ancestor of `folder` (itself included) must be a folder we may write in."""
+    q = folder.absolute()
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        raise ConfigError(f"{key}: cannot create {path}: {q} is a file, not a folder")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write {path}: {q} is not writable")
+
+
+def check_output_file(path: str | None, key: str) -> None:
+    """A file the command writes (replaced atomically when it exists): not a folder, in a writable place."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{key}: {path} is a folder; give a file path")
+    _writable_ancestor(p.parent, key, path)
+
+
+def check_output_dir(path: str | None, key: str) -> None:
+    """A folder the command writes into (created when missing): not an existing file, in a writable place."""
+    if not path:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key}: {path} is an existing file, not a folder")
+    _writable_ancestor(p, key, path)
