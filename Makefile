@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rewardkit-installed
 
-.PHONY: install demo test test-slow hh clean report
+.PHONY: install demo test test-slow hh hh-data clean report
 
 install: $(STAMP)
 
@@ -33,9 +33,17 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
 
 # README's real-data check: MiniLM, 1 epoch on the first 1,500 HH pairs; the printed JSON is the
-# evaluation on the last 300 (held out by data.eval_size).
-hh: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/rewardkit train examples/hh_minilm.yaml
+# evaluation on the last 300 (held out by data.eval_size). The pairs live outside the project, in ../shared
+# beside the clone; elsewhere: make hh HH_DATA=/path/to/train.jsonl.
+HH_DATA ?= ../shared/data/hh-harmless/train.jsonl
+
+hh-data:
+	@test -f "$(HH_DATA)" || { echo "make hh: no HH data at $(HH_DATA): put the 1,800 Anthropic HH harmless pairs \
+	(train.jsonl) there, with the project cloned beside ../shared, or run make hh HH_DATA=/path/to/train.jsonl" >&2; \
+	exit 2; }
+
+hh: hh-data $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rewardkit train examples/hh_minilm.yaml data.train=$(HH_DATA)
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -48,15 +48,20 @@ class Calibration:
 
 @dataclass(frozen=True)
 class TemperatureFit:
-    """Result of `fit_temperature`: the NLL-optimal T and what it changes."""
+    """Result of `fit_temperature`: the NLL-optimal T and what it changes against the T in use before.
+    `saved` and `kept` are filled by `rewardkit calibrate` (eval.evaluate.calibrate): whether T was written,
+    and if not why the old one was kept ("at_bound", "ece_worse", "save=false")."""
 
     temperature: float
     n: int
-    nll_before: float  # at T = 1
+    nll_before: float  # at temperature_before
     nll_after: float
     ece_before: float
     ece_after: float
     at_bound: bool  # True when the optimum lies at the search limit (e.g. every pair right: T -> 0)
+    temperature_before: float = 1.0
+    saved: bool = False
+    kept: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,8 +119,10 @@ def calibration(margins: torch.Tensor, temperature: float = 1.0, n_bins: int = N
                        nll=pair_nll(margins, temperature), brier=float(((1 - p) ** 2).mean()), bins=bins)
 
 
-def fit_temperature(margins: torch.Tensor, *, n_bins: int = N_BINS, iters: int = 200) -> TemperatureFit:
+def fit_temperature(margins: torch.Tensor, *, n_bins: int = N_BINS, iters: int = 200,
+                    temperature_before: float = 1.0) -> TemperatureFit:
     """The T minimising mean −log sigmoid(m / T) over pairs. margins: (N,) chosen − rejected rewards.
+    The `*_before` numbers are measured at `temperature_before` (the T in use so far).
 
     The loss is convex in β = 1/T, so its derivative mean(−m·sigmoid(−β m)) is increasing; we bisect it on
     log β over [1e-8, 1e8]. If every pair is right the optimum is T -> 0 and the fit stops at the bound
@@ -143,6 +150,7 @@ def fit_temperature(margins: torch.Tensor, *, n_bins: int = N_BINS, iters: int =
             lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
         log_beta = 0.5 * (lo + hi)
     t = 1.0 / math.exp(log_beta)
-    before, after = calibration(m, 1.0, n_bins), calibration(m, t, n_bins)
+    before, after = calibration(m, temperature_before, n_bins), calibration(m, t, n_bins)
     return TemperatureFit(temperature=t, n=int(m.numel()), nll_before=before.nll, nll_after=after.nll,
-                          ece_before=before.ece, ece_after=after.ece, at_bound=at_bound)
+                          ece_before=before.ece, ece_after=after.ece, at_bound=at_bound,
+                          temperature_before=float(temperature_before))

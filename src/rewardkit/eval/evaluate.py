@@ -9,6 +9,7 @@ Every eval reports calibration (ECE at the model's temperature) and length-bias 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,24 +278,43 @@ def evaluate(cfg: EvalRunConfig) -> dict[str, Any]:
     return outcome.stats
 
 
-def calibrate(cfg: CalibrateRunConfig | EvalRunConfig, *, save: bool = True):
+def calibrate(cfg: CalibrateRunConfig | EvalRunConfig, *, save: bool = True, force: bool | None = None):
     """Fit the temperature T on the pairs of `cfg.data.path` (a dev split) and, if `save`, write it into the
-    model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. A fit stuck at its
-    bound (`fit.at_bound`) is never saved. Returns `TemperatureFit`."""
+    model's config.json, where `RewardScorer.compare` and `rewardkit eval` pick it up. The old T is kept
+    (`fit.kept` says why) when the fit is stuck at its bound, or when the new T makes the expected
+    calibration error on these pairs worse than the T in use, unless `force` (default: `cfg.force`).
+    Returns `TemperatureFit` with `saved` set."""
+    from dataclasses import replace
+
     from rewardkit.eval.calibration import fit_temperature
     from rewardkit.models.reward_model import write_temperature
 
+    force = bool(getattr(cfg, "force", False)) if force is None else force
+    config_json = Path(cfg.model.path) / "config.json"
+    if save and not config_json.is_file():  # before any work
+        raise ValueError(f"{cfg.model.path}: no config.json to save the temperature in (a GGUF file or hub "
+                         f"id?); rerun with save=false and pass the fitted T yourself")
+    if save and not os.access(config_json, os.W_OK):
+        raise PermissionError(f"{config_json}: not writable, so the temperature cannot be saved; rerun with "
+                              "save=false")
     data = load_eval_data(cfg)  # before the model: bad rows are reported at once
     judge = load_scorer(cfg)
-    fit = fit_temperature(judge_eval_data(judge, data).margins)
+    fit = fit_temperature(judge_eval_data(judge, data).margins, temperature_before=judge.temperature)
+    kept = None
     if fit.at_bound:  # T -> 0 or T -> inf is no calibration; keep whatever the config holds
+        kept = "at_bound"
         log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right, or the model is no better "
                     "than chance; not saving it. Use more, or harder, dev data", fit.temperature)
-    elif save:
-        if not (Path(cfg.model.path) / "config.json").is_file():
-            raise ValueError(f"{cfg.model.path}: no config.json to save the temperature in (a GGUF file or hub "
-                             f"id?); rerun with save=false and pass the fitted T yourself")
-        kind = None if saved_kind(cfg.model.path) else judge.kind  # a plain LM read as a judge keeps its kind
-        path = write_temperature(Path(cfg.model.path), fit.temperature, kind=kind)
-        log.info("wrote rewardkit.temperature=%.4g to %s", fit.temperature, path)
-    return fit
+    elif fit.ece_after > fit.ece_before and not force:
+        kept = "ece_worse"
+        log.warning("T=%.4g lowers the NLL on these pairs (%.4f -> %.4f) but raises the ECE (%.4f -> %.4f) over "
+                    "T=%.4g; keeping T=%.4g (force=true saves it anyway)", fit.temperature, fit.nll_before,
+                    fit.nll_after, fit.ece_before, fit.ece_after, fit.temperature_before, fit.temperature_before)
+    elif not save:
+        kept = "save=false"
+    if kept is not None:
+        return replace(fit, kept=kept)
+    kind = None if saved_kind(cfg.model.path) else judge.kind  # a plain LM read as a judge keeps its kind
+    path = write_temperature(Path(cfg.model.path), fit.temperature, kind=kind)
+    log.info("wrote rewardkit.temperature=%.4g to %s", fit.temperature, path)
+    return replace(fit, saved=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewardkit.io import atomic_write, write_jsonl
+from rewardkit.io import atomic_write, staged_dir, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,33 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_eval_dir(out_dir: str | Path, outcome, *, model_dir: str, data: str) -> Path:
-    """eval.json ({"meta", "stats"}), pairs.jsonl, rows.jsonl (best-of-N rows) and plots/ under `out_dir`."""
+    """eval.json ({"meta", "stats"}), pairs.jsonl, rows.jsonl (best-of-N rows) and plots/ under `out_dir`.
+
+    Staged: everything is written to a temp folder inside `out_dir` and moved in at the end (eval.json
+    last), so a failure (a full disk) leaves no partial report, and no `out_dir` that did not exist before.
+    A write error names the file under `out_dir` it was writing."""
     from rewardkit import __version__
 
     out = Path(out_dir)
     meta = {"model_dir": str(Path(model_dir).resolve()), "data": str(data), "rewardkit": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_jsonl(out / "pairs.jsonl", outcome.pairs)
-    if outcome.rows is not None:
-        write_jsonl(out / "rows.jsonl", outcome.rows)
-    with atomic_write(out / "eval.json") as fh:  # last: a reader never sees eval.json without its pairs
-        json.dump({"meta": meta, "stats": outcome.stats}, fh, indent=2)
-    try:
-        from rewardkit.eval.plots import eval_plots
+    with staged_dir(out, last="eval.json") as tmp:
+        try:
+            write_jsonl(tmp / "pairs.jsonl", outcome.pairs)
+            if outcome.rows is not None:
+                write_jsonl(tmp / "rows.jsonl", outcome.rows)
+            with atomic_write(tmp / "eval.json") as fh:
+                json.dump({"meta": meta, "stats": outcome.stats}, fh, indent=2)
+            try:
+                from rewardkit.eval.plots import eval_plots
 
-        eval_plots(outcome.pairs, outcome.stats, out / "plots")
-    except ImportError as e:  # PlotsUnavailable is one
-        log.warning("%s; wrote %s without plots", e, out)
+                eval_plots(outcome.pairs, outcome.stats, tmp / "plots")
+            except ImportError as e:  # PlotsUnavailable is one
+                log.warning("%s; wrote %s without plots", e, out)
+        except OSError as e:
+            if e.filename is None or not str(e.filename).startswith(str(tmp)):
+                raise
+            raise OSError(e.errno, e.strerror, str(out / Path(e.filename).relative_to(tmp))) from e
     return out
 
 
