@@ -36,15 +36,20 @@ def rm_dirs(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 
 class ServerThread:
-    """Run an app under uvicorn in a background thread; `url` is ready when the context is entered."""
+    """Run an app under uvicorn in a background thread; `url` is ready when the context is entered.
 
-    def __init__(self, app):
+    `make_server(config)` builds the uvicorn.Server (default: uvicorn's own; the drain tests pass
+    `rewardkit.serve.app.draining_server`'s)."""
+
+    def __init__(self, app, make_server=None, **config):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **config)
+        self.server = (make_server or uvicorn.Server)(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "ServerThread":

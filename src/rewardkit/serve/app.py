@@ -28,7 +28,7 @@ from rewardkit.serve.guard import Guard
 from rewardkit.serve.schemas import (CompareRequest, CompareResponse, ErrorResponse, GetRewardRequest,
                                      GetRewardResponse, HealthResponse, RankRequest, RankResponse, ScoreRequest,
                                      ScoreResponse, VllmScoreRequest, VllmScoreResponse, as_text)
-from rewardkit.serve.service import NotServable, RewardService, ServeSettings
+from rewardkit.serve.service import NotServable, RewardService, ServeSettings, Unrenderable
 from rewardkit.serve.vllm_api import add_vllm_routes, parse_v1_score, vllm_score
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(FieldMissing)
-    async def _field(request: Request, exc: FieldMissing):
+    @app.exception_handler(Unrenderable)
+    async def _field(request: Request, exc: ValueError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)

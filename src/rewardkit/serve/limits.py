@@ -3,18 +3,19 @@
 Every model truncates to `max_length` tokens anyway; which end it keeps depends on the kind (value heads
 and pairwise rankers keep the end, process rewards the start, generative judges cut the middle). So a text
 longer than 2 x CHARS_PER_TOKEN x max_length characters keeps its first and its last
-CHARS_PER_TOKEN x max_length characters: each part alone still holds more than max_length tokens of any
-natural text (about 4 characters per token in English, rarely above 8 even for code), so what the model sees
-is what it would have seen from the whole text; the seam lies in the part every kind cuts away. Pathological
-inputs (e.g. runs of 100+ character "words" that a WordPiece tokenizer reads as one [UNK]) may be cut to
-fewer than max_length tokens. Applies to each prompt, response, full text and chat message content.
+CHARS_PER_TOKEN x max_length characters. CHARS_PER_TOKEN is the data layer's (rewardkit.data.tokenize: 64,
+where ordinary text has 3-5 characters per token): each part alone holds more than max_length tokens, so the
+model sees what it would have seen from the whole text, and a value head's score equals offline scoring's
+(whose encoder keeps the same last characters). The seam lies in the part every kind cuts away. Applies to
+each prompt, response, full text and chat message content.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-CHARS_PER_TOKEN = 16  # generous: 4x the usual English ratio
+from rewardkit.data.tokenize import CHARS_PER_TOKEN
+
 FALLBACK_MAX_LENGTH = 4096  # a judge that does not say its max_length
 
 

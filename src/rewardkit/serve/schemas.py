@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rewardkit.data.fields import CHAT_ROLES
+
+Role = Literal[CHAT_ROLES]  # the roles chat templates know; others are 422 (as in data files)
+
 
 class ChatMessage(BaseModel):
-    role: str
+    role: Role
     content: str
 
 
-Text = Union[str, list[ChatMessage]]  # a plain string, or chat messages (the server applies the template)
+# A plain string, or chat messages (the server applies the template); an empty list has nothing to render
+# (send "" for no prompt).
+Text = Union[str, Annotated[list[ChatMessage], Field(min_length=1)]]
 
 
 def as_text(t: Text) -> str | list[dict[str, str]]:
@@ -139,7 +145,7 @@ class HealthResponse(BaseModel):
 class VllmMessage(BaseModel):
     """A chat message whose content is a string or OpenAI-style parts; only text parts can be scored."""
 
-    role: str
+    role: Role
     content: str
 
     @field_validator("content", mode="before")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from rewardkit.data.tokenize import TokenizedSequence
 from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
@@ -71,6 +72,18 @@ class Scored:
 
 class NotServable(ValueError):
     """A request the served model cannot answer (e.g. a full text for a kind that needs prompt and response)."""
+
+
+class Unrenderable(ValueError):
+    """Chat messages the model's chat template refuses (e.g. roles out of the order it insists on): a 422."""
+
+
+def _rendered(fn: Callable[[], Any]) -> Any:
+    """Run `fn` (it renders chat templates); a template's own refusal is the request's fault, not a 500."""
+    try:
+        return fn()
+    except TemplateError as e:
+        raise Unrenderable(f"the model's chat template cannot render these messages: {e}") from None
 
 
 def batchable(judge: Judge) -> bool:
@@ -170,7 +183,7 @@ class RewardService:
 
     async def _call(self, m: ServedModel, fn: Callable[[], Any]) -> Any:
         self._check_open()
-        return await asyncio.get_running_loop().run_in_executor(m.tokenizer_thread, fn)
+        return await asyncio.get_running_loop().run_in_executor(m.tokenizer_thread, _rendered, fn)
 
     async def compare(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any],
                       fields: Mapping[str, Sequence[Any]] | None = None) -> list[Comparison]:
@@ -236,8 +249,8 @@ class RewardService:
         async def raw_of(m: ServedModel) -> torch.Tensor:
             nonlocal tokens
             if m.batcher is None:
-                return await loop.run_in_executor(m.tokenizer_thread, whole, m.scorer)
-            seqs = await loop.run_in_executor(m.tokenizer_thread, encode, m.scorer)
+                return await loop.run_in_executor(m.tokenizer_thread, _rendered, lambda: whole(m.scorer))
+            seqs = await loop.run_in_executor(m.tokenizer_thread, _rendered, lambda: encode(m.scorer))
             tokens += sum(len(s.input_ids) for s in seqs)
             return await m.batcher.submit(seqs)
 
