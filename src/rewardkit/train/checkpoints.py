@@ -96,8 +96,9 @@ def resume_point(out: Path, resume: str | None, n_proc: int, config: dict[str, A
         if config is not None and "config" in state:
             changes = config_changes(state["config"], json.loads(json.dumps(config)))
             if changes:
-                raise ConfigError(f"cannot resume from {path}: it was written with another config ({'; '.join(changes)}); "
-                                  "use the same values, or start a fresh run (another output_dir, no train.resume)")
+                raise ConfigError(f"cannot resume from {path}: it was written with another config "
+                                  f"({'; '.join(changes)}); use the same values, or start a fresh run (another "
+                                  "output_dir, no train.resume)")
         elif config is not None:
             log.warning("%s records no config (an older version): not checked against this run's", path)
     return path, state
@@ -121,8 +122,9 @@ def remove_partial(out: Path) -> None:
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,
                     batches_per_epoch: int, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
     """Resumable state (weights, optimiser, scheduler, RNG of every process, data position, and `extra`: the
-    run's config, counters); keeps the newest `keep`. Every process writes into checkpoints/.step-N.tmp; then
-    the main process writes trainer_state.json (with each file's size) and renames the folder to step-N."""
+    run's config, counters); keeps the newest `keep` complete ones. Every process writes into
+    checkpoints/.step-N.tmp; then the main process writes trainer_state.json (with each file's size) and
+    renames the folder to step-N."""
     if batch_in_epoch >= batches_per_epoch:  # the epoch just ended: resume at the next one
         epoch, batch_in_epoch = epoch + 1, 0
     final = out / "checkpoints" / f"step-{step}"
@@ -144,9 +146,10 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no partial folder (a kill: the next run's job)
         raise
-    if accelerator.is_main_process:
-        for old in sorted((p for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit()),
-                          key=_step_of)[:-keep]:
+    if accelerator.is_main_process:  # the newest `keep` complete ones stay; incomplete ones are never resumed
+        ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if p.name[5:].isdigit()), key=_step_of)
+        complete = [p for p in ckpts if _problem(p) is None]
+        for old in (p for p in ckpts if p not in complete[-keep:]):
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

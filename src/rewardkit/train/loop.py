@@ -273,8 +273,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
             if bad:
                 in_a_row, skipped = in_a_row + 1, skipped + 1
                 log.warning("step %d: loss %s, grad norm %s: not finite, optimiser step skipped (%d in a row)",
-                            step + 1, float(micro[-1][0].loss.detach()), None if grad_norm is None else float(grad_norm),
-                            in_a_row)
+                            step + 1, float(micro[-1][0].loss.detach()),
+                            None if grad_norm is None else float(grad_norm), in_a_row)
             else:
                 optimizer.step()
                 for r in micro:
