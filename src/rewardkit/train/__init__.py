@@ -16,16 +16,23 @@ writes files, logs to trackers or shows the progress bar.
 Where the parts live: `loop` (train, TrainResult), `plan` (which items make each micro-batch, collation),
 `checkpoints` (save, find, resume), `sharded` (FSDP2 / ZeRO-3 whole weights for eval and the final save,
 DeepSpeed batch keys), `tracking` (metrics.jsonl rows, trackers, rows reduced over processes), `launch`
-(launch checks, bf16 detection, quiet logs off the main process).
+(launch checks, bf16 detection, quiet logs off the main process), `faults` (non-finite steps, stop signals,
+output folder and disk checks, failed saves, what a failed run leaves).
+
+Exit codes of `rewardkit train`: 0 done, or stopped by SIGTERM/SIGINT with a checkpoint saved; 2 bad input
+or options, a resume whose config differs, an output folder or save that fails; 3 the loss or gradients
+kept going non-finite (TrainingDiverged); 128+N a second signal N, or a first one whose save failed.
 """
 
 from __future__ import annotations
 
+from rewardkit.train.faults import SaveError, TrainingDiverged, TrainingInterrupted
 from rewardkit.train.launch import LaunchError, bf16_native, check_launch
 from rewardkit.train.loop import TrainResult, train
 from rewardkit.train.plan import resolve_batching
 from rewardkit.train.sharded import fill_weights, full_params, sharded_weights, structure_copy
 from rewardkit.train.tracking import TRACKERS, reduce_window, resolve_trackers
 
-__all__ = ["TRACKERS", "LaunchError", "TrainResult", "bf16_native", "check_launch", "fill_weights", "full_params",
-           "reduce_window", "resolve_batching", "resolve_trackers", "sharded_weights", "structure_copy", "train"]
+__all__ = ["TRACKERS", "LaunchError", "SaveError", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
+           "bf16_native", "check_launch", "fill_weights", "full_params", "reduce_window", "resolve_batching",
+           "resolve_trackers", "sharded_weights", "structure_copy", "train"]

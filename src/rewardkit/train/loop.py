@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +222,23 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
             return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
                                    extra={"config": flat_cfg, "bad_in_a_row": in_a_row})
 
+    def stop(batch_in_epoch: int, n_batches: int) -> TrainResult:
+        """A stop signal reached some process: save where the run stands (unless a checkpoint of this very
+        state exists) and return; a failed save is TrainingInterrupted (exit 128 + the signal)."""
+        name = signals.name if signals.signum is not None else "a stop signal (on another process)"
+        try:
+            ckpt = out / "checkpoints" / f"step-{step}" if saved_step == step else save(batch_in_epoch, n_batches)
+        except OSError as e:
+            raise TrainingInterrupted(f"{name} at step {step} and the checkpoint could not be saved: {e}",
+                                      signals.signum or signal.SIGTERM) from e
+        bar.close()
+        log.warning("%s at step %d: state saved in %s; continue with train.resume=auto (same config)", name, step,
+                    ckpt)
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        return TrainResult(out, step, {}, time.perf_counter() - totals.start, num_processes=n_proc,
+                           is_main_process=main, stopped=name, checkpoint=ckpt)
+
     net.train()
     while step < total_steps:
         batches.set_epoch(epoch)
@@ -229,21 +247,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         for j in range(skip_batches, n_batches):
             mb = epoch_batches[j]
             first = j - j % ga
-            if j == first and any_process(accelerator, signals.signum is not None)[0]:
-                # A stop signal (on any process): save where the run stands, between two optimiser steps.
-                name = signals.name if signals.signum is not None else "a stop signal"
-                try:
-                    ckpt = out / "checkpoints" / f"step-{step}" if saved_step == step else save(j, n_batches)
-                except OSError as e:
-                    raise TrainingInterrupted(f"{name} at step {step} and the checkpoint could not be saved: {e}",
-                                              signals.signum or 15) from e
-                bar.close()
-                log.warning("%s at step %d: state saved in %s; continue with train.resume=auto (same config)",
-                            name, step, ckpt)
-                for tracker in accelerator.trackers:
-                    tracker.finish()
-                return TrainResult(out, step, {}, time.perf_counter() - totals.start, num_processes=n_proc,
-                                   is_main_process=main, stopped=name, checkpoint=ckpt)
+            if j == first and any_process(accelerator, signals.signum is not None)[0]:  # between two steps
+                return stop(j, n_batches)
             group = epoch_batches[first:min(first + ga, n_batches)]  # the micro-batches of this optimiser step
             last = j == first + len(group) - 1
             step_items = sum(m.global_size for m in group)
@@ -282,7 +287,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 in_a_row, good = 0, good + 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            bad_loss = float(micro[-1][0].loss.detach())
+            last_loss = float(micro[-1][0].loss.detach())
             micro, losses_finite = [], True
             step += 1
             bar.update(1)
@@ -298,7 +303,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                                     metric=f"{row.get(objective.metric, float('nan')):.3f}")
                 window, skipped, good = StepWindow(), 0, 0
             if diverged:
-                raise TrainingDiverged(diverged_message(step, in_a_row, bad_loss, row["grad_norm"], out,
+                raise TrainingDiverged(diverged_message(step, in_a_row, last_loss, row["grad_norm"], out,
                                                         latest_checkpoint(out)))
             if t.eval_every and step % t.eval_every == 0 and step < total_steps:
                 run_eval()
