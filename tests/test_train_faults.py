@@ -268,7 +268,7 @@ def test_an_output_dir_that_cannot_be_written_is_refused_first(run, tmp_path, wh
     f.write_text("x")
     out = f if where == "file" else f / "rm"
     code, _, err = run(out)
-    assert code == 2 and "is a file, not a folder" in _one_line_error(err) and str(f) in err
+    assert code == 2 and "file, not a folder" in _one_line_error(err) and str(f) in err  # (config checks it too)
     assert "INFO rewardkit.train" not in err  # refused before the model or data loaded
 
 
