@@ -142,8 +142,10 @@ def check_free_space(out: Path, model: torch.nn.Module, save_every: int) -> None
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     free = shutil.disk_usage(parent).free
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    # a LoRA folder holds the adapter and heads only (the trainable part), any other the whole weights
+    lora = getattr(model, "lora", None) is not None
+    weights = trainable if lora else sum(p.numel() * p.element_size() for p in model.parameters())
     if free < weights:
         raise ConfigError(f"output_dir {out}: {free / 2**20:.1f} MiB free on its disk, the model alone needs about "
                           f"{weights / 2**20:.1f} MiB")
