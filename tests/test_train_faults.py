@@ -164,6 +164,15 @@ def test_non_finite_final_rewards_save_no_model(run, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- signals
 
+@pytest.fixture
+def sigint_default():
+    """SIGINT as in a terminal (a test run started in the background has it ignored, and training leaves an
+    ignored signal ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _signal_at(monkeypatch, step: int, *signums: int) -> None:
     """Send `signums` to this process right after the train row of `step` is written."""
     write_row = loop.write_row
@@ -177,7 +186,7 @@ def _signal_at(monkeypatch, step: int, *signums: int) -> None:
     monkeypatch.setattr(loop, "write_row", hook)
 
 
-def test_sigint_saves_a_checkpoint_exits_0_and_resumes(run, tmp_path, monkeypatch):
+def test_sigint_saves_a_checkpoint_exits_0_and_resumes(run, tmp_path, monkeypatch, sigint_default):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     _signal_at(monkeypatch, 2, signal.SIGINT)
     out = tmp_path / "rm"
@@ -194,7 +203,7 @@ def test_sigint_saves_a_checkpoint_exits_0_and_resumes(run, tmp_path, monkeypatc
     assert [r["step"] for r in _rows(out) if r["split"] == "train"] == [1, 2, 4]  # each step once
 
 
-def test_second_sigint_stops_at_once(run, tmp_path, monkeypatch):
+def test_second_sigint_stops_at_once(run, tmp_path, monkeypatch, sigint_default):
     _signal_at(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
     out = tmp_path / "rm"
     code, _, err = run(out, "train.max_steps=4")
