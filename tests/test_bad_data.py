@@ -264,8 +264,7 @@ def test_train_on_empty_responses_in_both_formats(tiny_models, tmp_path, capsys,
         assert rc == 0, capsys.readouterr().err
         summary = json.loads(capsys.readouterr().out.splitlines()[-1])
         assert f"{data}: {n_empty} empty responses" in caplog.text
-        if "empty_responses" in summary:  # train's summary carries the data counts once the loop passes them on
-            assert summary["empty_responses"] == n_empty
+        assert summary["empty_responses"] == n_empty and summary["skipped_rows"] == 0
 
 
 def test_skip_counts_rows_by_reason(rm, tiny_models, tmp_path, capsys, caplog):
@@ -284,6 +283,8 @@ def test_skip_counts_rows_by_reason(rm, tiny_models, tmp_path, capsys, caplog):
     assert main(["train", f"model={tiny_models['llama']}", f"data.train={path}", f"output_dir={out}",
                  "data.on_error=skip", "train.max_steps=1", "train.batch_size=2", "data.max_length=32",
                  "train.progress=false"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["skipped_rows"] == 4 and summary["skipped_by_reason"] == stats["skipped_by_reason"]
 
 
 # --------------------------------------------------------------------------- very long texts

@@ -12,6 +12,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -43,7 +44,7 @@ log = logging.getLogger("rewardkit.train")
 class TrainResult:
     output_dir: Path
     steps: int
-    final_eval: dict[str, float]
+    final_eval: dict[str, Any]  # the final eval's metrics and what loading counted (ObjectiveData.counts)
     loop_seconds: float = 0.0  # wall time of the optimisation loop only (no loading, eval or saving)
     examples: int = 0  # training examples (pairs, prompts...) the loop processed, all processes together
     tokens: int = 0  # real tokens the loop processed, all processes together
@@ -349,4 +350,5 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # what end_training() does, but keeping the process group for the caller
         tracker.finish()
-    return TrainResult(out, step, final, loop_seconds, int(count[0]), int(count[1]), int(count[2]), n_proc, main)
+    return TrainResult(out, step, {**final, **data.counts}, loop_seconds, int(count[0]), int(count[1]),
+                       int(count[2]), n_proc, main)
