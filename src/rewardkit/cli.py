@@ -82,7 +82,7 @@ def _calibrate(cfg) -> int:
     from rewardkit.eval.evaluate import calibrate
 
     fit = calibrate(cfg, save=cfg.save)
-    _print({"model_dir": cfg.model.path, "saved": cfg.save and not fit.at_bound, **fit.to_dict()}, cfg.json)
+    _print({"model_dir": cfg.model.path, **fit.to_dict()}, cfg.json)
     return 0
 
 
@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             code = EXIT_BAD_INPUT
         if debug or code is None:
             raise
-        print(f"rewardkit {name}: error: {e}", file=sys.stderr)
+        message = " ".join(x.strip() for x in str(e).splitlines() if x.strip())  # one line, always
+        print(f"rewardkit {name}: error: {message}", file=sys.stderr)
         return code
 
 
