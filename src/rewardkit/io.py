@@ -78,6 +78,8 @@ def staged_dir(target: str | Path, last: str = "config.json") -> Iterator[Path]:
             dest = target / name
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
+            elif (tmp / name).is_file():  # safetensors writes 0600; a saved model should be readable like any file
+                os.chmod(tmp / name, _default_mode())
             os.replace(tmp / name, dest)
         ok = True
     finally:
