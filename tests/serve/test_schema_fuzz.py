@@ -68,6 +68,7 @@ def test_fuzzed_requests_get_no_5xx_and_only_declared_answers(live, mode):
         fuzz()
     assert not [code for code in statuses if code >= 500]
     if mode == "positive":
-        assert statuses.get(200, 0) > 0.5 * sum(statuses.values()), statuses  # valid requests are mostly served
+        # Schema-valid is not always servable (e.g. an item with neither `response` nor `messages`): 422s remain.
+        assert statuses.get(200, 0) > 0.3 * sum(statuses.values()), statuses
     else:
         assert statuses.get(422, 0) > 0, statuses

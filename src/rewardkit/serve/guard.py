@@ -5,7 +5,7 @@
    never 422.
 2. Body: read here, at most `max_body_bytes` (413, also for chunked uploads without Content-Length) and
    within `body_timeout` seconds of the headers (408: a client dribbling its body cannot hold a connection
-   and a worker slot); both answers close the connection. The body is then replayed to the app.
+   and a worker slot; the 408 closes the connection). The body is then replayed to the app.
 3. Disconnects: the app runs as a task beside a watcher of the connection; when the client goes away
    before its answer, the task is cancelled, so its texts leave the model queue unscored (batcher.py).
 4. Shutdown: a request cut off by the server's own stop (uvicorn cancels what outlives the drain) gets a
@@ -51,14 +51,19 @@ class Guard:
         try:
             if scope["path"] not in OPEN_PATHS and not self._authorised(scope):
                 return await send_json(send_tracked, 401, "missing or wrong API key: send `Authorization: Bearer "
-                                       "<key>`", [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])
+                                       "<key>`", [(b"www-authenticate", b"Bearer")])
             body = await self._read_body(scope, receive)
             if isinstance(body, tuple):
+                # Only a 408 closes: closing with unread body bytes makes the kernel send a reset, which can
+                # reach the client before the answer; uvicorn discards the rest of a 401/413 body itself.
                 code, detail = body
-                return await send_json(send_tracked, code, detail, [(b"connection", b"close")])
+                return await send_json(send_tracked, code, detail, [(b"connection", b"close")] if code == 408 else [])
             if body is None:
                 return  # the client went away while sending
             await self._run(scope, _Replay(body, receive), send_tracked, state)
+        except Exception:
+            state["status"] = 500  # Starlette's outer error middleware answers it, past send_tracked
+            raise
         finally:
             self.metrics.request(route, state["status"], time.perf_counter() - started)
 
