@@ -113,6 +113,16 @@ def test_max_length_shorter_than_the_chat_template(capsys, env):
     capsys.readouterr()
 
 
+def test_train_on_chat_rows_checks_the_template_room_too(capsys, env, tmp_path):
+    """The check lives in the encoder, so train refuses before training, and leaves no output folder."""
+    chat = [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
+             "rejected": [{"role": "assistant", "content": "Go away."}]}] * 4
+    data, out = write_jsonl(tmp_path / "chat.jsonl", chat), tmp_path / "out"
+    refused(capsys, ["train", f"model={env.backbone}", f"data.train={data}", "data.max_length=8", f"output_dir={out}"],
+            "data.max_length=8 is shorter than the chat template")
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- model folders
 
 def _folder(root: Path, name: str, env, make) -> Path:

@@ -258,9 +258,12 @@ def test_truncation_then_cuts_the_response_from_the_left(gpt2_tok):
 
 def test_truncation_keeps_template_eos(chat_tok):
     eos = chat_tok.eos_token_id
-    s = SequenceEncoder(chat_tok, 8, is_encoder=False).encode(PROMPT, LONG_RESPONSE)
-    assert s.truncated and len(s.input_ids) == 8
-    assert s.input_ids == ids(chat_tok, LONG_RESPONSE)[-7:] + [eos] and s.input_ids.count(eos) == 1
+    # 12: the template alone (an empty chat) takes 10 tokens; a max_length it overflows is refused (below)
+    s = SequenceEncoder(chat_tok, 12, is_encoder=False).encode(PROMPT, LONG_RESPONSE)
+    assert s.truncated and len(s.input_ids) == 12
+    assert s.input_ids == ids(chat_tok, LONG_RESPONSE)[-11:] + [eos] and s.input_ids.count(eos) == 1
+    with pytest.raises(ValueError, match="data.max_length=8 is shorter than the chat template"):
+        SequenceEncoder(chat_tok, 8, is_encoder=False).encode(PROMPT, LONG_RESPONSE)
 
 
 def test_encoder_truncation_drops_sep_with_the_prompt(bert_tok):

@@ -102,6 +102,17 @@ class SequenceEncoder:
             if tokenizer.eos_token_id is None:
                 raise ValueError("decoder tokenizer has no eos_token; set one so the reward has a fixed readout token")
             self.suffix = [tokenizer.eos_token_id]
+        self._template_checked = False
+
+    def _check_template_room(self) -> None:
+        """Chat rows pay the template's fixed tokens (turn markers, roles) on every sequence: a max_length that
+        they alone overflow would leave no token of any response, so it is refused (train, eval, score alike)."""
+        self._template_checked = True
+        empty = self.encode([{"role": "user", "content": ""}], [{"role": "assistant", "content": ""}])
+        if empty.truncated:
+            self._template_checked = False
+            raise ValueError(f"data.max_length={self.max_length} is shorter than the chat template: an empty user "
+                             "turn and an empty reply already overflow it; raise data.max_length")
 
     def _ids(self, text: str) -> list[int]:
         """Token ids of `text`, at most its last `max_chars` characters (the character cap, module doc)."""
@@ -110,6 +121,8 @@ class SequenceEncoder:
         return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
     def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        if not self._template_checked and (isinstance(prompt, list) or isinstance(response, list)):
+            self._check_template_room()
         p_text, r_text = render(self.tok, prompt, response)
         prompt_ids, response_ids = self._ids(p_text), self._ids(r_text)
         prefix = self.prefix

@@ -86,7 +86,7 @@ def _detect(data: PairsInput, split: str) -> str:
             rows.append(row)
             if len(rows) == 32:
                 break
-    except Exception:  # unreadable rows are reported by the loader that follows, with their location
+    except (ValueError, OSError):  # DataError, bad JSON or bytes, a missing file: the loader that follows reports it
         pass
     return detect_kind(rows, data.columns)
 

@@ -29,7 +29,6 @@ class RewardScorer(PointwiseJudge):
         self.device = device
         self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
         self.bf16 = bf16  # bf16 autocast in the forwards (scores then agree with fp32 less closely)
-        self._template_fits = False  # checked on the first chat row (`_check_template_room`)
 
     @classmethod
     def load(cls, path: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 32,
@@ -59,18 +58,7 @@ class RewardScorer(PointwiseJudge):
     # ------------------------------------------------------------------ tokens in, rewards out
 
     def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
-        if not self._template_fits and (isinstance(prompt, list) or isinstance(response, list)):
-            self._check_template_room()
         return self.encoder.encode(prompt, response)
-
-    def _check_template_room(self) -> None:
-        """Chat rows pay the template's fixed tokens (turn markers, roles) on every sequence: a max_length
-        that they alone overflow would leave no token of any response, so it is refused."""
-        empty = self.encoder.encode([{"role": "user", "content": ""}], [{"role": "assistant", "content": ""}])
-        if empty.truncated:
-            raise ValueError(f"data.max_length={self.encoder.max_length} is shorter than the chat template: an empty "
-                             "user turn and an empty reply already overflow it; raise data.max_length")
-        self._template_fits = True
 
     def encode_text(self, text: str) -> TokenizedSequence:
         """A full prompt+response text, as a PPO trainer decodes it (see `SequenceEncoder.encode_text`)."""
