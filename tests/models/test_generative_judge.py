@@ -237,3 +237,20 @@ def test_smollm2_gguf_judge_on_hh_pairs():
     assert all(0 < x.prob_a_better < 1 for x in ab)
     assert [x.margin for x in ab] == [-y.margin for y in ba]
     assert all(abs(x.prob_a_better + y.prob_a_better - 1) < 1e-12 for x, y in zip(ab, ba))
+
+
+def test_a_huge_response_is_cut_to_the_character_cap_before_tokenising():
+    """A 1M-character answer never reaches the tokenizer whole (judge prompt and length statistics alike)."""
+    from types import SimpleNamespace
+
+    from rewardkit.scoring.base import response_lengths
+    from rewardkit.scoring.limits import char_limit
+
+    tok = gpt2_tokenizer(chat=False)
+    huge = "word " * 200_000
+    prompt = JudgePrompt(tok, SHORT, max_length=64, chat=False)
+    s = prompt.encode("Hi", huge, "Hello!")
+    assert len(s.input_ids) <= 64
+    assert len(prompt.text("Hi", huge, "Hello!")) <= char_limit(64) + 100
+    lengths = response_lengths(SimpleNamespace(tokenizer=tok, max_length=64), [huge, "Hello!"])
+    assert 64 < int(lengths[0]) <= char_limit(64) and int(lengths[1]) == 2

@@ -27,7 +27,7 @@ from rewardkit.scoring import RewardScorer  # noqa: E402
 from rewardkit.serve.app import build_app, create_app, draining_server  # noqa: E402
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown  # noqa: E402
 from rewardkit.serve.combine import single_model  # noqa: E402
-from rewardkit.serve.limits import CHARS_PER_TOKEN, cap_text  # noqa: E402
+from rewardkit.scoring.limits import CHARS_PER_TOKEN, cap_text  # noqa: E402
 from rewardkit.serve.metrics import Metrics  # noqa: E402
 from rewardkit.serve.service import RewardService, ServeSettings  # noqa: E402
 

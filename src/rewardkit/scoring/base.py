@@ -15,6 +15,7 @@ import torch
 
 from rewardkit.data.fields import Text
 from rewardkit.metrics import check_temperature, preference_prob
+from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 
 
 class NoScores(ValueError):
@@ -105,9 +106,10 @@ def rank_scores(scores: Sequence[float], tiebreak: Sequence[float] | None = None
 def response_lengths(judge: Any, responses: Sequence[Text]) -> torch.Tensor:
     """Response lengths (N,) in `judge.tokenizer`'s tokens, or in words where it has none."""
     tok = getattr(judge, "tokenizer", None)
+    limit = char_limit(model_max_length(judge))  # a 50 MB response is counted from its capped text
 
     def text(r: Text) -> str:
-        return r if isinstance(r, str) else "\n".join(str(m.get("content", "")) for m in r)
+        return cap_text(r if isinstance(r, str) else "\n".join(str(m.get("content", "")) for m in r), limit)[0]
 
     count = ((lambda s: len(tok(s, add_special_tokens=False)["input_ids"])) if tok is not None
              else (lambda s: len(s.split())))

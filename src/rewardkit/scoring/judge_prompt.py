@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from rewardkit.data.fields import Text
 from rewardkit.data.tokenize import TokenizedSequence
+from rewardkit.scoring.limits import cap_text, char_limit
 
 DEFAULT_TEMPLATE = ("Below are a conversation and two candidate responses for the assistant's next turn.\n\n"
                     "[Conversation]\n{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
@@ -112,7 +113,8 @@ class JudgePrompt:
         return "".join(self._parts(prompt, first, second)[0])
 
     def _parts(self, prompt: Text, first: Text, second: Text) -> tuple[list[str], dict[str, tuple[int, int]]]:
-        texts = {"prompt": plain(prompt), "a": plain(first), "b": plain(second)}
+        limit = char_limit(self.max_length)  # before tokenising: the middle is cut anyway (scoring/limits.py)
+        texts = {k: cap_text(plain(t), limit)[0] for k, t in (("prompt", prompt), ("a", first), ("b", second))}
         parts, spans, pos = [], {}, 0
         for i, piece in enumerate(self.fixed):
             parts.append(piece)

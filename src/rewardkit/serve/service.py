@@ -7,7 +7,7 @@ judges, DPO and process rewards) run whole calls on that model's one worker thre
 go to the judge itself when one such model is served, and kinds without per-text scores refuse the
 score routes with `NoScores`.
 
-Every text is cut to the served models' character limit before anything tokenises it (`limits.py`), and
+Every text is cut to the served models' character limit before anything tokenises it (`scoring/limits.py`), and
 `begin_drain` (SIGTERM) refuses new work and bounds how long queued work may still take.
 """
 
@@ -27,7 +27,7 @@ from rewardkit.data.tokenize import TokenizedSequence
 from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown
 from rewardkit.serve.combine import ModelsConfig, Rule
-from rewardkit.serve.limits import cap_text, char_limit, model_max_length
+from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 from rewardkit.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)

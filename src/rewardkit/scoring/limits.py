@@ -1,4 +1,5 @@
-"""The server's character cap: texts are cut BEFORE tokenising, so one huge text cannot hold a worker.
+"""The character cap of scoring: texts are cut BEFORE tokenising, so one huge text cannot hold a worker (the
+server) or take minutes and gigabytes (eval of judges, length statistics).
 
 Every model truncates to `max_length` tokens anyway; which end it keeps depends on the kind (value heads
 and pairwise rankers keep the end, process rewards the start, generative judges cut the middle). So a text
