@@ -78,6 +78,9 @@ def test_models_file(tmp_path, rm_dirs):  # noqa: F811
                     " is_safety_value: safety}\n")
     cfg = load_models_config(good)
     assert cfg.models["safe"].normalize is True and cfg.rule.is_safety_value == "safety"
+    opt_in = tmp_path / "random.yaml"  # a plain backbone is served only when its entry opts in, as model.* does
+    opt_in.write_text(f"models:\n  a: {{path: {rm_dirs['llama']}, allow_random_head: true}}\n")
+    assert load_models_config(opt_in).models["a"].options == {"allow_random_head": True}
     for text, msg in [
         ("models: {a: x}\ncombine: {rule: sum}", "combine.rule: expected one of"),
         ("models: {a: x, b: y}", "combine: required with 2 models"),

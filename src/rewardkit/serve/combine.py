@@ -133,7 +133,7 @@ class ModelsConfig:
 
 
 _MODEL_KEYS = {"path", "normalize", "max_length", "kind", "reference", "beta", "reference_free", "length_normalize",
-               "rank_strategy", "aggregate", "template"}
+               "rank_strategy", "aggregate", "template", "allow_random_head"}
 _RULE_KEYS = {"weighted_sum": {"rule", "weights"},
               "llama2": {"rule", "safety", "helpfulness", "threshold", "is_safety_field", "is_safety_value",
                          "is_safety_classifier", "classifier_threshold"}}
