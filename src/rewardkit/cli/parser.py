@@ -1,168 +1,20 @@
-"""`rewardkit` command line: parse -> config -> library call. Heavy imports happen inside commands.
-
-Every command reads `[CONFIG.yaml] [key=value ...]` into its config class (`rewardkit.config.COMMANDS`).
-The positionals and options of earlier versions (`rewardkit eval MODEL_DIR DATA --batch-size 16`) stay as
-shorthands, each standing for one key (model, data, scoring.batch_size). Order: the file, then options
-and positionals, then key=value overrides; later ones win.
-"""
+"""The command table and its argparse parsers: each command's options of earlier versions stand for config
+keys (`--batch-size` = scoring.batch_size); `--help` lists every key with its default."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import logging
-import os
-import sys
 import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rewardkit.cli.run import _calibrate, _eval, _merge, _report, _rows_app, _score, _serve, _train
 from rewardkit.config import COMMANDS as CONFIGS
-from rewardkit.config import ConfigError, describe, load_config
-
-log = logging.getLogger("rewardkit")
-
-# Exit codes (README "Reliability"): 0 done, 2 bad input or options (one line on stderr naming file, row and
-# field), 3 training stopped because the loss or gradients kept going non-finite. An exception may carry its
-# own `exit_code`; anything else is a bug and keeps its traceback.
-EXIT_BAD_INPUT = 2
-
-
-def json_line(obj: Any) -> str:
-    """One strict-JSON line: NaN and infinities become null (Python's json writes `NaN`, which is not JSON)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(obj), allow_nan=False)
-
-
-# --------------------------------------------------------------------------- commands: config -> library call
-
-def _train(cfg) -> int:
-    from rewardkit.train import train
-
-    result = train(cfg)
-    if result.is_main_process:  # several processes: one summary line, from the main one
-        stopped = {"stopped_by": result.stopped, "checkpoint": str(result.checkpoint)} if result.stopped else {}
-        print(json_line({"output_dir": str(result.output_dir), "steps": result.steps, **stopped, **result.final_eval}))
-    return 0
-
-
-def _print(stats: dict, as_json: bool, prefix: str = "") -> None:
-    """One JSON object, or nested stats as `dotted.key: value` lines (lists are left to the JSON form)."""
-    if as_json:
-        print(json_line(stats))
-        return
-    for k, v in stats.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            _print(v, False, key + ".")
-        elif isinstance(v, list):
-            print(f"{key:>40}: ({len(v)} items; see json=true)")
-        else:
-            print(f"{key:>40}: {v:.4f}" if isinstance(v, float) else f"{key:>40}: {v}")
-
-
-def _eval(cfg) -> int:
-    from rewardkit.eval.evaluate import evaluate
-
-    _print(evaluate(cfg), cfg.json)
-    return 0
-
-
-def _calibrate(cfg) -> int:
-    from rewardkit.eval.evaluate import calibrate
-
-    fit = calibrate(cfg, save=cfg.save)
-    _print({"model_dir": cfg.model.path, **fit.to_dict()}, cfg.json)
-    return 0
-
-
-def _report(cfg) -> int:
-    from rewardkit.eval.report import write_report
-
-    files = write_report(cfg.path, cfg.output_dir)
-    print(json_line({"html": str(files.html), "markdown": str(files.markdown),
-                      "plots": [str(p) for p in files.plots]}))
-    return 0
-
-
-def _merge(cfg) -> int:
-    from rewardkit.models.lora import saved_block
-    from rewardkit.models.reward_model import RewardModel
-
-    block = saved_block(cfg.model.path)
-    if block is None:  # checked before any weights load
-        raise ConfigError(f"{cfg.model.path} has no LoRA adapter (its config.json has no rewardkit.lora): "
-                          "nothing to merge")
-    model, tok = RewardModel.from_pretrained(cfg.model.path)
-    n = model.merge_lora()
-    model.save_pretrained(cfg.output, tok, max_length=model.saved_max_length)
-    print(json_line({"output": cfg.output, "base": block["lora"].get("base"), "merged_layers": n,
-                      "kind": model.kind, "hf_equivalent": model.hf_equivalent}))
-    return 0
-
-
-def _scorer(cfg):
-    """The model of a row command as `cfg.scoring` says, or None without one (scores then come from the rows)."""
-    if not cfg.model.path:
-        return None
-    from rewardkit.scoring import judge_from_config
-
-    return judge_from_config(cfg)
-
-
-def _score(cfg) -> int:
-    from rewardkit.apps import score_file
-
-    report = score_file(cfg.data.path, cfg.output, _scorer(cfg), columns=cfg.data.columns, normalize=cfg.normalize)
-    log.info("scored %d rows -> %s", report.rows_out, cfg.output)
-    return 0
-
-
-def _rows_app(cfg) -> int:
-    """rank, filter, make-pairs: stream the rows through the app, print a one-line JSON summary."""
-    from rewardkit import apps
-
-    kw = dict(columns=cfg.data.columns, normalize=cfg.normalize, chunk_rows=cfg.chunk_rows)
-    if cfg.COMMAND == "filter":
-        kw.update(threshold=cfg.threshold, top_percent=cfg.top_percent)
-    elif cfg.COMMAND == "make-pairs":
-        kw.update(strategy=cfg.strategy, min_margin=cfg.min_margin, seed=cfg.seed)
-    run = {"rank": apps.rank_file, "filter": apps.filter_file, "make-pairs": apps.make_pairs_file}[cfg.COMMAND]
-    report = run(cfg.data.path, cfg.output, _scorer(cfg), **kw)
-    print(json_line({"output": cfg.output, **report.to_dict()}))
-    return 0
-
-
-def _serve(cfg) -> int:
-    try:
-        from rewardkit.serve.app import run_server
-        from rewardkit.serve.batcher import BatchSettings
-        from rewardkit.serve.combine import load_models_config, single_model
-        from rewardkit.serve.service import ServeSettings
-    except ImportError as e:
-        raise ConfigError(f"`serve` needs the serve extra ({e.name} missing): pip install 'rewardkit[serve]'") from None
-    options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("path", "kind")}
-    models = (load_models_config(cfg.models) if cfg.models
-              else single_model(cfg.model.path, kind=cfg.model.kind, options=options))
-    s = cfg.scoring
-    settings = ServeSettings(
-        normalize=cfg.normalize, clip=cfg.clip, max_texts=cfg.max_texts, max_body_bytes=cfg.max_body_bytes,
-        api_key=cfg.api_key or os.environ.get("REWARDKIT_API_KEY") or None,
-        body_timeout=cfg.body_timeout, drain_timeout=cfg.drain_timeout,
-        batch=BatchSettings(s.batch_size, s.max_tokens, cfg.max_wait_ms, cfg.max_queue))
-    run_server(models, settings, host=cfg.host, port=cfg.port, device=s.device, max_length=cfg.data.max_length,
-               access_log=cfg.access_log, bf16=s.bf16)
-    return 0
+from rewardkit.config import describe
 
 
 # --------------------------------------------------------------------------- options that stand for keys
@@ -414,63 +266,3 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (`rewardkit --help`); `main` hands each command to its own parser."""
     return _parsers()[0]
-
-
-def command_config(name: str, args: argparse.Namespace) -> Any:
-    """The checked config of command `name` from its parsed arguments: CONFIG.yaml (the first positional, when
-    it ends in .yaml/.yml or the command has no other positionals), then the options and positionals of
-    earlier versions, then key=value overrides."""
-    cmd = COMMANDS[name]
-    items = ([args.config] if args.config else []) + args.overrides
-    path, overrides, old = None, [], []
-    for i, item in enumerate(items):
-        if "=" in item:
-            overrides.append(item)
-        elif i == 0 and (item.endswith((".yaml", ".yml")) or not cmd.positionals):
-            path = item
-        else:
-            old.append(item)
-    given = getattr(args, "key_values", None) or []
-    positionals = [(m, k) for m, k in cmd.positionals if k not in {g for g, _ in given}]  # --dpo-policy: no MODEL_DIR
-    if len(old) > len(positionals):
-        raise ConfigError(f"unexpected argument {old[len(positionals)]!r} (settings are key=value)")
-    values = [*given, *((k, v) for (_, k), v in zip(positionals, old))]
-    cfg = load_config(CONFIGS[name], path, overrides, values=values)
-    cfg.validate()
-    return cfg
-
-
-def parse_command(argv: list[str]) -> tuple[str, argparse.Namespace, bool]:
-    """(command, its parsed arguments, --debug) from a command line without the program name. `--help` and
-    usage errors exit through argparse, as usual."""
-    parser, commands = _parsers()
-    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    if i is None or argv[i] not in commands or set(argv[:i]) - {"--debug"}:
-        parser.parse_args(argv)  # --help, or argparse's usage error; both exit
-        parser.error("a command is required")
-    # Each command's own parser, so that options may come before, after or between positionals (argparse
-    # cannot intermix through subparsers).
-    return argv[i], commands[argv[i]].parse_intermixed_args(argv[i + 1:]), "--debug" in argv[:i]
-
-
-def main(argv: list[str] | None = None) -> int:
-    name, args, debug = parse_command(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rewardkit.data import DataError
-
-    try:
-        return COMMANDS[name].run(command_config(name, args))
-    except Exception as e:  # noqa: BLE001 - only known kinds are turned into one line; the rest re-raise
-        code = getattr(e, "exit_code", None)
-        if code is None and isinstance(e, (ConfigError, DataError, FileNotFoundError, ValueError, OSError)):
-            code = EXIT_BAD_INPUT
-        if debug or code is None:
-            raise
-        message = " ".join(x.strip() for x in str(e).splitlines() if x.strip())  # one line, always
-        print(f"rewardkit {name}: error: {message}", file=sys.stderr)
-        return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

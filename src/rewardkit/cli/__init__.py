@@ -1,0 +1,85 @@
+"""`rewardkit` command line: parse -> config -> library call. Heavy imports happen inside commands.
+
+Every command reads `[CONFIG.yaml] [key=value ...]` into its config class (`rewardkit.config.COMMANDS`).
+The positionals and options of earlier versions (`rewardkit eval MODEL_DIR DATA --batch-size 16`) stay as
+shorthands, each standing for one key (model, data, scoring.batch_size). Order: the file, then options
+and positionals, then key=value overrides; later ones win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from rewardkit.cli.parser import COMMANDS, KIND_HELP, _parsers, build_parser
+from rewardkit.cli.run import json_line
+from rewardkit.config import COMMANDS as CONFIGS
+from rewardkit.config import ConfigError, load_config
+
+__all__ = ["COMMANDS", "KIND_HELP", "_parsers", "build_parser", "command_config", "json_line", "main",
+           "parse_command"]
+
+# Exit codes (README "Reliability"): 0 done, 2 bad input or options (one line on stderr naming file, row and
+# field), 3 training stopped because the loss or gradients kept going non-finite. An exception may carry its
+# own `exit_code`; anything else is a bug and keeps its traceback.
+EXIT_BAD_INPUT = 2
+
+
+def command_config(name: str, args: argparse.Namespace) -> Any:
+    """The checked config of command `name` from its parsed arguments: CONFIG.yaml (the first positional, when
+    it ends in .yaml/.yml or the command has no other positionals), then the options and positionals of
+    earlier versions, then key=value overrides."""
+    cmd = COMMANDS[name]
+    items = ([args.config] if args.config else []) + args.overrides
+    path, overrides, old = None, [], []
+    for i, item in enumerate(items):
+        if "=" in item:
+            overrides.append(item)
+        elif i == 0 and (item.endswith((".yaml", ".yml")) or not cmd.positionals):
+            path = item
+        else:
+            old.append(item)
+    given = getattr(args, "key_values", None) or []
+    positionals = [(m, k) for m, k in cmd.positionals if k not in {g for g, _ in given}]  # --dpo-policy: no MODEL_DIR
+    if len(old) > len(positionals):
+        raise ConfigError(f"unexpected argument {old[len(positionals)]!r} (settings are key=value)")
+    values = [*given, *((k, v) for (_, k), v in zip(positionals, old))]
+    cfg = load_config(CONFIGS[name], path, overrides, values=values)
+    cfg.validate()
+    return cfg
+
+
+def parse_command(argv: list[str]) -> tuple[str, argparse.Namespace, bool]:
+    """(command, its parsed arguments, --debug) from a command line without the program name. `--help` and
+    usage errors exit through argparse, as usual."""
+    parser, commands = _parsers()
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is None or argv[i] not in commands or set(argv[:i]) - {"--debug"}:
+        parser.parse_args(argv)  # --help, or argparse's usage error; both exit
+        parser.error("a command is required")
+    # Each command's own parser, so that options may come before, after or between positionals (argparse
+    # cannot intermix through subparsers).
+    return argv[i], commands[argv[i]].parse_intermixed_args(argv[i + 1:]), "--debug" in argv[:i]
+
+
+def main(argv: list[str] | None = None) -> int:
+    name, args, debug = parse_command(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rewardkit.data import DataError
+
+    try:
+        return COMMANDS[name].run(command_config(name, args))
+    except Exception as e:  # noqa: BLE001 - only known kinds are turned into one line; the rest re-raise
+        code = getattr(e, "exit_code", None)
+        if code is None and isinstance(e, (ConfigError, DataError, FileNotFoundError, ValueError, OSError)):
+            code = EXIT_BAD_INPUT
+        if debug or code is None:
+            raise
+        message = " ".join(x.strip() for x in str(e).splitlines() if x.strip())  # one line, always
+        print(f"rewardkit {name}: error: {message}", file=sys.stderr)
+        return code
+
