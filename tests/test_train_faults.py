@@ -157,7 +157,7 @@ def test_non_finite_final_rewards_save_no_model(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "make_objective", nan_stats)
     out = tmp_path / "rm"
-    code, _, err = run(out, "train.max_steps=1")
+    code, _, err = run(out, "train.max_steps=1", "train.reward_stats=pass")  # the statistics from evaluate()
     assert code == 3 and "rewards are not finite" in _one_line_error(err)
     assert not (out / "config.json").exists()
 

@@ -33,6 +33,11 @@ class TrainConfig:
                                  "it would be emulated; weights stay fp32.")
     center_rewards_coef: float = _f(0.0, "Pairs: weight of the reward-centering term mean((rc+rr)^2).")
     disable_dropout: bool = _f(True, "Set every dropout probability to 0 (reward models train better).")
+    reward_stats: str = _f("loop", "Without an eval set, where the reward mean/std saved for normalisation come "
+                                   "from: `loop` = the rewards the training forwards computed over the last epoch "
+                                   "(no extra pass); `pass` = one more forward over up to 1000 training examples "
+                                   "with the final weights. With an eval set they come from the final eval.",
+                           choices=("loop", "pass"))
     eval_every: int = _f(0, "Evaluate every N optimiser steps (0: only at the end).")
     eval_batch_size: int = _f(32, "Pairs per eval batch.")
     log_every: int = _f(10, "Log training metrics every N optimiser steps.")

@@ -44,7 +44,8 @@ def run_steps(model: RewardModel, items: Sequence[TokenizedSteps], *, pad_id: in
     out: list[torch.Tensor] = [torch.empty(0)] * len(items)
     collate = StepCollator(pad_id)
     dev_type = torch.device(device).type
-    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+    # bf16=False keeps a caller's autocast (training's eval runs at the training precision).
+    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16 or torch.is_autocast_enabled(dev_type)):
         for idx in length_batches([len(it.sequence.input_ids) for it in items], batch_size, max_tokens):
             batch = collate([items[i] for i in idx]).to(device)
             logits = step_logits(model, batch.sequences, batch.positions).float().cpu()

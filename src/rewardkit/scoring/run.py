@@ -114,8 +114,9 @@ def _run_local(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id:
     score = torch.empty(len(seqs), dtype=torch.float32)
     extras: dict[str, torch.Tensor] = {}
     dev_type = torch.device(device).type
-    # One autocast context for all batches: it caches the bf16 copies of the weights until it exits.
-    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+    # One autocast context for all batches: it caches the bf16 copies of the weights until it exits. bf16=False
+    # keeps a caller's autocast (training's eval runs at the training precision) instead of switching it off.
+    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16 or torch.is_autocast_enabled(dev_type)):
         for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
             chunk = [seqs[i] for i in idx]
             batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True) if dev_type == "cpu"

@@ -28,13 +28,15 @@ from rewardkit.io import atomic_write
 from rewardkit.models.backbone import disable_dropout
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
+from rewardkit.scoring.judges import judge_class
 from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
                                     check_output_dir, clean_failed_run, diverged_message, grads_finite, saving)
 from rewardkit.train.launch import bf16_native, check_launch, quiet_logs
 from rewardkit.train.plan import train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
-from rewardkit.train.tracking import hparams, reduce_window, resolve_trackers, trim_metrics, write_row
+from rewardkit.train.tracking import (RecentRewards, hparams, reduce_window, resolve_trackers, trim_metrics,
+                                      write_row)
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
 log = logging.getLogger("rewardkit.train")
@@ -73,7 +75,20 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     `train.max_bad_steps` of them in a row raise TrainingDiverged (exit 3, no model saved); SIGTERM or SIGINT
     saves a checkpoint and returns a result with `stopped` set (a second signal: TrainingInterrupted); a failed
     save raises SaveError (exit 2) and leaves what was there before. The output folder is created once the
-    model and data are loaded; a run that fails leaves a resumable checkpoint or nothing of its own."""
+    model and data are loaded; a run that fails leaves a resumable checkpoint or nothing of its own.
+
+    Precision: every eval, and any statistics pass, runs under the loop's own bf16 autocast when the loop uses it
+    (`train.bf16`, default: where bf16 is native), one forward per sequence. The reward mean/std saved in
+    config.json (`rewardkit.mean/std`, top-level `mean`/`std`) are the mean and population std of:
+    - with an eval set: the rewards of every eval sequence (chosen and rejected alike) under the final weights,
+      from the final eval's own forward (no extra pass);
+    - without one (`train.reward_stats=loop`, default): the rewards the training forwards already computed over
+      the last epoch (the last epoch's worth of good micro-batches: skipped steps excluded; a run shorter than an
+      epoch, or resumed, uses the micro-batches it ran), in training mode and at the training precision, with the
+      weights as they were at each step, so they trail the final weights by up to one epoch of updates;
+    - without one and `train.reward_stats=pass`: one more forward over the first 1000 training examples with the
+      final weights.
+    Judges that never normalise (pairwise rankers, generative judges) skip the statistics without an eval set."""
     t = cfg.train
     cfg.validate()  # the value checks of every group, and the keys a run needs
     trackers = resolve_trackers(t.report_to)
@@ -192,7 +207,9 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     shard = EvalShard(rank, n_proc, lambda x: accelerator.gather(x.to(accelerator.device)).cpu())
 
     def evaluate(items: list) -> dict[str, float]:
-        with sharded_scoring(shard), full_params(accelerator, net):
+        # at the training precision: the loop's bf16 autocast (scoring's bf16=False keeps a caller's autocast)
+        with sharded_scoring(shard), full_params(accelerator, net), \
+                torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
             return objective.evaluate(model, items, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
                                       device=accelerator.device)
 
@@ -210,6 +227,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     # ---- loop
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and main), desc="train", dynamic_ncols=True)
     window = StepWindow()  # the good steps since the last row
+    recent = RecentRewards()  # the last epoch's training rewards: the saved mean/std without an eval set
     totals = StepWindow()  # whole-run throughput for TrainResult
     micro: list = []  # (StepOutput, tokens, processed) of this optimiser step's micro-batches
     losses_finite = True
@@ -245,6 +263,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         batches.set_epoch(epoch)
         epoch_batches = list(batches)  # this process's micro-batches; the same count on every process
         n_batches = len(epoch_batches)
+        recent.new_epoch(n_batches)
         for j in range(skip_batches, n_batches):
             mb = epoch_batches[j]
             first = j - j % ga
@@ -285,6 +304,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 optimizer.step()
                 for r in micro:
                     window.add(*r)
+                    recent.add(r[0].rewards)
                 in_a_row, good = 0, good + 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -327,14 +347,20 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
 
     # ---- final eval, normalisation, save
     final = run_eval()
-    stats = final or evaluate(data.train[:1000])
-    if not final:
-        log.warning("no eval data: reward mean/std measured on up to 1000 training %s", objective.unit)
+    stats, source = final, "eval"
+    # Judges (pairwise rankers, generative) never normalise: no statistics to measure without an eval set.
+    if not final and judge_class(getattr(model, "kind", None) or objective.model_kind).pointwise:
+        if t.reward_stats == "pass" or not recent.parts:  # asked for, or the loop computed nothing (resumed at the end)
+            stats, source = evaluate(data.train[:1000]), "training"
+            log.info("no eval data: reward mean/std measured on up to 1000 training %s", objective.unit)
+        else:
+            stats, source = recent.stats(accelerator), "last epoch's training"
     model.temperature = 1.0  # a temperature fitted to the old weights does not hold for the new ones
-    model.mean, model.std = stats["reward_mean"], stats["reward_std"]
+    if stats:
+        model.mean, model.std = stats["reward_mean"], stats["reward_std"]
     if not (math.isfinite(model.mean) and math.isfinite(model.std)):  # never save a model whose rewards are NaN
         raise TrainingDiverged(f"the trained model's rewards are not finite (reward mean {model.mean}, std "
-                               f"{model.std} on the {'eval' if final else 'training'} data): no model saved in {out}")
+                               f"{model.std} on the {source} data): no model saved in {out}")
     final_model = model
     if sharded_weights(accelerator):
         weights = accelerator.get_state_dict(net)  # a collective: the whole weights, on the main process

@@ -3,6 +3,7 @@ training window's sums reduced over every process into one row."""
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -113,3 +114,35 @@ def reduce_window(accelerator: Accelerator, window: StepWindow, unit: str) -> di
     return {"loss": loss / max(n, 1), **{k: v / max(n, 1) for k, v in sums.items()}, **stats,
             f"{unit}_per_s": n / dt, "tokens_per_s": tokens / dt,
             "padding_fraction": 1 - tokens / max(processed, 1)}
+
+
+class RecentRewards:
+    """The rewards of the last `maxlen` good micro-batches' training forwards (detached float32 on the CPU):
+    one epoch's worth when the loop sets `maxlen` to its micro-batches per epoch, so that the reward mean/std
+    saved for normalisation cost no forward of their own (`train.reward_stats=loop`)."""
+
+    def __init__(self) -> None:
+        self.parts: collections.deque[torch.Tensor] = collections.deque()
+
+    def new_epoch(self, micro_batches: int) -> None:
+        """From now on keep at most `micro_batches` micro-batches (the oldest go first)."""
+        self.parts = collections.deque(self.parts, maxlen=max(micro_batches, 1))
+
+    def add(self, rewards: torch.Tensor) -> None:
+        self.parts.append(rewards.detach().float().cpu())
+
+    def stats(self, accelerator: Accelerator) -> dict[str, float]:
+        """reward_mean and (population) reward_std over every process's kept rewards; NaN when none. A
+        collective: every process calls it."""
+        r = torch.cat(list(self.parts)).double() if self.parts else torch.zeros(0, dtype=torch.float64)
+        if accelerator.num_processes == 1:
+            return reward_stats(r)
+        # two passes (sum, then squared deviations from the global mean): no cancellation in the variance
+        n, total = accelerator.reduce(torch.tensor([r.numel(), float(r.sum())], dtype=torch.float64,
+                                                   device=accelerator.device), "sum").cpu().tolist()
+        if not n:
+            return reward_stats(torch.zeros(0))
+        mean = total / n
+        sq = accelerator.reduce(torch.tensor([float(((r - mean) ** 2).sum())], dtype=torch.float64,
+                                             device=accelerator.device), "sum").item()
+        return {"reward_mean": mean, "reward_std": math.sqrt(sq / n)}
