@@ -79,7 +79,7 @@ def worker_trl(spec: dict) -> dict:
                         learning_rate=spec["lr"], num_train_epochs=spec["epochs"], max_length=spec["max_length"],
                         lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_strategy="no",
                         report_to=[], seed=spec["seed"], data_seed=spec["seed"], use_cpu=True,
-                        dataloader_num_workers=0, gradient_checkpointing=False)
+                        dataloader_num_workers=0, gradient_checkpointing=False, bf16=spec["trl_bf16"])
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     t0 = time.perf_counter()
     trainer.train()
@@ -147,6 +147,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rewardkit", nargs="*", default=[], metavar="KEY=VALUE",
                     help="rewardkit config overrides (default none: rewardkit's default recipe)")
+    ap.add_argument("--trl-fp32", action="store_true",
+                    help="TRL without its default bf16 autocast (fp32, as rewardkit trains on a CPU without native "
+                         "bf16; bf16 is emulated and very slow there)")
     ap.add_argument("--json", help="write the per-seed results here (rewritten after every seed)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -170,7 +173,8 @@ def main() -> None:
             print(f"seed {seed}: {engine} ...", file=sys.stderr, flush=True)
             row[engine] = run_worker(Path(__file__), dict(
                 engine=engine, out=str(out), init=str(init), seed=seed, train_rows=train_rows, eval_sets=eval_sets,
-                max_length=a.max_length, batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, rk_options=a.rewardkit))
+                max_length=a.max_length, batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, rk_options=a.rewardkit,
+                trl_bf16=not a.trl_fp32))
             print(f"seed {seed}: {engine} {json.dumps(row[engine]['acc'])} loop {row[engine]['seconds']:.0f} s",
                   file=sys.stderr, flush=True)
         results.append(row)
@@ -179,7 +183,8 @@ def main() -> None:
     wall = time.perf_counter() - t_start
     print(f"\n{a.model}: {a.pairs} train pairs (first of the HH file), hh-dev = its last {a.eval_pairs}, demo = first "
           f"{len(demo_rows)} of {DEMO.relative_to(ROOT)}; max_length {a.max_length}, batch {a.batch_size}, lr {a.lr}, "
-          f"epochs {a.epochs}, seeds 0..{a.seeds - 1}; TRL without gradient checkpointing; rewardkit options: "
+          f"epochs {a.epochs}, seeds 0..{a.seeds - 1}; TRL without gradient checkpointing, "
+          f"{'fp32' if a.trl_fp32 else 'bf16 autocast (its default)'}; rewardkit options: "
           f"{' '.join(a.rewardkit) or '(defaults)'}")
     print(report(results, list(eval_sets)))
     print(f"\ncommand: {command}\nwall time: {wall:.0f} s")
