@@ -30,7 +30,7 @@ def hh_rows(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]]:
     rows = [json.loads(x) for x in HH.read_text().splitlines()]
     if n_train + n_eval > len(rows):
         sys.exit(f"asked for {n_train}+{n_eval} pairs; the file has {len(rows)}")
-    return rows[:n_train], rows[-n_eval:]
+    return rows[:n_train], rows[len(rows) - n_eval:]  # n_eval = 0: none (rows[-0:] would be every row)
 
 
 def make_initial_model(backbone: str, out: Path, seed: int = 0) -> Path:
@@ -87,19 +87,25 @@ class PeakRSS:
 
 
 def run_worker(script: Path, spec: dict) -> dict:
-    """Run `script --worker SPEC_FILE` in a fresh process; return its last stdout line (JSON) + peak RSS."""
+    """Run `script --worker SPEC_FILE` in a fresh process; return its last stdout line (JSON) + peak RSS
+    (`peak_rss_gb`) + `process_seconds`: wall time from the subprocess's start to its exit (interpreter start,
+    imports, loading, tokenisation, the loop, eval and saving; whatever else the worker does for the bench too,
+    which it may report as `bench_seconds` for the caller to subtract)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     spec_file = Path(spec["out"]) / "spec.json"  # too big for argv
     spec_file.write_text(json.dumps(spec))
+    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(script), "--worker", str(spec_file)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     rss = PeakRSS(proc.pid)
     out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
     peak = rss.stop()
     if proc.returncode != 0:
         sys.exit(f"worker {spec.get('engine')} failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_gb"] = peak / 2 ** 30
+    result["process_seconds"] = seconds
     return result
 
 
