@@ -137,6 +137,7 @@ def report(results: list[dict], sets: list[str]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (value-head init and data order)")
+    ap.add_argument("--first-seed", type=int, default=0, help="start at this seed (to split seeds over runs)")
     ap.add_argument("--model", choices=sorted(BACKBONES), default="minilm")
     ap.add_argument("--pairs", type=int, default=1500, help="training pairs (first N of the HH file)")
     ap.add_argument("--eval-pairs", type=int, default=300, help="hh-dev: the last N pairs of the HH file")
@@ -164,7 +165,8 @@ def main() -> None:
     eval_sets = {"hh-dev": dev_rows, "demo": demo_rows}
     work = Path(tempfile.mkdtemp(prefix="rk-quality-"))
     t_start, results = time.perf_counter(), []
-    for seed in range(a.seeds):
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    for seed in seeds:
         init = make_initial_model(a.model, work / f"init{seed}", seed=seed)
         row = {"seed": seed}
         for engine in ("rewardkit", "trl"):
@@ -183,7 +185,7 @@ def main() -> None:
     wall = time.perf_counter() - t_start
     print(f"\n{a.model}: {a.pairs} train pairs (first of the HH file), hh-dev = its last {a.eval_pairs}, demo = first "
           f"{len(demo_rows)} of {DEMO.relative_to(ROOT)}; max_length {a.max_length}, batch {a.batch_size}, lr {a.lr}, "
-          f"epochs {a.epochs}, seeds 0..{a.seeds - 1}; TRL without gradient checkpointing, "
+          f"epochs {a.epochs}, seeds {seeds[0]}..{seeds[-1]}; TRL without gradient checkpointing, "
           f"{'fp32' if a.trl_fp32 else 'bf16 autocast (its default)'}; rewardkit options: "
           f"{' '.join(a.rewardkit) or '(defaults)'}")
     print(report(results, list(eval_sets)))
