@@ -24,8 +24,6 @@ from train_vs_trl import _encode  # noqa: E402
 
 
 def worker(spec: dict) -> dict:
-    import torch
-
     init = Path(spec["init"])
     model, tok, pairs = _encode(init, spec["rows"], spec["max_length"])
     real = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
