@@ -4,6 +4,7 @@ output is a folder, sits under a file or cannot be written, fails first, naming 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from rewardkit.config.schema import ConfigError
@@ -16,8 +17,12 @@ def _writable_ancestor(folder: Path, key: str, path: str) -> None:
         q = q.parent
     if not q.is_dir():
         raise ConfigError(f"{key}: cannot create {path}: {q} is a file, not a folder")
-    if not os.access(q, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: cannot write {path}: {q} is not writable")
+    try:  # a probe file, not os.access: it also sees read-only mounts, and root passes any os.access
+        fd, probe = tempfile.mkstemp(prefix=".rewardkit-write-test-", dir=q)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot write {path}: cannot write in {q} ({e.strerror or e})") from None
 
 
 def check_output_file(path: str | None, key: str) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,24 +114,6 @@ class StopSignals:
 
 
 # --------------------------------------------------------------------------- output folder and saves
-
-def check_output_dir(out: Path) -> None:
-    """Refuse, before anything loads, an output_dir that is a file, lies under a file, or sits in a folder this
-    process cannot write (probed by creating a file: permissions, read-only mounts). Creates nothing."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} is a file, not a folder")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"output_dir {out}: {parent} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".rewardkit-write-test-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"output_dir {out}: cannot write in {parent} ({e.strerror or e})") from None
-
 
 def check_free_space(out: Path, model: torch.nn.Module, save_every: int) -> None:
     """Refuse a run whose final model alone would not fit on the disk of `out` (checked once the model is

@@ -22,6 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from rewardkit.config import TrainRunConfig, to_dict
+from rewardkit.config.outputs import check_output_dir
 from rewardkit.data.mixing import MixtureDataset
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
@@ -31,7 +32,7 @@ from rewardkit.scoring import EvalShard, sharded_scoring
 from rewardkit.scoring.judges import judge_class
 from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
-                                    check_output_dir, clean_failed_run, diverged_message, grads_finite, saving)
+                                    clean_failed_run, diverged_message, grads_finite, saving)
 from rewardkit.train.launch import bf16_native, check_launch, quiet_logs
 from rewardkit.train.plan import train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
@@ -111,7 +112,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     main = accelerator.is_main_process
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     if main:
-        check_output_dir(out)
+        check_output_dir(str(out), "output_dir")  # again: train() may be called without the CLI's validate
     created = not out.exists()
     quiet = contextlib.nullcontext() if main else quiet_logs()
     with quiet, StopSignals() as signals:
