@@ -151,7 +151,7 @@ def test_value_checks_and_required_keys(capsys):
 def test_serve_and_report_keys():
     cfg = cfg_of("serve", "runs/rm", "--max-batch-size", "8", "--port", "6000", "data.max_length=128")
     assert (cfg.model.path, cfg.scoring.batch_size, cfg.port, cfg.data.max_length) == ("runs/rm", 8, 6000, 128)
-    assert cfg.scoring.max_tokens == 32768 and cfg.scoring.bf16 is False  # serve's own defaults
+    assert cfg.scoring.max_tokens == 32768 and cfg.scoring.bf16 is None  # serve's own; bf16 null: where native
     assert cfg_of("report", "runs/rm", "--output-dir", "r") == cfg_of("report", "path=runs/rm", "output_dir=r")
 
 

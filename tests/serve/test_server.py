@@ -47,6 +47,14 @@ def server(rm_dirs):  # noqa: F811
         yield s
 
 
+def test_health_says_the_precision_of_each_model(server, rm_dirs):  # noqa: F811
+    import httpx
+
+    assert httpx.get(server.url + "/health").json()["precision"] == {"reward": "fp32"}  # build_app's default
+    with ServerThread(build_app(single_model(str(rm_dirs["llama"])), SETTINGS, bf16=True)) as s:
+        assert httpx.get(s.url + "/health").json()["precision"] == {"reward": "bf16"}
+
+
 async def _post_all(url: str, bodies: list, headers: dict | None = None) -> list[tuple[int, dict, dict]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         async def one(body):

@@ -102,11 +102,18 @@ def _scorer(cfg):
     return judge_from_config(cfg)
 
 
+def _precision(judge) -> str:
+    from rewardkit.precision import precision_name
+
+    return precision_name(getattr(judge, "bf16", False))
+
+
 def _score(cfg) -> int:
     from rewardkit.apps import score_file
 
-    report = score_file(cfg.data.path, cfg.output, _scorer(cfg), columns=cfg.data.columns, normalize=cfg.normalize)
-    log.info("scored %d rows -> %s", report.rows_out, cfg.output)
+    scorer = _scorer(cfg)
+    report = score_file(cfg.data.path, cfg.output, scorer, columns=cfg.data.columns, normalize=cfg.normalize)
+    log.info("scored %d rows -> %s%s", report.rows_out, cfg.output, f" ({_precision(scorer)})" if scorer else "")
     return 0
 
 
@@ -120,12 +127,15 @@ def _rows_app(cfg) -> int:
     elif cfg.COMMAND == "make-pairs":
         kw.update(strategy=cfg.strategy, min_margin=cfg.min_margin, seed=cfg.seed)
     run = {"rank": apps.rank_file, "filter": apps.filter_file, "make-pairs": apps.make_pairs_file}[cfg.COMMAND]
-    report = run(cfg.data.path, cfg.output, _scorer(cfg), **kw)
-    print(json_line({"output": cfg.output, **report.to_dict()}))
+    scorer = _scorer(cfg)
+    report = run(cfg.data.path, cfg.output, scorer, **kw)
+    print(json_line({"output": cfg.output, **report.to_dict(), **({"precision": _precision(scorer)} if scorer else {})}))
     return 0
 
 
 def _serve(cfg) -> int:
+    from rewardkit.precision import resolve_bf16
+
     try:
         from rewardkit.serve.app import run_server
         from rewardkit.serve.batcher import BatchSettings
@@ -143,5 +153,5 @@ def _serve(cfg) -> int:
         body_timeout=cfg.body_timeout, drain_timeout=cfg.drain_timeout,
         batch=BatchSettings(s.batch_size, s.max_tokens, cfg.max_wait_ms, cfg.max_queue))
     run_server(models, settings, host=cfg.host, port=cfg.port, device=s.device, max_length=cfg.data.max_length,
-               access_log=cfg.access_log, bf16=s.bf16)
+               access_log=cfg.access_log, bf16=resolve_bf16(s.bf16, s.device))
     return 0

@@ -23,6 +23,7 @@ from rewardkit.data.pairs import PreferenceExample, load_preferences
 from rewardkit.data.readers import LoadReport, read_rows
 from rewardkit.io import write_jsonl
 from rewardkit.metrics import length_bias, pairwise_stats
+from rewardkit.precision import precision_name
 from rewardkit.scoring import Judge, ScoreDetails, judge_from_config, saved_kind
 from rewardkit.scoring.base import response_lengths
 
@@ -256,8 +257,10 @@ def run_eval(cfg: EvalRunConfig, scorer: Judge | None = None) -> EvalOutcome:
     data = load_eval_data(cfg)
     judge = scorer or load_scorer(cfg)
     judged = judge_eval_data(judge, data)
-    return analyze(data, judged, temperature=judge.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
-                   top_fraction=cfg.top_fraction)
+    outcome = analyze(data, judged, temperature=judge.temperature, tie_policy=cfg.tie_policy, seed=cfg.seed,
+                      top_fraction=cfg.top_fraction)
+    outcome.stats["precision"] = precision_name(getattr(judge, "bf16", False))  # what scoring.bf16 resolved to
+    return outcome
 
 
 def evaluate(cfg: EvalRunConfig) -> dict[str, Any]:

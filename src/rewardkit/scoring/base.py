@@ -77,6 +77,7 @@ class Judge(Protocol):
     kind: str  # the saved `rewardkit.kind`, or how the folder was read ("generative", "dpo")
     pointwise: bool  # score / score_details / normalize give a number per response; False: they raise NoScores
     temperature: float  # T of P(a ≻ b), calibrated by `rewardkit calibrate` (1.0 when unfitted)
+    bf16: bool  # forwards under bf16 autocast (`rewardkit.precision`); False: fp32
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]: ...
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rewardkit.precision import resolve_bf16
 from rewardkit.scoring.base import Judge
 
 JUDGES: dict[str, str] = {
@@ -71,6 +72,7 @@ def judge_from_config(cfg: Any, **overrides: Any) -> Judge:
     options = asdict(cfg.model)
     path, kind = options.pop("path"), options.pop("kind", "auto")
     settings = asdict(cfg.scoring)
+    settings["bf16"] = resolve_bf16(settings.get("bf16"), settings.get("device"))  # null: bf16 where native
     data = getattr(cfg, "data", None)
     settings["max_length"] = getattr(data, "max_length", None)
     return load_judge(path, kind=kind, options=options, **{**settings, **overrides})

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
 from pydantic.json_schema import models_json_schema
 
+from rewardkit.precision import precision_name
 from rewardkit.scoring import NoScores
 from rewardkit.serve.batcher import QueueFull, ShuttingDown
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
@@ -93,7 +94,8 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
 
     @app.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
-        return HealthResponse(status="ok", models=list(service.models))
+        precision = {n: precision_name(getattr(m.scorer, "bf16", False)) for n, m in service.models.items()}
+        return HealthResponse(status="ok", models=list(service.models), precision=precision)
 
     @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse, responses=get_errors)
     async def metrics() -> PlainTextResponse:

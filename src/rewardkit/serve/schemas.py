@@ -134,6 +134,7 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     models: list[str]
+    precision: dict[str, str] = {}  # model name -> "bf16" or "fp32" (what `scoring.bf16` resolved to)
 
 
 # --------------------------------------------------------------------------- vLLM's pooling API

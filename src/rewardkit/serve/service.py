@@ -134,6 +134,7 @@ class RewardService:
             scorers[name] = load_judge(spec.path, kind=spec.kind, options=spec.options, device=device,
                                        batch_size=settings.batch.max_batch_size,
                                        max_length=spec.max_length or max_length, bf16=bf16)
+            log.info("model %s: %s forwards", name, "bf16 autocast" if bf16 else "fp32")
         return cls(scorers, cfg.rule, settings, metrics, {n: s.normalize for n, s in cfg.models.items()})
 
     @property

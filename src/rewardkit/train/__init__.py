@@ -27,7 +27,8 @@ kept going non-finite (TrainingDiverged); 128+N a second signal N, or a first on
 from __future__ import annotations
 
 from rewardkit.train.faults import SaveError, TrainingDiverged, TrainingInterrupted
-from rewardkit.train.launch import LaunchError, bf16_native, check_launch
+from rewardkit.precision import bf16_native
+from rewardkit.train.launch import LaunchError, check_launch
 from rewardkit.train.loop import TrainResult, train
 from rewardkit.train.plan import resolve_batching
 from rewardkit.train.sharded import fill_weights, full_params, sharded_weights, structure_copy

@@ -1,5 +1,5 @@
-"""Before training: does this launch train as asked (LaunchError, one line, if not), does bf16 run in
-hardware, and quiet logs on every process but the main one."""
+"""Before training: does this launch train as asked (LaunchError, one line, if not), and quiet logs on
+every process but the main one (whether bf16 runs in hardware: `rewardkit.precision`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
@@ -21,18 +19,6 @@ _CPU_LAUNCH = ("ACCELERATE_USE_CPU=true accelerate launch --config_file examples
 
 class LaunchError(ConfigError):
     """A multi-process launch that would not train as asked (one line, says how to launch instead)."""
-
-
-def bf16_native() -> bool:
-    """True where bf16 matmuls run in hardware: a bf16-capable GPU, or a CPU with AVX512-BF16 / AMX.
-    Elsewhere CPU autocast emulates bf16 and is slower than fp32."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _env_world_size() -> int:

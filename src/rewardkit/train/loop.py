@@ -33,7 +33,8 @@ from rewardkit.scoring.judges import judge_class
 from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
                                     clean_failed_run, diverged_message, grads_finite, saving)
-from rewardkit.train.launch import bf16_native, check_launch, quiet_logs
+from rewardkit.precision import bf16_native
+from rewardkit.train.launch import check_launch, quiet_logs
 from rewardkit.train.plan import train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
 from rewardkit.train.tracking import (RecentRewards, hparams, reduce_window, resolve_trackers, trim_metrics,
