@@ -6,6 +6,12 @@ Each engine runs in its own process and scores the same HH pairs (the file's las
 reward model. TRL runs with its RewardConfig defaults (bf16 autocast, eval batch 8, padding to the longest
 in input order); rewardkit sorts by length, caps tokens per forward, packs each batch into one padding-free
 row on CPU and uses bf16 autocast where it is native. Prints pairs/s, tokens/s, padding, peak RSS, accuracy, and the ratio.
+
+Two more engines score the same pairs from their TEXTS (tokenisation inside the timed part), as a user would:
+`transformers.pipeline("text-classification")` on the same model folder in fp32, batch 16, truncation at
+max_length, raw scores (function_to_apply="none"), chosen and rejected full texts in file order; and
+rewardkit's `RewardScorer` on the same texts (`encode_text` + its batched forward, precision as `rewardkit
+score` picks it). The pipeline keeps the start of a too-long text and rewardkit its end; both cap at max_length.
 """
 
 from __future__ import annotations
@@ -23,7 +29,48 @@ from common import BACKBONES, hh_rows, make_initial_model, run_worker, table  # 
 from train_vs_trl import _encode  # noqa: E402
 
 
+def _texts(rows: list[dict]) -> list[str]:
+    return [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+
+
+def worker_texts(spec: dict) -> dict:
+    """pipeline / rewardkit-texts: the same texts in, one score out per text; tokenisation is timed."""
+    init, texts, n = spec["init"], _texts(spec["rows"]), len(spec["rows"])
+    times = []
+    if spec["engine"] == "pipeline":
+        from transformers import AutoTokenizer, pipeline
+
+        pipe = pipeline("text-classification", model=init, device=-1)  # fp32, what pipeline() loads by default
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            out = pipe(texts, batch_size=16, truncation=True, max_length=spec["max_length"], function_to_apply="none")
+            times.append(time.perf_counter() - t0)
+        scores = [o["score"] for o in out]
+        tok = AutoTokenizer.from_pretrained(init)
+        lengths = [len(x) for x in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]]
+        processed = sum(len(lengths[i:i + 16]) * max(lengths[i:i + 16]) for i in range(0, len(lengths), 16))
+        name = "transformers pipeline (fp32, batch 16)"
+    else:
+        from rewardkit.precision import precision_name, resolve_bf16
+        from rewardkit.scoring import RewardScorer
+
+        scorer = RewardScorer.load(init, max_length=spec["max_length"], bf16=resolve_bf16(None, "cpu"))
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            seqs = [scorer.encode_text(t) for t in texts]
+            scores = scorer.run(seqs).score.tolist()
+            times.append(time.perf_counter() - t0)
+        lengths = [len(s.input_ids) for s in seqs]
+        processed = sum(lengths)  # one padding-free row per forward on CPU
+        name = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})"
+    acc = sum(c > r for c, r in zip(scores[:n], scores[n:])) / n
+    return {"engine": name, "seconds": statistics.median(times), "times": times, "pairs": n,
+            "tokens": sum(lengths), "processed": processed, "accuracy": acc}
+
+
 def worker(spec: dict) -> dict:
+    if spec["engine"] in ("pipeline", "rewardkit-texts"):
+        return worker_texts(spec)
     init = Path(spec["init"])
     model, tok, pairs = _encode(init, spec["rows"], spec["max_length"])
     real = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
@@ -87,6 +134,8 @@ def main() -> None:
                     help="rewardkit: max padded tokens per forward; several values run rewardkit once per value")
     ap.add_argument("--repeats", type=int, default=3, help="passes per engine (in one process); the median is "
                                                               "reported")
+    ap.add_argument("--engines", nargs="+", default=["trl", "rewardkit", "pipeline", "rewardkit-texts"],
+                    choices=["trl", "rewardkit", "pipeline", "rewardkit-texts"], help="which runs (default: all)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -97,7 +146,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rk-score-bench-"))
     init = make_initial_model(a.model, work / "init")
     results = []
-    runs = [("trl", None)] + [("rewardkit", m) for m in a.max_tokens]
+    runs = [(e, m) for e in a.engines for m in (a.max_tokens if e == "rewardkit" else [None])]
     for i, (engine, max_tokens) in enumerate(runs):
         out = work / f"run{i}"
         out.mkdir()
@@ -113,9 +162,12 @@ def main() -> None:
     print(table(results, [("engine", "engine", ""), ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
                           ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"),
                           ("accuracy", "accuracy", ".3f")]))
-    for r in results[1:]:
-        print(f"{r['engine']} / TRL evaluate: pairs/s x{r['pairs_per_s'] / results[0]['pairs_per_s']:.2f}, "
-              f"peak RSS x{r['peak_rss_gb'] / results[0]['peak_rss_gb']:.2f}")
+    by = dict(zip((e for e, _ in runs), results))  # each engine's first run
+    for (engine, _), r in zip(runs, results):
+        ref = by.get({"rewardkit": "trl", "rewardkit-texts": "pipeline"}.get(engine, ""))
+        if ref is not None:
+            print(f"{r['engine']} / {ref['engine']}: pairs/s x{r['pairs_per_s'] / ref['pairs_per_s']:.2f}, "
+                  f"peak RSS x{r['peak_rss_gb'] / ref['peak_rss_gb']:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

@@ -1,6 +1,6 @@
 """segment_attention: each unit attends only to itself, on both paths (explicit ops for units up to
-EXPLICIT_MAX_LEN on CPU, SDPA's kernel for longer ones), with causal, shared-prompt-style masks and
-grouped-query heads; outputs and gradients."""
+EXPLICIT_MAX_LEN on CPU in EXPLICIT_DTYPES, SDPA's kernel otherwise), with causal, shared-prompt-style masks
+and grouped-query heads; outputs and gradients."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rewardkit.models import segment_attention as sa
 from rewardkit.models.segment_attention import EXPLICIT_MAX_LEN, segment_attention
 
 
@@ -27,7 +28,10 @@ def _reference(q, k, v, units, causal):
     return torch.cat(outs, 2).transpose(1, 2).float()
 
 
-def test_units_short_and_long_match_per_unit_attention():
+@pytest.mark.parametrize("explicit_in_fp32", [False, True])
+def test_units_short_and_long_match_per_unit_attention(monkeypatch, explicit_in_fp32):
+    if explicit_in_fp32:  # the explicit path (bf16's) checked at fp32 precision
+        monkeypatch.setattr(sa, "EXPLICIT_DTYPES", (torch.float32, torch.bfloat16))
     g = torch.Generator().manual_seed(0)
     lengths = [5, EXPLICIT_MAX_LEN, EXPLICIT_MAX_LEN + 60, 17]  # both sides of the explicit/SDPA switch
     T = sum(lengths)
