@@ -177,3 +177,21 @@ def test_options_the_loss_does_not_use_are_errors(overrides, match):
 def test_token_loss_refuses_encoders(tiny_models, files, tmp_path):
     with pytest.raises(ValueError, match="causal"):
         train(_cfg(tiny_models["bert"], files["pairs"], tmp_path / "t", "token"))
+
+
+def test_token_eval_is_one_forward_per_pair_and_agrees_with_the_scorer(tiny_models, files, tmp_path):
+    """loss=token's eval reads rewards and loss from one padded pass; the rewards are the inference scores."""
+    from rewardkit.metrics import pairwise_stats
+    from rewardkit.scoring import pair_rewards
+
+    cfg = _cfg(tiny_models["qwen2"], files["pairs"], tmp_path / "t", "token")
+    obj = make_objective(cfg)
+    model, tok = obj.build_model(cfg)
+    data = obj.load_data(cfg, SequenceEncoder(tok, cfg.data.max_length, model.is_encoder))
+    calls = []
+    model.hf.get_input_embeddings().register_forward_hook(lambda *a: calls.append(1))  # once per backbone pass
+    got = obj.evaluate(model, data.eval, pad_id=tok.pad_token_id, batch_size=8, device="cpu")
+    assert len(calls) == -(-len(data.eval) // 8)  # one forward per batch of pairs, none for a second pass
+    want = pairwise_stats(*pair_rewards(model, data.eval, pad_id=tok.pad_token_id))
+    assert got["accuracy"] == want["accuracy"] and got["loss"] > 0
+    assert abs(got["margin_mean"] - want["margin_mean"]) < 1e-5

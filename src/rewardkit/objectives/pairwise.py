@@ -118,15 +118,21 @@ class TokenObjective(PairwiseObjective):
     @torch.no_grad()
     def evaluate(self, model: RewardModel, items: list, *, pad_id: int, batch_size: int,
                  device: torch.device | str) -> dict[str, float]:
-        rc, rr = pair_rewards(model, items, pad_id=pad_id, batch_size=batch_size, device=device)
-        stats = pairwise_stats(rc, rr)
-        was_training, total = model.training, 0.0
+        # One forward per pair: the token-level loss and the rewards (its last-token values) come from the same
+        # pass. Every process scores all pairs (the padded layout this loss needs is not sharded).
+        was_training, total, chosen, rejected = model.training, 0.0, [], []
         model.eval()
         collate = self.collator(pad_id)
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            total += float(self.compute(model, collate(chunk).to(device)).loss) * len(chunk)
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                chunk = items[i:i + batch_size]
+                out = self.compute(model, collate(chunk).to(device))
+                total += float(out.loss) * len(chunk)
+                rc, rr = out.rewards.float().cpu().chunk(2)
+                chosen.append(rc)
+                rejected.append(rr)
         model.train(was_training)
+        stats = pairwise_stats(torch.cat(chosen), torch.cat(rejected))
         stats["loss"] = total / len(items)
         return stats
 
