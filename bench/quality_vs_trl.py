@@ -107,7 +107,7 @@ def worker_rewardkit(spec: dict) -> dict:
     losses = [json.loads(x)["loss"] for x in (d / "rm" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["split"] == "train"]
     model, tok = RewardModel.from_pretrained(str(d / "rm"))
-    acc = _score_sets(model, tok, spec, token_types=True)
+    acc = _score_sets(model, tok, spec, token_types=model.token_types)  # scored as it was trained
     return {"engine": "rewardkit", "seconds": res.loop_seconds, "final_loss": losses[-1], "acc": acc,
             "train_eval_acc": res.final_eval.get("accuracy")}
 
@@ -151,6 +151,14 @@ def main() -> None:
     ap.add_argument("--trl-fp32", action="store_true",
                     help="TRL without its default bf16 autocast (fp32, as rewardkit trains on a CPU without native "
                          "bf16; bf16 is emulated and very slow there)")
+    ap.add_argument("--reuse-trl", metavar="JSON",
+                    help="take TRL's results from an earlier run's --json (same seeds and data) instead of training "
+                         "TRL again: for comparing rewardkit options against one set of TRL runs")
+    ap.add_argument("--skip-trl", action="store_true",
+                    help="train rewardkit only (TRL's columns stay empty; fill them later with --merge-trl)")
+    ap.add_argument("--merge-trl", nargs=2, metavar=("RK_JSON", "TRL_JSON"),
+                    help="print the report of an earlier --skip-trl run's --json with TRL's results taken from "
+                         "another run's --json (same seeds and data), and exit")
     ap.add_argument("--json", help="write the per-seed results here (rewritten after every seed)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -160,16 +168,35 @@ def main() -> None:
         return
 
     command = "python " + " ".join(sys.argv)
+    if a.merge_trl:
+        rk, trl = (json.loads(Path(f).read_text()) for f in a.merge_trl)
+        by_seed = {r["seed"]: r["trl"] for r in trl["results"]}
+        results = [{**r, "trl": by_seed[r["seed"]]} for r in rk["results"]]
+        print(f"rewardkit: {rk['command']}\nTRL: {trl['command']}")
+        print(report(results, list(results[0]["rewardkit"]["acc"])))
+        return
     train_rows, dev_rows = hh_rows(a.pairs, a.eval_pairs)
     demo_rows = [json.loads(x) for x in DEMO.read_text().splitlines()[:a.demo_pairs]]
     eval_sets = {"hh-dev": dev_rows, "demo": demo_rows}
     work = Path(tempfile.mkdtemp(prefix="rk-quality-"))
     t_start, results = time.perf_counter(), []
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    reused = {}
+    if a.reuse_trl:
+        earlier = json.loads(Path(a.reuse_trl).read_text())
+        reused = {r["seed"]: r["trl"] for r in earlier["results"]}
+        if missing := [s for s in seeds if s not in reused]:
+            sys.exit(f"{a.reuse_trl} has no TRL result for seeds {missing}")
+        print(f"TRL results reused from {a.reuse_trl} ({earlier['command']})", file=sys.stderr)
     for seed in seeds:
         init = make_initial_model(a.model, work / f"init{seed}", seed=seed)
         row = {"seed": seed}
         for engine in ("rewardkit", "trl"):
+            if engine == "trl" and reused:
+                row["trl"] = reused[seed]
+                continue
+            if engine == "trl" and a.skip_trl:
+                continue
             out = work / f"s{seed}-{engine}"
             out.mkdir()
             print(f"seed {seed}: {engine} ...", file=sys.stderr, flush=True)
@@ -185,10 +212,12 @@ def main() -> None:
     wall = time.perf_counter() - t_start
     print(f"\n{a.model}: {a.pairs} train pairs (first of the HH file), hh-dev = its last {a.eval_pairs}, demo = first "
           f"{len(demo_rows)} of {DEMO.relative_to(ROOT)}; max_length {a.max_length}, batch {a.batch_size}, lr {a.lr}, "
-          f"epochs {a.epochs}, seeds {seeds[0]}..{seeds[-1]}; TRL without gradient checkpointing, "
+          f"epochs {a.epochs}, seeds {seeds[0]}..{seeds[-1]}; TRL without gradient checkpointing"
+          f"{f' (results reused from {a.reuse_trl})' if a.reuse_trl else ''}, "
           f"{'fp32' if a.trl_fp32 else 'bf16 autocast (its default)'}; rewardkit options: "
           f"{' '.join(a.rewardkit) or '(defaults)'}")
-    print(report(results, list(eval_sets)))
+    print(report(results, list(eval_sets)) if not a.skip_trl else json.dumps(
+        [{"seed": r["seed"], **r["rewardkit"]["acc"]} for r in results]))
     print(f"\ncommand: {command}\nwall time: {wall:.0f} s")
     if a.json:
         Path(a.json).write_text(json.dumps({"command": command, "wall_s": wall, "results": results}, indent=1))

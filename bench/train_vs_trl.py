@@ -72,6 +72,8 @@ def worker_trl(spec: dict) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
     tok = AutoTokenizer.from_pretrained(init)
     kw = {} if spec["engine"] == "trl" else {"gradient_checkpointing": False}
+    if spec.get("trl_fp32"):
+        kw["bf16"] = False
     args = RewardConfig(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
                         learning_rate=spec["lr"], num_train_epochs=spec["epochs"], max_length=spec["max_length"],
                         lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_strategy="no",
@@ -100,7 +102,8 @@ def worker_trl(spec: dict) -> dict:
     with torch.no_grad():
         acc = _accuracy(rm, tok, eval_pairs) if eval_pairs else float("nan")
     bench_seconds += time.perf_counter() - b0
-    return {"engine": "TRL defaults" if spec["engine"] == "trl" else "TRL tuned (no grad ckpt)",
+    name = "TRL defaults" if spec["engine"] == "trl" else "TRL tuned (no grad ckpt)"
+    return {"engine": name + (", fp32" if spec.get("trl_fp32") else ""),
             "bench_seconds": bench_seconds,
             "seconds": seconds, "pairs": len(train_pairs) * spec["epochs"], "tokens": counts["real"],
             "processed": counts["processed"], "final_loss": losses[-1] if losses else float("nan"),
@@ -163,6 +166,9 @@ def main() -> None:
                          "--also train.gradient_checkpointing=true")
     ap.add_argument("--engines", nargs="+", default=["trl", "trl-tuned", "rewardkit"],
                     choices=["trl", "trl-tuned", "rewardkit"], help="which runs (default: all three)")
+    ap.add_argument("--trl-fp32", action="store_true",
+                    help="TRL without its default bf16 autocast (what rewardkit picks, and what a TRL user picks, on "
+                         "a CPU without native bf16, where bf16 is emulated and several times slower)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -186,7 +192,7 @@ def main() -> None:
     del m
     rk = a.rewardkit if a.rewardkit is not None else []  # rewardkit's defaults
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
-                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs)
+                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32)
     runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
     results = []
     for i, (engine, options) in enumerate(runs):

@@ -85,7 +85,7 @@ def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str]:
 class SequenceEncoder:
     """Encodes (prompt, response) into token ids for one tokenizer and layout."""
 
-    def __init__(self, tokenizer, max_length: int, is_encoder: bool):
+    def __init__(self, tokenizer, max_length: int, is_encoder: bool, token_types: bool = True):
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {max_length}")
         self.tok = tokenizer
@@ -97,7 +97,9 @@ class SequenceEncoder:
         start = next((i for i in range(len(full)) if full[i:i + len(probe)] == probe), 0)
         self.prefix = full[:start]  # e.g. [CLS] or [BOS]
         self.suffix = full[start + len(probe):]  # e.g. [SEP]
+        # token_types=False: encoders get all-zero segments (no segment B for the response)
         self.use_token_types = is_encoder and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+        self.response_type = 1 if token_types else 0
         if not is_encoder:
             if tokenizer.eos_token_id is None:
                 raise ValueError("decoder tokenizer has no eos_token; set one so the reward has a fixed readout token")
@@ -161,7 +163,7 @@ class SequenceEncoder:
                              "read a reward from")
         types = None
         if self.use_token_types:  # segment B = response, when there is a segment A
-            types = [0] * len(head) + [1 if prompt_ids else 0] * (len(ids) - len(head))
+            types = [0] * len(head) + [self.response_type if prompt_ids else 0] * (len(ids) - len(head))
         # An empty response without an end token of its own is read at the last prompt token.
         return TokenizedSequence(ids, min(len(head), len(ids) - 1), types, truncated)
 

@@ -60,6 +60,7 @@ class RewardModel(nn.Module):
         self.objective_info: dict[str, Any] = {}  # how it was trained (loss, label statistics), saved as-is
         self.lora: lora_mod.LoraState | None = None  # the backbone's LoRA adapter and its base, if any
         self.new_head = False  # from_pretrained: the checkpoint had no value head, this one is random
+        self.token_types = True  # encoders: the response is segment B (token_type_ids 1) where the model has them
 
     @property
     def kind(self) -> str:
@@ -78,7 +79,7 @@ class RewardModel(nn.Module):
     def from_pretrained(cls, path: str, *, kind: str | None = None, gguf_file: str | None = None,
                         tokenizer: str | None = None, readout: str | None = None, trust_remote_code: bool = False,
                         seed: int = 0, lora: LoraSpec | None = None, quantization: str = "none",
-                        ) -> tuple["RewardModel", Any]:
+                        token_types: bool | None = None) -> tuple["RewardModel", Any]:
         """Load any backbone or saved reward model; return (model, tokenizer).
 
         The head is the saved kind's unless `kind` asks for another. A checkpoint without a value head (a
@@ -86,7 +87,8 @@ class RewardModel(nn.Module):
         A folder saved with a LoRA adapter (`rewardkit.lora` in its config.json) loads its base, then the
         adapter and the head. `lora` (r > 0) adds a new adapter to any other checkpoint; `quantization`
         (4bit/8bit, with `lora`) loads the backbone through bitsandbytes. Missing peft, bitsandbytes or CUDA
-        are one-line errors raised before any weights load.
+        are one-line errors raised before any weights load. `token_types` (default: as saved, else True):
+        whether an encoder's response is segment B (`SequenceEncoder`).
         """
         check_model_folder(*resolve_path(path, gguf_file))  # before anything reads it: one line naming the path
         saved_lora = lora_mod.saved_block(path, gguf_file)
@@ -132,6 +134,7 @@ class RewardModel(nn.Module):
         model.objective_info = dict(saved.get("objective") or {})
         model.lora = state
         model.new_head = new_head
+        model.token_types = bool(saved.get("token_types", True) if token_types is None else token_types)
         return model, b.tokenizer
 
     def save_pretrained(self, out_dir: str | Path, tokenizer, *, max_length: int | None = None) -> None:
@@ -141,7 +144,7 @@ class RewardModel(nn.Module):
         cfg = self.hf.config
         block = {"kind": self.kind, "readout": self.readout, "mean": self.mean, "std": self.std,
                  "max_length": max_length, "hf_equivalent": self.hf_equivalent, "temperature": self.temperature,
-                 "objective": self.objective_info}
+                 "objective": self.objective_info, "token_types": self.token_types}
         cfg.mean, cfg.std = self.mean, self.std  # OpenRLHF reads these top-level keys for normalisation
         cfg.pad_token_id = tokenizer.pad_token_id
         out_dir = Path(out_dir)

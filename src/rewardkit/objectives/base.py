@@ -109,7 +109,7 @@ class BaseObjective:
         lora = LoraSpec(m.lora.r, m.lora.alpha, m.lora.dropout, list(m.lora.target_modules)) if m.lora.r else None
         return RewardModel.from_pretrained(m.path, kind=self.model_kind, gguf_file=m.gguf_file, tokenizer=m.tokenizer,
                                            readout=m.readout, trust_remote_code=m.trust_remote_code, seed=cfg.seed,
-                                           lora=lora, quantization=m.quantization)
+                                           lora=lora, quantization=m.quantization, token_types=m.token_types)
 
     def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:

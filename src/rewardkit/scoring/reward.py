@@ -24,7 +24,7 @@ class RewardScorer(PointwiseJudge):
                  device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS, bf16: bool = False):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
-        self.encoder = SequenceEncoder(tokenizer, max_length, model.is_encoder)
+        self.encoder = SequenceEncoder(tokenizer, max_length, model.is_encoder, model.token_types)
         self.batch_size = batch_size
         self.device = device
         self.max_tokens = max_tokens  # padded tokens per forward (None: batch_size alone)
