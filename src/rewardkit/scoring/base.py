@@ -150,6 +150,7 @@ class PointwiseJudge:
     kind = "pointwise"
     pointwise = True
     temperature = 1.0
+    bf16 = False  # subclasses that run a model set it from their `bf16` setting
 
     def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *,
                     normalize: bool = False) -> torch.Tensor:
@@ -209,6 +210,7 @@ class PairwiseJudge:
     kind = "pairwise"
     pointwise = False
     temperature = 1.0
+    bf16 = False
     rank_strategy = "matrix"
 
     def margins(self, prompts: Sequence[Text], responses_a: Sequence[Text],

@@ -141,7 +141,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     log.info("attention: %s", model.set_attention(cfg.model.attn_implementation))
     if t.disable_dropout:
         disable_dropout(model)
-    encoder = SequenceEncoder(tok, cfg.data.max_length, model.is_encoder, model.token_types)
+    encoder = SequenceEncoder(tok, cfg.data.max_length, model.is_encoder, getattr(model, "token_types", True))
     data = objective.load_data(cfg, encoder)
     log.info("%s: %d training %s, %d eval %s", objective.name, len(data.train), objective.unit, len(data.eval),
              objective.unit)
