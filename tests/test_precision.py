@@ -17,7 +17,9 @@ from rewardkit.scoring import judge_from_config
 
 @pytest.fixture()
 def rm_dir(tiny_models, tmp_path):
+    """A reward model that says it was trained in bf16."""
     model, tok = RewardModel.from_pretrained(str(tiny_models["bert"]))
+    model.precision = "bf16"
     model.save_pretrained(tmp_path / "rm", tok, max_length=64)
     return tmp_path / "rm"
 
@@ -29,7 +31,9 @@ def test_cpu_bf16_native_reads_the_cpu_flags(tmp_path, monkeypatch, flags, nativ
     (tmp_path / "cpuinfo").write_text(flags)
     monkeypatch.setattr(precision, "CPUINFO", tmp_path / "cpuinfo")
     assert precision.bf16_native("cpu") is native
-    assert precision.resolve_bf16(None, "cpu") is native
+    assert precision.resolve_bf16(None, "cpu", trained="bf16") is native
+    assert precision.resolve_bf16(None, "cpu", trained="fp32") is False  # an fp32-trained model stays fp32
+    assert precision.resolve_bf16(None, "cpu") is False  # and so does one that does not say
     assert precision.resolve_bf16(False, "cpu") is False and precision.resolve_bf16(True, "cpu") is True
 
 
@@ -46,6 +50,22 @@ def test_scoring_bf16_null_follows_the_hardware(rm_dir, tmp_path, monkeypatch, v
     overrides = [f"model={rm_dir}", f"data={data}"] + ([f"scoring.bf16={value}"] if value else [])
     judge = judge_from_config(load_config(EvalRunConfig, None, overrides))
     assert judge.bf16 is want
+
+
+def test_training_saves_its_precision_and_scoring_follows_it(tiny_models, tmp_path, monkeypatch):
+    from rewardkit.config import TrainRunConfig
+    from rewardkit.scoring import load_judge
+    from rewardkit.train import train
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device=None: True)  # bf16 would be native
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_pairs(8))
+    train(load_config(TrainRunConfig, None, [f"model={tiny_models['bert']}", f"data.train={data}", "data.max_length=32",
+                                             "train.max_steps=1", "train.progress=false", "train.bf16=false",
+                                             f"output_dir={tmp_path / 'rm'}"]))
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["rewardkit"]["precision"] == "fp32"
+    cfg = load_config(EvalRunConfig, None, [f"model={tmp_path / 'rm'}", f"data={data}"])
+    assert judge_from_config(cfg).bf16 is False  # trained in fp32: scored in fp32 even where bf16 is native
+    assert load_judge(tmp_path / "rm").bf16 is False  # the library's own default
 
 
 def test_eval_and_rank_say_which_precision_they_used(rm_dir, tmp_path, monkeypatch, capsys):

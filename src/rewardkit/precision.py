@@ -1,9 +1,10 @@
 """Which float precision a forward runs in: bf16 autocast where the device computes bf16 in hardware, fp32
 elsewhere (CPU autocast without AVX512-BF16/AMX emulates bf16 and is several times slower than fp32).
 
-Commands that score (eval, calibrate, score, rank, filter, make-pairs, serve) take `scoring.bf16`: true,
-false, or null = `resolve_bf16`'s choice; `bench/precision_agreement.py` measures what bf16 changes against
-fp32 on held-out pairs (pairs flipped, largest score difference), the numbers the README quotes.
+Training (`train.bf16`: null = bf16 where native) saves what it ran in; commands that score (eval, calibrate,
+score, rank, filter, make-pairs, serve) take `scoring.bf16`: true, false, or null = `resolve_bf16`'s choice, the
+training precision where the device has it natively. `bench/precision_agreement.py` measures what bf16 changes
+against fp32 on held-out pairs (pairs flipped, largest score difference), the numbers the README quotes.
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ def bf16_native(device: torch.device | str | None = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_bf16(bf16: bool | None, device: torch.device | str | None = None) -> bool:
-    """An explicit true/false as given; None (the default) = bf16 where it is native on `device`."""
-    return bf16_native(device) if bf16 is None else bool(bf16)
+def resolve_bf16(bf16: bool | None, device: torch.device | str | None = None, trained: str | None = None) -> bool:
+    """An explicit true/false as given; None (the default) = bf16 where it is native on `device` and the model
+    was trained in bf16 (`trained`: the saved `rewardkit.precision`; None for a model that does not say).
+    Scoring a model trained in fp32 under bf16 flipped 3% of held-out pairs (README), so such models, and
+    models that do not say how they were trained, are scored in fp32."""
+    if bf16 is not None:
+        return bool(bf16)
+    return trained == "bf16" and bf16_native(device)
 
 
 def precision_name(bf16: bool) -> str:

@@ -134,8 +134,6 @@ def _rows_app(cfg) -> int:
 
 
 def _serve(cfg) -> int:
-    from rewardkit.precision import resolve_bf16
-
     try:
         from rewardkit.serve.app import run_server
         from rewardkit.serve.batcher import BatchSettings
@@ -153,5 +151,5 @@ def _serve(cfg) -> int:
         body_timeout=cfg.body_timeout, drain_timeout=cfg.drain_timeout,
         batch=BatchSettings(s.batch_size, s.max_tokens, cfg.max_wait_ms, cfg.max_queue))
     run_server(models, settings, host=cfg.host, port=cfg.port, device=s.device, max_length=cfg.data.max_length,
-               access_log=cfg.access_log, bf16=resolve_bf16(s.bf16, s.device))
+               access_log=cfg.access_log, bf16=s.bf16)
     return 0

@@ -61,6 +61,7 @@ class RewardModel(nn.Module):
         self.lora: lora_mod.LoraState | None = None  # the backbone's LoRA adapter and its base, if any
         self.new_head = False  # from_pretrained: the checkpoint had no value head, this one is random
         self.token_types = True  # encoders: the response is segment B (token_type_ids 1) where the model has them
+        self.precision: str | None = None  # "bf16"/"fp32": what training ran in (saved; None: unknown)
 
     @property
     def kind(self) -> str:
@@ -135,6 +136,7 @@ class RewardModel(nn.Module):
         model.lora = state
         model.new_head = new_head
         model.token_types = bool(saved.get("token_types", True) if token_types is None else token_types)
+        model.precision = saved.get("precision")
         return model, b.tokenizer
 
     def save_pretrained(self, out_dir: str | Path, tokenizer, *, max_length: int | None = None) -> None:
@@ -145,6 +147,8 @@ class RewardModel(nn.Module):
         block = {"kind": self.kind, "readout": self.readout, "mean": self.mean, "std": self.std,
                  "max_length": max_length, "hf_equivalent": self.hf_equivalent, "temperature": self.temperature,
                  "objective": self.objective_info, "token_types": self.token_types}
+        if self.precision is not None:
+            block["precision"] = self.precision
         cfg.mean, cfg.std = self.mean, self.std  # OpenRLHF reads these top-level keys for normalisation
         cfg.pad_token_id = tokenizer.pad_token_id
         out_dir = Path(out_dir)

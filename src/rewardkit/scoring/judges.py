@@ -27,9 +27,8 @@ JUDGES: dict[str, str] = {
 }
 
 
-def saved_kind(path: str | Path) -> str | None:
-    """The `rewardkit.kind` of a saved folder (value-head folders of older versions: their head's kind);
-    None where the folder has no rewardkit block (or no config.json)."""
+def _saved_block(path: str | Path) -> dict | None:
+    """The `rewardkit` block of a folder's config.json; None where there is none (or no readable config.json)."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return None
@@ -37,7 +36,19 @@ def saved_kind(path: str | Path) -> str | None:
         block = json.loads(cfg.read_text(encoding="utf-8")).get("rewardkit")
     except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(block, dict):
+    return block if isinstance(block, dict) else None
+
+
+def saved_precision(path: str | Path) -> str | None:
+    """"bf16"/"fp32": what the saved model was trained in; None where the folder does not say."""
+    return (_saved_block(path) or {}).get("precision")
+
+
+def saved_kind(path: str | Path) -> str | None:
+    """The `rewardkit.kind` of a saved folder (value-head folders of older versions: their head's kind);
+    None where the folder has no rewardkit block (or no config.json)."""
+    block = _saved_block(path)
+    if block is None:
         return None
     from rewardkit.models.kinds import kind_of
 
@@ -72,7 +83,8 @@ def judge_from_config(cfg: Any, **overrides: Any) -> Judge:
     options = asdict(cfg.model)
     path, kind = options.pop("path"), options.pop("kind", "auto")
     settings = asdict(cfg.scoring)
-    settings["bf16"] = resolve_bf16(settings.get("bf16"), settings.get("device"))  # null: bf16 where native
+    # null: the training precision, where the device has it natively
+    settings["bf16"] = resolve_bf16(settings.get("bf16"), settings.get("device"), saved_precision(path))
     data = getattr(cfg, "data", None)
     settings["max_length"] = getattr(data, "max_length", None)
     return load_judge(path, kind=kind, options=options, **{**settings, **overrides})

@@ -177,7 +177,7 @@ def _item_fields(items) -> dict[str, list[Any]]:
 
 
 def build_app(models: ModelsConfig, settings: ServeSettings, *, device: str = "cpu",
-              max_length: int | None = None, bf16: bool = False) -> FastAPI:
+              max_length: int | None = None, bf16: bool | None = False) -> FastAPI:
     """Load the models of `models` and wrap them in an app."""
     return create_app(RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16),
                       settings)
@@ -185,7 +185,7 @@ def build_app(models: ModelsConfig, settings: ServeSettings, *, device: str = "c
 
 def run_server(models: ModelsConfig, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 5000,
                device: str = "cpu", max_length: int | None = None, access_log: bool = False,
-               bf16: bool = False) -> None:
+               bf16: bool | None = False) -> None:
     """Load, then serve until SIGTERM/SIGINT (uvicorn, one process: the model worker holds the model once).
 
     Loading errors propagate before anything listens (the CLI turns them into exit 2). On SIGTERM the

@@ -24,9 +24,11 @@ import torch
 from jinja2 import TemplateError
 
 from rewardkit.data.tokenize import TokenizedSequence
+from rewardkit.precision import resolve_bf16
 from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown
 from rewardkit.serve.combine import ModelsConfig, Rule
+from rewardkit.scoring.judges import saved_precision
 from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 from rewardkit.serve.metrics import Metrics
 
@@ -127,14 +129,16 @@ class RewardService:
 
     @classmethod
     def load(cls, cfg: ModelsConfig, settings: ServeSettings, *, device: str = "cpu", max_length: int | None = None,
-             metrics: Metrics | None = None, bf16: bool = False) -> "RewardService":
+             metrics: Metrics | None = None, bf16: bool | None = False) -> "RewardService":
+        """`bf16` None: each model in its training precision where the device has it natively (`rewardkit.precision`)."""
         scorers = {}
         for name, spec in cfg.models.items():
             log.info("loading model %s from %s", name, spec.path)
             scorers[name] = load_judge(spec.path, kind=spec.kind, options=spec.options, device=device,
                                        batch_size=settings.batch.max_batch_size,
-                                       max_length=spec.max_length or max_length, bf16=bf16)
-            log.info("model %s: %s forwards", name, "bf16 autocast" if bf16 else "fp32")
+                                       max_length=spec.max_length or max_length,
+                                       bf16=resolve_bf16(bf16, device, saved_precision(spec.path)))
+            log.info("model %s: %s forwards", name, "bf16 autocast" if scorers[name].bf16 else "fp32")
         return cls(scorers, cfg.rule, settings, metrics, {n: s.normalize for n, s in cfg.models.items()})
 
     @property

@@ -33,7 +33,7 @@ from rewardkit.scoring.judges import judge_class
 from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
                                     clean_failed_run, diverged_message, grads_finite, saving)
-from rewardkit.precision import bf16_native
+from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
 from rewardkit.train.plan import train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
@@ -372,6 +372,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         last = latest_checkpoint(out)
         with saving("the model into", out, "what was there before is untouched" +
                     (f"; train.resume=auto continues from {last}" if last is not None else "")):
+            final_model.precision = precision_name(bf16)  # scoring's default follows it (`rewardkit.precision`)
             final_model.save_pretrained(out, tok, max_length=cfg.data.max_length)
             with atomic_write(out / "train_config.yaml") as fh:
                 yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
