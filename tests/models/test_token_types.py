@@ -26,6 +26,7 @@ def test_encoder_segments_follow_the_option(tiny_models):
 
 
 def test_trained_without_segments_scores_without_them(tiny_models, tmp_path):
+    assert TrainRunConfig().model.token_types is False  # the default: one segment, as served full texts get
     data = write_jsonl(tmp_path / "d.jsonl", synthetic_pairs(16))
     cfg = load_config(TrainRunConfig, None, [f"model={tiny_models['bert']}", f"data.train={data}",
                                              "data.max_length=48", "train.progress=false", "train.max_steps=2",

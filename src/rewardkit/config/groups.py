@@ -103,9 +103,11 @@ class ModelConfig:
     readout: str | None = _f(None, "Where the reward is read: last non-pad token, mean over response "
                                    "tokens, or the encoder's [CLS] pooler. Default: last for decoders, "
                                    "cls for encoders.", choices=("last", "mean", "cls"))
-    token_types: bool = _f(True, "Encoders with segment embeddings (BERT, MiniLM): mark the response as segment "
-                                 "B (token_type_ids 1), as the tokenizer does for a text pair; false: every token "
-                                 "segment A. Saved with the model, whose scoring then lays text out the same way.")
+    token_types: bool = _f(False, "Encoders with segment embeddings (BERT, MiniLM): true marks the response as "
+                                  "segment B (token_type_ids 1), as the tokenizer does for a text pair; false (the "
+                                  "default) keeps every token in segment A, as full texts arrive at the server "
+                                  "(OpenRLHF sends prompt+response as one string) and as TRL trains. Saved with "
+                                  "the model, whose scoring then lays text out the same way.")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the checkpoint.")
     attn_implementation: str = _f("auto", "Attention kernel: transformers' `attn_implementation` name (sdpa, "
                                           "eager, flash_attention_2, ...). auto: transformers' default (sdpa).")
