@@ -83,7 +83,8 @@ def worker(spec: dict) -> dict:
                                 "rejected_ids": [p.rejected.input_ids for p in pairs]})
         hf = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
         args = RewardConfig(output_dir=spec["out"], max_length=spec["max_length"], report_to=[], use_cpu=True,
-                            dataloader_num_workers=0, save_strategy="no")
+                            dataloader_num_workers=0, save_strategy="no",
+                            **({"bf16": False} if spec.get("trl_fp32") else {}))
         trainer = RewardTrainer(model=hf, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok)
         counts = {"processed": 0}
         collate = trainer.data_collator
@@ -100,14 +101,14 @@ def worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             metrics = trainer.evaluate()
             times.append(time.perf_counter() - t0)
-        return {"engine": "TRL evaluate (defaults)", "seconds": statistics.median(times), "times": times,
+        return {"engine": "TRL evaluate (defaults" + (", fp32)" if spec.get("trl_fp32") else ")"), "seconds": statistics.median(times), "times": times,
                 "pairs": len(pairs), "tokens": real, "processed": counts["processed"],
                 "accuracy": metrics.get("eval_accuracy", float("nan"))}
     from rewardkit.scoring import length_batches, score_sequences
-    from rewardkit.train import bf16_native
+    from rewardkit.precision import resolve_bf16
 
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    bf16 = bf16_native()
+    bf16 = resolve_bf16(None, "cpu", trained="bf16")  # the best case for bf16: a model trained in it
     times = []
     for _ in range(spec["repeats"]):
         t0 = time.perf_counter()
@@ -136,6 +137,8 @@ def main() -> None:
                                                               "reported")
     ap.add_argument("--engines", nargs="+", default=["trl", "rewardkit", "pipeline", "rewardkit-texts"],
                     choices=["trl", "rewardkit", "pipeline", "rewardkit-texts"], help="which runs (default: all)")
+    ap.add_argument("--trl-fp32", action="store_true",
+                    help="TRL without its default bf16 autocast (on a CPU without native bf16, where it is emulated)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -153,7 +156,8 @@ def main() -> None:
         print(f"running {engine} ...", file=sys.stderr, flush=True)
         results.append(run_worker(Path(__file__), dict(engine=engine, init=str(init), rows=rows, out=str(out),
                                                        max_length=a.max_length, batch_size=a.batch_size,
-                                                       max_tokens=max_tokens, repeats=a.repeats)))
+                                                       max_tokens=max_tokens, repeats=a.repeats,
+                                                       trl_fp32=a.trl_fp32)))
     for r in results:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
