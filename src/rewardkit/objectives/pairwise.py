@@ -123,14 +123,13 @@ class TokenObjective(PairwiseObjective):
         was_training, total, chosen, rejected = model.training, 0.0, [], []
         model.eval()
         collate = self.collator(pad_id)
-        with torch.no_grad():
-            for i in range(0, len(items), batch_size):
-                chunk = items[i:i + batch_size]
-                out = self.compute(model, collate(chunk).to(device))
-                total += float(out.loss) * len(chunk)
-                rc, rr = out.rewards.float().cpu().chunk(2)
-                chosen.append(rc)
-                rejected.append(rr)
+        for i in range(0, len(items), batch_size):  # the method runs under no_grad
+            chunk = items[i:i + batch_size]
+            out = self.compute(model, collate(chunk).to(device))
+            total += float(out.loss) * len(chunk)
+            rc, rr = out.rewards.float().cpu().chunk(2)
+            chosen.append(rc)
+            rejected.append(rr)
         model.train(was_training)
         stats = pairwise_stats(torch.cat(chosen), torch.cat(rejected))
         stats["loss"] = total / len(items)

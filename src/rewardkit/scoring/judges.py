@@ -69,9 +69,12 @@ def judge_class(kind: str) -> type:
 def load_judge(path: str | Path, *, kind: str = "auto", options: Mapping[str, Any] | None = None,
                **settings: Any) -> Judge:
     """The `Judge` for a folder: `kind="auto"` reads the saved kind (a folder without one is a value-head
-    model); another kind reads the folder as that kind (e.g. "generative" for any LM)."""
+    model); another kind reads the folder as that kind (e.g. "generative" for any LM). `bf16=None`: the
+    saved training precision where the device has it natively, else fp32 (`rewardkit.precision`)."""
     if kind in (None, "", "auto"):
         kind = saved_kind(path) or "scalar"
+    if "bf16" in settings:  # null: the training precision, where the device has it natively
+        settings["bf16"] = resolve_bf16(settings["bf16"], settings.get("device"), saved_precision(path))
     return judge_class(kind).from_folder(str(path), dict(options or {}), **settings)
 
 
@@ -83,8 +86,6 @@ def judge_from_config(cfg: Any, **overrides: Any) -> Judge:
     options = asdict(cfg.model)
     path, kind = options.pop("path"), options.pop("kind", "auto")
     settings = asdict(cfg.scoring)
-    # null: the training precision, where the device has it natively
-    settings["bf16"] = resolve_bf16(settings.get("bf16"), settings.get("device"), saved_precision(path))
     data = getattr(cfg, "data", None)
     settings["max_length"] = getattr(data, "max_length", None)
     return load_judge(path, kind=kind, options=options, **{**settings, **overrides})

@@ -98,7 +98,8 @@ class StepScorer(PointwiseJudge):
         self.tokenizer = tokenizer
         self.aggregate = aggregate
         self.separator: str = model.head.separator
-        self.encoder = StepEncoder(SequenceEncoder(tokenizer, max_length, model.is_encoder, model.token_types), self.separator)
+        sequences = SequenceEncoder(tokenizer, max_length, model.is_encoder, model.token_types)
+        self.encoder = StepEncoder(sequences, self.separator)
         self.batch_size, self.device, self.max_tokens, self.bf16 = batch_size, device, max_tokens, bf16
 
     @classmethod

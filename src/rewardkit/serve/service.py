@@ -24,11 +24,9 @@ import torch
 from jinja2 import TemplateError
 
 from rewardkit.data.tokenize import TokenizedSequence
-from rewardkit.precision import resolve_bf16
 from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown
 from rewardkit.serve.combine import ModelsConfig, Rule
-from rewardkit.scoring.judges import saved_precision
 from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 from rewardkit.serve.metrics import Metrics
 
@@ -137,7 +135,7 @@ class RewardService:
             scorers[name] = load_judge(spec.path, kind=spec.kind, options=spec.options, device=device,
                                        batch_size=settings.batch.max_batch_size,
                                        max_length=spec.max_length or max_length,
-                                       bf16=resolve_bf16(bf16, device, saved_precision(spec.path)))
+                                       bf16=bf16)
             log.info("model %s: %s forwards", name, "bf16 autocast" if scorers[name].bf16 else "fp32")
         return cls(scorers, cfg.rule, settings, metrics, {n: s.normalize for n, s in cfg.models.items()})
 
