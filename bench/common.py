@@ -56,11 +56,36 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / sorted(times)[len(times) // 2]
 
 
-def train_flops(n_params: int, layers: int, hidden: int, seq_lengths: list[int]) -> float:
-    """Forward + backward FLOPs of the useful computation: 6 N per token plus attention 12 L d l^2 per sequence.
+def work_counts(pairs, shared_prompt: bool) -> tuple[int, int]:
+    """(tokens, query-key pairs) one pass over `pairs` computes, padding left out.
 
-    n_params excludes embeddings (lookups cost no matmul)."""
-    return 6 * n_params * sum(seq_lengths) + 12 * layers * hidden * sum(x * x for x in seq_lengths)
+    A plain layout computes each sequence whole: l tokens, l^2 query-key pairs (the PaLM convention, causal
+    or not). A shared-prompt unit [prompt p][chosen c][rejected r] computes p + c + r tokens and p^2 + c (p + c)
+    + r (p + r) pairs; a pair whose two prompts truncation cut differently is laid out plain, as rewardkit's
+    collator does."""
+    tokens = qk = 0
+    for pair in pairs:
+        c, r = pair.chosen.input_ids, pair.rejected.input_ids
+        p = min(pair.chosen.response_start, pair.rejected.response_start)
+        if shared_prompt and p > 0 and c[:p] == r[:p]:
+            nc, nr = len(c) - p, len(r) - p
+            tokens += p + nc + nr
+            qk += p * p + nc * (p + nc) + nr * (p + nr)
+        else:
+            tokens += len(c) + len(r)
+            qk += len(c) ** 2 + len(r) ** 2
+    return tokens, qk
+
+
+def model_flops(n_params: int, layers: int, hidden: int, tokens: int, qk: int, backward: bool = True) -> float:
+    """FLOPs of the computation done: 2 N per token and 4 L d per query-key pair forward, three times that with
+    the backward (6 N and 12 L d). n_params excludes embeddings (lookups cost no matmul)."""
+    return (3 if backward else 1) * (2 * n_params * tokens + 4 * layers * hidden * qk)
+
+
+def matmul_params(model) -> int:
+    """Parameters outside the embeddings: what `model_flops` counts."""
+    return sum(p.numel() for n, p in model.named_parameters() if not any(e in n for e in ("embed", "wte", "wpe")))
 
 
 class PeakRSS:

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BACKBONES, hh_rows, make_initial_model, run_worker, table  # noqa: E402
+from common import (BACKBONES, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
+                    run_worker, table)
 from train_vs_trl import _encode  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def worker_texts(spec: dict) -> dict:
         tok = AutoTokenizer.from_pretrained(init)
         lengths = [len(x) for x in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]]
         processed = sum(len(lengths[i:i + 16]) * max(lengths[i:i + 16]) for i in range(0, len(lengths), 16))
-        name = "transformers pipeline (fp32, batch 16)"
+        name, bf16 = "transformers pipeline (fp32, batch 16)", False
     else:
         from rewardkit.precision import precision_name, resolve_bf16
         from rewardkit.scoring import RewardScorer
@@ -62,10 +63,11 @@ def worker_texts(spec: dict) -> dict:
             times.append(time.perf_counter() - t0)
         lengths = [len(s.input_ids) for s in seqs]
         processed = sum(lengths)  # one padding-free row per forward on CPU
-        name = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})"
+        name, bf16 = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})", scorer.bf16
     acc = sum(c > r for c, r in zip(scores[:n], scores[n:])) / n
     return {"engine": name, "seconds": statistics.median(times), "times": times, "pairs": n,
-            "tokens": sum(lengths), "processed": processed, "accuracy": acc}
+            "tokens": sum(lengths), "processed": processed, "accuracy": acc, "bf16": bool(bf16),
+            "qk": sum(x * x for x in lengths)}
 
 
 def worker(spec: dict) -> dict:
@@ -74,6 +76,7 @@ def worker(spec: dict) -> dict:
     init = Path(spec["init"])
     model, tok, pairs = _encode(init, spec["rows"], spec["max_length"])
     real = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
+    qk = sum(len(s.input_ids) ** 2 for p in pairs for s in (p.chosen, p.rejected))  # each sequence whole
     if spec["engine"] == "trl":
         from datasets import Dataset
         from transformers import AutoModelForSequenceClassification
@@ -103,7 +106,7 @@ def worker(spec: dict) -> dict:
             times.append(time.perf_counter() - t0)
         return {"engine": "TRL evaluate (defaults" + (", fp32)" if spec.get("trl_fp32") else ")"), "seconds": statistics.median(times), "times": times,
                 "pairs": len(pairs), "tokens": real, "processed": counts["processed"],
-                "accuracy": metrics.get("eval_accuracy", float("nan"))}
+                "accuracy": metrics.get("eval_accuracy", float("nan")), "bf16": bool(args.bf16), "qk": qk}
     from rewardkit.scoring import length_batches, score_sequences
     from rewardkit.precision import resolve_bf16
 
@@ -122,7 +125,8 @@ def worker(spec: dict) -> dict:
                                       for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
     return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})",
             "seconds": statistics.median(times), "times": times,
-            "pairs": len(pairs), "tokens": real, "processed": processed, "accuracy": float((rc > rr).double().mean())}
+            "pairs": len(pairs), "tokens": real, "processed": processed, "accuracy": float((rc > rr).double().mean()),
+            "bf16": bool(bf16), "qk": qk}
 
 
 def main() -> None:
@@ -158,14 +162,30 @@ def main() -> None:
                                                        max_length=a.max_length, batch_size=a.batch_size,
                                                        max_tokens=max_tokens, repeats=a.repeats,
                                                        trl_fp32=a.trl_fp32)))
+    import torch
+    from transformers import AutoConfig
+
+    from rewardkit.models.reward_model import RewardModel
+    from rewardkit.precision import bf16_native
+
+    hf_cfg = AutoConfig.from_pretrained(init)
+    n_params = matmul_params(RewardModel.from_pretrained(str(init))[0])
+    # Only the dtypes some engine used; an emulated bf16 (no AVX512-BF16/AMX) is measured on a smaller matmul.
+    peaks = {b: matmul_peak(torch.bfloat16, n=2048 if bf16_native() else 512) if b else matmul_peak(torch.float32)
+             for b in {r["bf16"] for r in results}}
     for r in results:
+        flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r["tokens"], r.pop("qk"),
+                            backward=False)
+        r["mfu"] = flops / r["seconds"] / peaks[r["bf16"]]
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         r["padding"] = 1 - r["tokens"] / r["processed"]
     print(f"\n{a.model}: scoring {a.pairs} HH pairs, max_length {a.max_length}; median of {a.repeats} passes")
     print(table(results, [("engine", "engine", ""), ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
                           ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"),
-                          ("accuracy", "accuracy", ".3f")]))
+                          ("accuracy", "accuracy", ".3f"), ("mfu", "MFU", ".1%")]))
+    print(f"matmul peak here ({torch.get_num_threads()} threads): " +
+          ", ".join(f"{'bf16' if k else 'fp32'} {v / 1e9:.0f} GFLOP/s" for k, v in sorted(peaks.items())))
     by = dict(zip((e for e, _ in runs), results))  # each engine's first run
     for (engine, _), r in zip(runs, results):
         ref = by.get({"rewardkit": "trl", "rewardkit-texts": "pipeline"}.get(engine, ""))

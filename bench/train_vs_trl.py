@@ -6,8 +6,8 @@
 Runs, one after the other, each in its own process: TRL with its RewardConfig defaults (bf16 autocast +
 gradient checkpointing), TRL tuned (gradient checkpointing off), rewardkit, and one more rewardkit run per
 `--also`. Prints pairs/s, real tokens/s, padding fraction, peak RSS, final train loss, held-out accuracy (same
-scorer for all), model FLOP utilisation against a matmul peak measured here in the dtype used, and the
-rewardkit/TRL ratios.
+scorer for all), model FLOP utilisation (the FLOPs of the work each engine did, a shared prompt once) against a
+matmul peak measured here in the dtype used, and the rewardkit/TRL ratios.
 
 Two times per engine: "loop s", the optimisation loop only (what pairs/s divides by), and "whole s", the worker
 process from its start to its exit as a user would wait for it: interpreter start, imports, model loading,
@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BACKBONES, hh_rows, make_initial_model, matmul_peak, run_worker, table, train_flops  # noqa: E402
+from common import (BACKBONES, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
+                    run_worker, table, work_counts)  # noqa: E402
 
 
 def _encode(init: Path, rows: list[dict], max_length: int):
@@ -107,7 +108,7 @@ def worker_trl(spec: dict) -> dict:
             "bench_seconds": bench_seconds,
             "seconds": seconds, "pairs": len(train_pairs) * spec["epochs"], "tokens": counts["real"],
             "processed": counts["processed"], "final_loss": losses[-1] if losses else float("nan"),
-            "accuracy": acc, "bf16": bool(args.bf16), "lengths": _lengths(train_pairs) * int(spec["epochs"])}
+            "accuracy": acc, "bf16": bool(args.bf16), "work": _work(train_pairs, False, spec["epochs"])}
 
 
 def worker_rewardkit(spec: dict) -> dict:
@@ -131,7 +132,9 @@ def worker_rewardkit(spec: dict) -> dict:
     b0 = time.perf_counter()
     losses = [json.loads(x)["loss"] for x in (d / "rm" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["split"] == "train"]
-    _, _, pairs = _encode(Path(spec["init"]), spec["train_rows"], spec["max_length"])
+    model, _, pairs = _encode(Path(spec["init"]), spec["train_rows"], spec["max_length"])
+    # The layout the loop computed: shared-prompt units where packing is (or `auto` makes it) shared_prompt.
+    shared = cfg.train.packing == "shared_prompt" or (cfg.train.packing == "auto" and not model.is_encoder)
     bench_seconds += time.perf_counter() - b0
     return {"engine": "rewardkit " + (" ".join(o.split(".")[-1] for o in spec["rk_options"]) or "defaults"),
             "bench_seconds": bench_seconds,
@@ -139,11 +142,12 @@ def worker_rewardkit(spec: dict) -> dict:
             "processed": res.processed_tokens, "final_loss": losses[-1],
             "accuracy": res.final_eval.get("accuracy", float("nan")),
             "bf16": bf16_native() if cfg.train.bf16 is None else cfg.train.bf16,
-            "lengths": _lengths(pairs) * int(spec["epochs"])}
+            "work": _work(pairs, shared, spec["epochs"])}
 
 
-def _lengths(pairs) -> list[int]:
-    return [len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected)]
+def _work(pairs, shared: bool, epochs: float) -> list[float]:
+    """[tokens, query-key pairs] the loop computed over all epochs (see common.work_counts)."""
+    return [x * epochs for x in work_counts(pairs, shared)]
 
 
 def main() -> None:
@@ -188,7 +192,7 @@ def main() -> None:
     from rewardkit.models.reward_model import RewardModel
 
     m, _ = RewardModel.from_pretrained(str(init))
-    n_params = sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and "wte" not in n and "wpe" not in n)
+    n_params = matmul_params(m)
     del m
     rk = a.rewardkit if a.rewardkit is not None else []  # rewardkit's defaults
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
@@ -211,7 +215,8 @@ def main() -> None:
         r["whole_seconds"] = r["process_seconds"] - r.pop("bench_seconds")
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         r["padding"] = 1 - r["tokens"] / max(r["processed"], 1)
-        flops = train_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r.pop("lengths"))
+        # Counted on the work each engine did: a shared prompt is computed (and counted) once.
+        flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, *r.pop("work"))
         r["mfu"] = flops / r["seconds"] / peaks[r["bf16"]]
     cols = [("engine", "engine", ""), ("whole_seconds", "whole s", ".1f"), ("seconds", "loop s", ".1f"),
             ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),

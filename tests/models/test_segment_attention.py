@@ -77,3 +77,15 @@ def test_units_that_do_not_tile_the_row_are_refused():
     q = torch.randn(1, 2, 10, 4)
     with pytest.raises(ValueError, match="tile"):
         segment_attention(_Attn(False), q, q, q, None, rk_units=[(0, 4, None), (5, 10, None)])
+
+
+def test_grouped_query_keys_are_saved_unexpanded_on_the_kernel_path():
+    """SDPA shares KV heads itself (enable_gqa): backward keeps 2 KV heads, not 4 repeated copies, so a
+    decoder with grouped-query attention (SmolLM2: 3 KV heads for 9) saves less per token."""
+    q = torch.randn(1, 4, 40, 8, requires_grad=True)
+    k, v = (torch.randn(1, 2, 40, 8, requires_grad=True) for _ in range(2))
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        segment_attention(_Attn(True), q, k, v, None, rk_units=[(0, 40, None)])
+    assert (1, 2, 40, 8) in shapes  # the unexpanded keys/values
+    assert shapes.count((1, 4, 40, 8)) <= 2  # queries and output only: no repeated keys or values

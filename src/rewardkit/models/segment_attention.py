@@ -36,9 +36,9 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if rk_units is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    if key.shape[1] != query.shape[1]:  # grouped-query attention: share each KV head across its query heads
-        reps = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(reps, dim=1), value.repeat_interleave(reps, dim=1)
+    # Grouped-query attention: SDPA shares each KV head across its query heads itself (and saves the unexpanded
+    # keys and values for backward); only the explicit ops need them repeated.
+    reps = query.shape[1] // key.shape[1]
     causal = bool(getattr(module, "is_causal", False))
     p = dropout if module.training else 0.0
     explicit = EXPLICIT_MAX_LEN if query.device.type == "cpu" and query.dtype in EXPLICIT_DTYPES else 0
@@ -52,10 +52,12 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     outs = []
     for (q, k, v), (_, _, mask) in zip(parts, rk_units):
         if q.shape[2] <= explicit:
+            if reps > 1:
+                k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
             outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling))
         else:
             outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                                       dropout_p=p, scale=scaling))
+                                                       dropout_p=p, scale=scaling, enable_gqa=reps > 1))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -31,6 +31,7 @@ from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
 from rewardkit.scoring.judges import judge_class
 from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
+from rewardkit.train.host_memory import release_freed_memory
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
                                     clean_failed_run, diverged_message, grads_finite, saving)
 from rewardkit.precision import bf16_native, precision_name
@@ -310,6 +311,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 in_a_row, good = 0, good + 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if accelerator.device.type == "cpu":  # activations freed: keep peak RSS to one step's needs
+                release_freed_memory()
             last_loss = float(micro[-1][0].loss.detach())
             micro, losses_finite = [], True
             step += 1

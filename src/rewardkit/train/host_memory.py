@@ -1,0 +1,34 @@
+"""Hand the memory a CPU training step freed back to the operating system.
+
+glibc keeps freed heap pages mapped. A step frees its activations, and the next step's tensors have other sizes
+and do not fit the holes, so the heap grows step after step. `malloc_trim(0)` releases every free page, in
+every arena. On SmolLM2 at batch 8, trimming after each optimiser step cut peak RSS by 0.4 GB, about 8%, at no
+measured cost in speed (README, "Benchmark against TRL").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+
+
+@functools.cache
+def _malloc_trim():
+    """libc's malloc_trim, or None where there is none (macOS, musl, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Return freed heap pages to the OS (glibc); False where the C library cannot do it."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
