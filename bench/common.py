@@ -43,15 +43,18 @@ def make_initial_model(backbone: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Measured FLOP/s of an n x n matmul in `dtype` with the current thread count (median of repeats)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """Measured FLOP/s of an n x n matmul in `dtype` on `device` with the current thread count (median)."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / sorted(times)[len(times) // 2]
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The checks that need CUDA, in one go (about 5-7 minutes on one modern GPU; this machine has none):
+# The checks that need CUDA, in one go (budget: under 8 minutes on one modern GPU; this machine has none, so the
+# script has not run yet: read its output before trusting it):
 #   1. pytest tests/gpu: flash-attn varlen packing == padded (where flash-attn is installed), a bf16 training
 #      step, DDP on every GPU (2+ GPUs) == one process with the global batch, FSDP trains and saves a whole
 #      model, DeepSpeed ZeRO-2/3 start, train and save (where deepspeed is installed);
-#   2. bench/train_vs_trl.py, rewardkit's side on CUDA: MiniLM-L6 on 1,000 HH pairs (needs ../shared/data/
-#      hh-harmless). The TRL side of that script is pinned to the CPU (use_cpu=True), so it is left out here.
+#   2. bench/train_vs_trl.py --device cuda: TRL RewardTrainer (defaults) and rewardkit on the same GPU, MiniLM-L6
+#      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless);
+#   3. bench/score_vs_trl.py --device cuda: TRL evaluate, rewardkit, transformers pipeline, RewardScorer on texts;
+#   4. bench/serve_load.py --server-args=--device=cuda: 64 one-text clients, batching on vs off, 15 s each.
 # Usage: bench/gpu_check.sh [extra pytest args]      (from the repository root; PYTHON overrides the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +22,21 @@ print("gpu_check: %d x %s, torch %s" % (torch.cuda.device_count(), torch.cuda.ge
 PYEOF
 
 start=$SECONDS
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu "$@"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu "$@" || echo "gpu_check: tests/gpu failed"
 echo "gpu_check: tests/gpu took $((SECONDS - start)) s"
 
+step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is reported, the next still runs
+    local name=$1 limit=$2 t0=$SECONDS
+    shift 2
+    if timeout "$limit" "$@"; then echo "gpu_check: $name took $((SECONDS - t0)) s"
+    else echo "gpu_check: $name FAILED or ran past ${limit} s (exit $?)"; fi
+}
+
 if [ -f ../shared/data/hh-harmless/train.jsonl ]; then
-    start=$SECONDS
-    timeout 150 "$PY" bench/train_vs_trl.py --model minilm --pairs 1000 --eval-pairs 200 --engines rewardkit
-    echo "gpu_check: bench took $((SECONDS - start)) s"
+    step "train bench" 200 "$PY" bench/train_vs_trl.py --device cuda --model minilm --pairs 1000 --eval-pairs 200 \
+        --engines trl rewardkit
+    step "score bench" 100 "$PY" bench/score_vs_trl.py --device cuda --model minilm --pairs 600 --repeats 3
 else
-    echo "gpu_check: ../shared/data/hh-harmless/train.jsonl not found; bench/train_vs_trl.py skipped"
+    echo "gpu_check: ../shared/data/hh-harmless/train.jsonl not found; train and score benches skipped"
 fi
+step "serve load" 90 "$PY" bench/serve_load.py --duration 15 --server-args=--device=cuda

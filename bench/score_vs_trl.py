@@ -36,12 +36,13 @@ def _texts(rows: list[dict]) -> list[str]:
 
 def worker_texts(spec: dict) -> dict:
     """pipeline / rewardkit-texts: the same texts in, one score out per text; tokenisation is timed."""
-    init, texts, n = spec["init"], _texts(spec["rows"]), len(spec["rows"])
+    init, texts, n, device = spec["init"], _texts(spec["rows"]), len(spec["rows"]), spec.get("device", "cpu")
     times = []
     if spec["engine"] == "pipeline":
         from transformers import AutoTokenizer, pipeline
 
-        pipe = pipeline("text-classification", model=init, device=-1)  # fp32, what pipeline() loads by default
+        pipe = pipeline("text-classification", model=init,  # fp32, what pipeline() loads by default
+                        device=0 if device == "cuda" else -1)
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
             out = pipe(texts, batch_size=16, truncation=True, max_length=spec["max_length"], function_to_apply="none")
@@ -55,14 +56,15 @@ def worker_texts(spec: dict) -> dict:
         from rewardkit.precision import precision_name, resolve_bf16
         from rewardkit.scoring import RewardScorer
 
-        scorer = RewardScorer.load(init, max_length=spec["max_length"], bf16=resolve_bf16(None, "cpu"))
+        scorer = RewardScorer.load(init, max_length=spec["max_length"], device=device,
+                                   bf16=resolve_bf16(None, device))
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
             seqs = [scorer.encode_text(t) for t in texts]
             scores = scorer.run(seqs).score.tolist()
             times.append(time.perf_counter() - t0)
         lengths = [len(s.input_ids) for s in seqs]
-        processed = sum(lengths)  # one padding-free row per forward on CPU
+        processed = sum(lengths)  # one padding-free row per forward on CPU (on a GPU: not counted)
         name, bf16 = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})", scorer.bf16
     acc = sum(c > r for c, r in zip(scores[:n], scores[n:])) / n
     return {"engine": name, "seconds": statistics.median(times), "times": times, "pairs": n,
@@ -73,7 +75,7 @@ def worker_texts(spec: dict) -> dict:
 def worker(spec: dict) -> dict:
     if spec["engine"] in ("pipeline", "rewardkit-texts"):
         return worker_texts(spec)
-    init = Path(spec["init"])
+    init, device = Path(spec["init"]), spec.get("device", "cpu")
     model, tok, pairs = _encode(init, spec["rows"], spec["max_length"])
     real = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
     qk = sum(len(s.input_ids) ** 2 for p in pairs for s in (p.chosen, p.rejected))  # each sequence whole
@@ -85,7 +87,8 @@ def worker(spec: dict) -> dict:
         ds = Dataset.from_dict({"chosen_ids": [p.chosen.input_ids for p in pairs],
                                 "rejected_ids": [p.rejected.input_ids for p in pairs]})
         hf = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
-        args = RewardConfig(output_dir=spec["out"], max_length=spec["max_length"], report_to=[], use_cpu=True,
+        args = RewardConfig(output_dir=spec["out"], max_length=spec["max_length"], report_to=[],
+                            use_cpu=device == "cpu",
                             dataloader_num_workers=0, save_strategy="no",
                             **({"bf16": False} if spec.get("trl_fp32") else {}))
         trainer = RewardTrainer(model=hf, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok)
@@ -104,23 +107,25 @@ def worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             metrics = trainer.evaluate()
             times.append(time.perf_counter() - t0)
-        return {"engine": "TRL evaluate (defaults" + (", fp32)" if spec.get("trl_fp32") else ")"), "seconds": statistics.median(times), "times": times,
+        return {"engine": "TRL evaluate (defaults" + (", fp32)" if spec.get("trl_fp32") else ")"),
+                "seconds": statistics.median(times), "times": times,
                 "pairs": len(pairs), "tokens": real, "processed": counts["processed"],
                 "accuracy": metrics.get("eval_accuracy", float("nan")), "bf16": bool(args.bf16), "qk": qk}
     from rewardkit.scoring import length_batches, score_sequences
     from rewardkit.precision import resolve_bf16
 
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    bf16 = resolve_bf16(None, "cpu", trained="bf16")  # the best case for bf16: a model trained in it
+    bf16 = resolve_bf16(None, device, trained="bf16")  # the best case for bf16: a model trained in it
+    model.to(device)
     times = []
     for _ in range(spec["repeats"]):
         t0 = time.perf_counter()
         r = score_sequences(model, seqs, pad_id=tok.pad_token_id, batch_size=spec["batch_size"],
-                            max_tokens=spec["max_tokens"], bf16=bf16)
+                            max_tokens=spec["max_tokens"], bf16=bf16, device=device)
         times.append(time.perf_counter() - t0)
     rc, rr = r[:len(pairs)], r[len(pairs):]
     lengths = [len(s.input_ids) for s in seqs]
-    flat = True  # on CPU run_model packs each batch into one padding-free row
+    flat = device == "cpu"  # on CPU run_model packs each batch into one padding-free row
     processed = real if flat else sum(len(b) * max(lengths[i] for i in b)
                                       for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
     return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})",
@@ -143,6 +148,7 @@ def main() -> None:
                     choices=["trl", "rewardkit", "pipeline", "rewardkit-texts"], help="which runs (default: all)")
     ap.add_argument("--trl-fp32", action="store_true",
                     help="TRL without its default bf16 autocast (on a CPU without native bf16, where it is emulated)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every engine scores")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -161,7 +167,7 @@ def main() -> None:
         results.append(run_worker(Path(__file__), dict(engine=engine, init=str(init), rows=rows, out=str(out),
                                                        max_length=a.max_length, batch_size=a.batch_size,
                                                        max_tokens=max_tokens, repeats=a.repeats,
-                                                       trl_fp32=a.trl_fp32)))
+                                                       trl_fp32=a.trl_fp32, device=a.device)))
     import torch
     from transformers import AutoConfig
 
@@ -171,7 +177,9 @@ def main() -> None:
     hf_cfg = AutoConfig.from_pretrained(init)
     n_params = matmul_params(RewardModel.from_pretrained(str(init))[0])
     # Only the dtypes some engine used; an emulated bf16 (no AVX512-BF16/AMX) is measured on a smaller matmul.
-    peaks = {b: matmul_peak(torch.bfloat16, n=2048 if bf16_native() else 512) if b else matmul_peak(torch.float32)
+    native = bf16_native(a.device)
+    peaks = {b: matmul_peak(torch.bfloat16, n=(8192 if a.device == "cuda" else 2048) if native else 512,
+                            device=a.device) if b else matmul_peak(torch.float32, device=a.device)
              for b in {r["bf16"] for r in results}}
     for r in results:
         flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r["tokens"], r.pop("qk"),

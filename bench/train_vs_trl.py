@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -46,10 +47,10 @@ def _encode(init: Path, rows: list[dict], max_length: int):
     return model, tok, tokenize_pairs(SequenceEncoder(tok, max_length, model.is_encoder), examples)
 
 
-def _accuracy(model, tok, pairs) -> float:
+def _accuracy(model, tok, pairs, device: str = "cpu") -> float:
     from rewardkit.scoring import pair_rewards
 
-    rc, rr = pair_rewards(model, pairs, pad_id=tok.pad_token_id, batch_size=16)
+    rc, rr = pair_rewards(model, pairs, pad_id=tok.pad_token_id, batch_size=16, device=device)
     return float((rc > rr).double().mean())
 
 
@@ -63,7 +64,7 @@ def worker_trl(spec: dict) -> dict:
 
     from rewardkit.models.reward_model import RewardModel
 
-    init = Path(spec["init"])
+    init, device = Path(spec["init"]), spec.get("device", "cpu")
     b0 = time.perf_counter()  # bench work: rewardkit's token ids for TRL, and the held-out pairs
     _, _, train_pairs = _encode(init, spec["train_rows"], spec["max_length"])
     eval_pairs = _encode(init, spec["eval_rows"], spec["max_length"])[2] if spec["eval_rows"] else []
@@ -78,7 +79,8 @@ def worker_trl(spec: dict) -> dict:
     args = RewardConfig(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
                         learning_rate=spec["lr"], num_train_epochs=spec["epochs"], max_length=spec["max_length"],
                         lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_strategy="no",
-                        report_to=[], seed=0, use_cpu=True, dataloader_num_workers=0, **kw)
+                        report_to=[], seed=0, use_cpu=device == "cpu", dataloader_num_workers=0,
+                        **kw)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     counts = {"real": 0, "processed": 0}
     collate = trainer.data_collator
@@ -101,14 +103,15 @@ def worker_trl(spec: dict) -> dict:
     eval_pairs = [dataclasses.replace(p, chosen=dataclasses.replace(p.chosen, token_type_ids=None),
                                       rejected=dataclasses.replace(p.rejected, token_type_ids=None)) for p in eval_pairs]
     with torch.no_grad():
-        acc = _accuracy(rm, tok, eval_pairs) if eval_pairs else float("nan")
+        acc = _accuracy(rm, tok, eval_pairs, device) if eval_pairs else float("nan")
     bench_seconds += time.perf_counter() - b0
     name = "TRL defaults" if spec["engine"] == "trl" else "TRL tuned (no grad ckpt)"
     return {"engine": name + (", fp32" if spec.get("trl_fp32") else ""),
             "bench_seconds": bench_seconds,
             "seconds": seconds, "pairs": len(train_pairs) * spec["epochs"], "tokens": counts["real"],
             "processed": counts["processed"], "final_loss": losses[-1] if losses else float("nan"),
-            "accuracy": acc, "bf16": bool(args.bf16), "work": _work(train_pairs, False, spec["epochs"])}
+            "accuracy": acc, "bf16": bool(args.bf16), "work": _work(train_pairs, False, spec["epochs"]),
+            **_gpu_peak(device)}
 
 
 def worker_rewardkit(spec: dict) -> dict:
@@ -116,6 +119,9 @@ def worker_rewardkit(spec: dict) -> dict:
     from rewardkit.io import write_jsonl
     from rewardkit.train import bf16_native, train
 
+    device = spec.get("device", "cpu")
+    if device == "cpu":  # on a GPU machine too: accelerate's switch
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     d = Path(spec["out"])
     b0 = time.perf_counter()  # bench work: the data files a user already has
     write_jsonl(d / "train.jsonl", spec["train_rows"])
@@ -141,8 +147,15 @@ def worker_rewardkit(spec: dict) -> dict:
             "seconds": res.loop_seconds, "pairs": res.examples, "tokens": res.tokens,
             "processed": res.processed_tokens, "final_loss": losses[-1],
             "accuracy": res.final_eval.get("accuracy", float("nan")),
-            "bf16": bf16_native() if cfg.train.bf16 is None else cfg.train.bf16,
-            "work": _work(pairs, shared, spec["epochs"])}
+            "bf16": bf16_native(device) if cfg.train.bf16 is None else cfg.train.bf16,
+            "work": _work(pairs, shared, spec["epochs"]), **_gpu_peak(device)}
+
+
+def _gpu_peak(device: str) -> dict:
+    """Peak CUDA memory the worker's tensors took (GB), where it ran on a GPU (RSS says little there)."""
+    import torch
+
+    return {"gpu_peak_gb": torch.cuda.max_memory_allocated() / 2 ** 30} if device == "cuda" else {}
 
 
 def _work(pairs, shared: bool, epochs: float) -> list[float]:
@@ -173,6 +186,9 @@ def main() -> None:
     ap.add_argument("--trl-fp32", action="store_true",
                     help="TRL without its default bf16 autocast (what rewardkit picks, and what a TRL user picks, on "
                          "a CPU without native bf16, where bf16 is emulated and several times slower)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where both engines train (cuda: TRL with use_cpu=False, rewardkit on accelerate's GPU; "
+                         "the table adds peak CUDA memory)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -196,7 +212,7 @@ def main() -> None:
     del m
     rk = a.rewardkit if a.rewardkit is not None else []  # rewardkit's defaults
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
-                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32)
+                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32, device=a.device)
     runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
     results = []
     for i, (engine, options) in enumerate(runs):
@@ -208,7 +224,9 @@ def main() -> None:
 
     # Only the dtypes some engine used; where bf16 is emulated (no AVX512-BF16/AMX) a 2048^2 bf16 matmul takes
     # seconds, so a smaller one measures that (slow) peak.
-    peaks = {b: matmul_peak(torch.bfloat16, n=2048 if bf16_native() else 512) if b else matmul_peak(torch.float32)
+    native = bf16_native(a.device)
+    peaks = {b: matmul_peak(torch.bfloat16, n=(8192 if a.device == "cuda" else 2048) if native else 512,
+                            device=a.device) if b else matmul_peak(torch.float32, device=a.device)
              for b in {r["bf16"] for r in results}}
     for r in results:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
@@ -222,6 +240,8 @@ def main() -> None:
             ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
             ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"), ("final_loss", "final loss", ".4f"),
             ("accuracy", "held-out acc", ".3f"), ("mfu", "MFU", ".1%")]
+    if a.device == "cuda":
+        cols.insert(7, ("gpu_peak_gb", "peak CUDA GB", ".2f"))
     print(f"\n{a.model}: {a.pairs} train / {a.eval_pairs} held-out HH pairs, max_length {a.max_length}, batch "
           f"{a.batch_size}, lr {a.lr}, epochs {a.epochs}; rewardkit options: {' '.join(rk)}")
     print(f"matmul peak here ({torch.get_num_threads()} threads): " +
