@@ -59,6 +59,18 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10, device: st
     return 2 * n ** 3 / sorted(times)[len(times) // 2]
 
 
+def dtype_peaks(used_bf16: set[bool], device: str, fp32_before: float) -> dict[bool, float]:
+    """Matmul FLOP/s for each dtype the engines used (key: bf16?), measured after the runs. fp32 takes the higher of
+    this and `fp32_before` (measured before the runs): this machine's speed drifts by 10-20% over a long bench, and
+    the higher peak gives the lower, safer MFU. An emulated bf16 (no AVX512-BF16/AMX) is measured on a smaller
+    matmul, which takes seconds even so."""
+    from rewardkit.precision import bf16_native
+
+    n_bf16 = (8192 if device == "cuda" else 2048) if bf16_native(device) else 512
+    return {b: matmul_peak(torch.bfloat16, n=n_bf16, device=device) if b
+            else max(fp32_before, matmul_peak(torch.float32, device=device)) for b in used_bf16}
+
+
 def work_counts(pairs, shared_prompt: bool) -> tuple[int, int]:
     """(tokens, query-key pairs) one pass over `pairs` computes, padding left out.
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BACKBONES, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
+from common import (BACKBONES, dtype_peaks, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
                     run_worker, table)
 from train_vs_trl import _encode  # noqa: E402
 
@@ -158,6 +158,9 @@ def main() -> None:
     _, rows = hh_rows(0, a.pairs)
     work = Path(tempfile.mkdtemp(prefix="rk-score-bench-"))
     init = make_initial_model(a.model, work / "init")
+    import torch
+
+    fp32_before = matmul_peak(torch.float32, device=a.device)
     results = []
     runs = [(e, m) for e in a.engines for m in (a.max_tokens if e == "rewardkit" else [None])]
     for i, (engine, max_tokens) in enumerate(runs):
@@ -168,19 +171,13 @@ def main() -> None:
                                                        max_length=a.max_length, batch_size=a.batch_size,
                                                        max_tokens=max_tokens, repeats=a.repeats,
                                                        trl_fp32=a.trl_fp32, device=a.device)))
-    import torch
     from transformers import AutoConfig
 
     from rewardkit.models.reward_model import RewardModel
-    from rewardkit.precision import bf16_native
 
     hf_cfg = AutoConfig.from_pretrained(init)
     n_params = matmul_params(RewardModel.from_pretrained(str(init))[0])
-    # Only the dtypes some engine used; an emulated bf16 (no AVX512-BF16/AMX) is measured on a smaller matmul.
-    native = bf16_native(a.device)
-    peaks = {b: matmul_peak(torch.bfloat16, n=(8192 if a.device == "cuda" else 2048) if native else 512,
-                            device=a.device) if b else matmul_peak(torch.float32, device=a.device)
-             for b in {r["bf16"] for r in results}}
+    peaks = dtype_peaks({r["bf16"] for r in results}, a.device, fp32_before)
     for r in results:
         flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r["tokens"], r.pop("qk"),
                             backward=False)
@@ -192,7 +189,7 @@ def main() -> None:
     print(table(results, [("engine", "engine", ""), ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
                           ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"),
                           ("accuracy", "accuracy", ".3f"), ("mfu", "MFU", ".1%")]))
-    print(f"matmul peak here ({torch.get_num_threads()} threads): " +
+    print(f"matmul peak here ({torch.get_num_threads()} threads; fp32: the higher of before and after the runs): " +
           ", ".join(f"{'bf16' if k else 'fp32'} {v / 1e9:.0f} GFLOP/s" for k, v in sorted(peaks.items())))
     by = dict(zip((e for e, _ in runs), results))  # each engine's first run
     for (engine, _), r in zip(runs, results):

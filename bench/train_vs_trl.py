@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BACKBONES, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
+from common import (BACKBONES, dtype_peaks, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
                     run_worker, table, work_counts)  # noqa: E402
 
 
@@ -214,20 +214,14 @@ def main() -> None:
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
                 batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32, device=a.device)
     runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
+    fp32_before = matmul_peak(torch.float32, device=a.device)
     results = []
     for i, (engine, options) in enumerate(runs):
         out = work / f"run{i}"
         out.mkdir()
         print(f"running {engine} {' '.join(options)} ...", file=sys.stderr, flush=True)
         results.append(run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options}))
-    from rewardkit.train import bf16_native
-
-    # Only the dtypes some engine used; where bf16 is emulated (no AVX512-BF16/AMX) a 2048^2 bf16 matmul takes
-    # seconds, so a smaller one measures that (slow) peak.
-    native = bf16_native(a.device)
-    peaks = {b: matmul_peak(torch.bfloat16, n=(8192 if a.device == "cuda" else 2048) if native else 512,
-                            device=a.device) if b else matmul_peak(torch.float32, device=a.device)
-             for b in {r["bf16"] for r in results}}
+    peaks = dtype_peaks({r["bf16"] for r in results}, a.device, fp32_before)
     for r in results:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["whole_seconds"] = r["process_seconds"] - r.pop("bench_seconds")
@@ -244,7 +238,7 @@ def main() -> None:
         cols.insert(7, ("gpu_peak_gb", "peak CUDA GB", ".2f"))
     print(f"\n{a.model}: {a.pairs} train / {a.eval_pairs} held-out HH pairs, max_length {a.max_length}, batch "
           f"{a.batch_size}, lr {a.lr}, epochs {a.epochs}; rewardkit options: {' '.join(rk)}")
-    print(f"matmul peak here ({torch.get_num_threads()} threads): " +
+    print(f"matmul peak here ({torch.get_num_threads()} threads; fp32: the higher of before and after the runs): " +
           ", ".join(f"{'bf16' if k else 'fp32'} {v / 1e9:.0f} GFLOP/s" for k, v in sorted(peaks.items())))
     print(table(results, cols))
     for ours in (r for r in results if not r["engine"].startswith("TRL")):

@@ -1,4 +1,5 @@
-"""Reading files and turning rows of every supported format into `PreferenceExample`s."""
+"""Turning rows of every supported format into `PreferenceExample`s, and the errors for bad rows (reading the
+files themselves: test_readers.py)."""
 
 from __future__ import annotations
 
@@ -8,154 +9,10 @@ import logging
 import pytest
 
 from conftest import HH_DATA, write_jsonl
+from format_rows import EXPECTED, ROWS, assistant, strip_source, user
 from rewardkit.config import Columns
 from rewardkit.data import DataError, read_rows
 from rewardkit.data.pairs import PreferenceExample, detect_format, load_preferences, split_transcripts, to_example
-
-ROWS = [
-    {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "margin": 1.5},
-    {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon", "margin": 0.5},
-    {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No.", "margin": 2.0},
-]
-EXPECTED = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in ROWS]
-
-
-def _strip_source(examples):
-    return [PreferenceExample(e.prompt, e.chosen, e.rejected, e.margin) for e in examples]
-
-
-def _u(text):
-    return {"role": "user", "content": text}
-
-
-def _a(text):
-    return {"role": "assistant", "content": text}
-
-
-# --------------------------------------------------------------------------- reading files
-
-def test_read_jsonl_rows_and_line_numbers(tmp_path):
-    path = tmp_path / "d.jsonl"
-    # a blank line in the middle still counts for line numbers
-    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n")
-    got = list(read_rows(str(path)))
-    assert [r for _, r in got] == ROWS[:2]
-    assert [w for w, _ in got] == [f"{path}:line 1", f"{path}:line 3"]
-
-
-@pytest.mark.parametrize("wrap", [False, True], ids=["list", "data-wrapper"])
-def test_read_json(tmp_path, wrap):
-    path = tmp_path / "d.json"
-    path.write_text(json.dumps({"data": ROWS} if wrap else ROWS, indent=2))
-    got = list(read_rows(str(path)))
-    assert [r for _, r in got] == ROWS
-    assert got[2][0] == f"{path}:row 3"
-    examples, report = load_preferences(str(path))
-    assert _strip_source(examples) == EXPECTED
-    assert report.rows == 3 and report.skipped == 0
-
-
-def test_read_json_not_a_list_errors(tmp_path):
-    path = tmp_path / "d.json"
-    path.write_text(json.dumps({"a": 1, "b": 2}))
-    with pytest.raises(DataError, match="list of rows") as e:
-        list(read_rows(str(path)))
-    assert "d.json" in str(e.value)
-
-
-def test_read_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    path = tmp_path / "d.parquet"
-    pq.write_table(pa.Table.from_pylist(ROWS), path)
-    got = list(read_rows(str(path)))
-    assert [r for _, r in got] == ROWS
-    assert got[0][0] == f"{path}:row 1"
-    examples, _ = load_preferences(str(path))
-    assert _strip_source(examples) == EXPECTED
-
-
-def test_read_parquet_with_message_lists(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    rows = [{"prompt": [_u("hi")], "chosen": [_a("hello")], "rejected": [_a("go away")]}] * 2
-    path = tmp_path / "chat.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    examples, _ = load_preferences(str(path))
-    assert examples[1].prompt == [_u("hi")] and examples[1].chosen == [_a("hello")]
-
-
-def test_read_csv(tmp_path):
-    path = tmp_path / "d.csv"
-    # quoted comma and newline inside a field; margin is a numeric string; BOM as Excel writes it
-    path.write_text('\ufeffprompt,chosen,rejected,margin\n'
-                    '"Hi, you",Hello,"Go\naway",0.25\n'
-                    'Q2,A,B,\n', encoding="utf-8")
-    got = list(read_rows(str(path)))
-    assert got[0][1] == {"prompt": "Hi, you", "chosen": "Hello", "rejected": "Go\naway", "margin": "0.25"}
-    assert got[0][0].endswith("d.csv:line 2")  # header is line 1, the first record spans lines 2-3
-    assert got[1][0].endswith("d.csv:line 4")
-    examples, _ = load_preferences(str(path))
-    assert examples[0] == PreferenceExample("Hi, you", "Hello", "Go\naway", 0.25, got[0][0])
-    assert examples[1].margin is None  # empty cell -> no margin
-
-
-def test_read_saved_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    path = tmp_path / "ds"
-    datasets.Dataset.from_list(ROWS).save_to_disk(str(path))
-    got = list(read_rows(str(path)))
-    assert [r for _, r in got] == ROWS
-    assert got[1][0].endswith(":row 2")
-    examples, _ = load_preferences(str(path))
-    assert _strip_source(examples) == EXPECTED
-
-
-def test_read_saved_dataset_dict_split(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    path = tmp_path / "dd"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:1]),
-                          "test": datasets.Dataset.from_list(ROWS[1:])}).save_to_disk(str(path))
-    examples, _ = load_preferences(str(path), split="test")
-    assert _strip_source(examples) == EXPECTED[1:]
-    assert "test" in examples[0].source and examples[0].source.endswith("row 1")
-    train, _ = load_preferences(str(path))  # default split "train"
-    assert _strip_source(train) == EXPECTED[:1]
-    with pytest.raises(DataError, match=r"no split `validation` \(has: train, test\)"):
-        load_preferences(str(path), split="validation")
-
-
-def test_folder_that_is_not_a_dataset_errors(tmp_path):
-    pytest.importorskip("datasets")
-    (tmp_path / "junk").mkdir()
-    with pytest.raises(DataError) as e:
-        list(read_rows(str(tmp_path / "junk")))
-    assert "junk" in str(e.value)
-
-
-@pytest.mark.parametrize("name", ["missing.jsonl", "missing.parquet", "sub/dir/missing_folder"])
-def test_missing_file_names_the_path(tmp_path, name):
-    path = str(tmp_path / name)
-    with pytest.raises(DataError, match="not found") as e:
-        load_preferences(path)
-    assert path in str(e.value)
-
-
-@pytest.mark.parametrize("source", ["./no/such/file", "no/such/folder", "~/no_such_folder_rk"])
-def test_missing_relative_path_is_not_a_hub_id(source):
-    # hub ids are "name" or "org/name"; these are paths and must not be sent to the hub
-    with pytest.raises(DataError, match="file not found") as e:
-        list(read_rows(source))
-    assert source in str(e.value)
-
-
-def test_unsupported_suffix(tmp_path):
-    path = tmp_path / "d.txt"
-    path.write_text("x")
-    with pytest.raises(DataError, match=r"unsupported file type `\.txt`"):
-        list(read_rows(str(path)))
 
 
 # --------------------------------------------------------------------------- formats
@@ -226,61 +83,61 @@ def test_implicit_empty_transcript_is_refused():
 
 
 def test_conversational_prompt_messages_and_message_responses():
-    row = {"prompt": [{"role": "system", "content": "Be nice."}, _u("hi")],
-           "chosen": [_a("hello")], "rejected": [_a("what")]}
+    row = {"prompt": [{"role": "system", "content": "Be nice."}, user("hi")],
+           "chosen": [assistant("hello")], "rejected": [assistant("what")]}
     ex = to_example(row, "conversational", Columns(), "w")
-    assert ex.prompt == row["prompt"] and ex.chosen == [_a("hello")] and ex.rejected == [_a("what")]
+    assert ex.prompt == row["prompt"] and ex.chosen == [assistant("hello")] and ex.rejected == [assistant("what")]
 
 
 def test_conversational_prompt_messages_and_string_responses():
-    row = {"prompt": [_u("hi")], "chosen": "hello", "rejected": "what"}
+    row = {"prompt": [user("hi")], "chosen": "hello", "rejected": "what"}
     assert detect_format(row, Columns()) == "conversational"
     ex = to_example(row, "conversational", Columns(), "w")
-    assert ex.chosen == [_a("hello")] and ex.rejected == [_a("what")]
+    assert ex.chosen == [assistant("hello")] and ex.rejected == [assistant("what")]
 
 
 def test_conversational_string_prompt_message_responses():
-    row = {"prompt": "hi", "chosen": [_a("hello")], "rejected": [_a("what")]}
+    row = {"prompt": "hi", "chosen": [assistant("hello")], "rejected": [assistant("what")]}
     assert detect_format(row, Columns()) == "conversational"
     ex = to_example(row, "conversational", Columns(), "w")
-    assert ex.prompt == [_u("hi")]
+    assert ex.prompt == [user("hi")]
 
 
 def test_conversational_whole_conversations_shared_prefix_is_prompt():
-    chosen = [_u("hi"), _a("hello"), _u("joke?"), _a("A good one.")]
-    rejected = [_u("hi"), _a("hello"), _u("joke?"), _a("No.")]
+    chosen = [user("hi"), assistant("hello"), user("joke?"), assistant("A good one.")]
+    rejected = [user("hi"), assistant("hello"), user("joke?"), assistant("No.")]
     row = {"chosen": chosen, "rejected": rejected}
     assert detect_format(row, Columns()) == "conversational"
     ex = to_example(row, "conversational", Columns(), "w")
     assert ex.prompt == chosen[:3]
-    assert ex.chosen == [_a("A good one.")] and ex.rejected == [_a("No.")]
+    assert ex.chosen == [assistant("A good one.")] and ex.rejected == [assistant("No.")]
 
 
 def test_conversational_identical_conversations_keep_one_response_message():
-    conv = [_u("hi"), _a("hello")]
+    conv = [user("hi"), assistant("hello")]
     ex = to_example({"chosen": conv, "rejected": list(conv)}, "conversational", Columns(), "w")
-    assert ex.prompt == [_u("hi")] and ex.chosen == [_a("hello")] == ex.rejected
+    assert ex.prompt == [user("hi")] and ex.chosen == [assistant("hello")] == ex.rejected
 
 
 @pytest.mark.parametrize("empty", ["", []], ids=["empty-string", "empty-list"])
 def test_conversational_empty_prompt_means_whole_conversations(empty):
-    row = {"prompt": empty, "chosen": [_u("hi"), _a("hello")], "rejected": [_u("hi"), _a("no")]}
+    row = {"prompt": empty, "chosen": [user("hi"), assistant("hello")], "rejected": [user("hi"), assistant("no")]}
     ex = to_example(row, "conversational", Columns(), "w")
-    assert ex.prompt == [_u("hi")] and ex.chosen == [_a("hello")] and ex.rejected == [_a("no")]
+    assert ex.prompt == [user("hi")] and ex.chosen == [assistant("hello")] and ex.rejected == [assistant("no")]
 
 
 def test_conversational_responses_repeating_the_prompt_are_not_duplicated():
     # UltraFeedback-binarized layout: prompt string, chosen/rejected the whole conversation
-    row = {"prompt": "hi", "chosen": [_u("hi"), _a("hello")], "rejected": [_u("hi"), _a("no")]}
+    row = {"prompt": "hi", "chosen": [user("hi"), assistant("hello")], "rejected": [user("hi"), assistant("no")]}
     ex = to_example(row, "conversational", Columns(), "w")
-    assert ex.prompt == [_u("hi")] and ex.chosen == [_a("hello")] and ex.rejected == [_a("no")]
+    assert ex.prompt == [user("hi")] and ex.chosen == [assistant("hello")] and ex.rejected == [assistant("no")]
 
 
 def test_conversational_bad_message_names_the_field():
-    row = {"prompt": [_u("hi")], "chosen": [{"role": "assistant"}], "rejected": [_a("x")]}
+    row = {"prompt": [user("hi")], "chosen": [{"role": "assistant"}], "rejected": [assistant("x")]}
     with pytest.raises(DataError, match=r"`chosen\[0\]\.content`: missing"):
         to_example(row, "conversational", Columns(), "f:line 2")
-    row = {"prompt": [_u("hi")], "chosen": [_a("x")], "rejected": [{"role": "assistant", "content": 3}]}
+    row = {"prompt": [user("hi")], "chosen": [assistant("x")], "rejected": [{"role": "assistant", "content": 3}]}
     with pytest.raises(DataError, match=r"`rejected\[0\]\.content`"):
         to_example(row, "conversational", Columns(), "f:line 2")
 
@@ -291,8 +148,8 @@ SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from":
 
 def test_sharegpt():
     ex = to_example(SHAREGPT, "sharegpt", Columns(), "w")
-    assert ex.prompt == [{"role": "system", "content": "Be brief."}, _u("hi")]
-    assert ex.chosen == [_a("hello")] and ex.rejected == [_a("bye")]
+    assert ex.prompt == [{"role": "system", "content": "Be brief."}, user("hi")]
+    assert ex.chosen == [assistant("hello")] and ex.rejected == [assistant("bye")]
 
 
 def test_sharegpt_unknown_role_names_the_field():
@@ -304,9 +161,9 @@ def test_sharegpt_unknown_role_names_the_field():
 @pytest.mark.parametrize("row, fmt", [
     ({"prompt": "p", "chosen": "c", "rejected": "r"}, "explicit"),
     ({"chosen": HH_SINGLE_C, "rejected": HH_SINGLE_R}, "implicit"),
-    ({"prompt": [_u("p")], "chosen": [_a("c")], "rejected": [_a("r")]}, "conversational"),
-    ({"prompt": [_u("p")], "chosen": "c", "rejected": "r"}, "conversational"),
-    ({"chosen": [_u("p"), _a("c")], "rejected": [_u("p"), _a("r")]}, "conversational"),
+    ({"prompt": [user("p")], "chosen": [assistant("c")], "rejected": [assistant("r")]}, "conversational"),
+    ({"prompt": [user("p")], "chosen": "c", "rejected": "r"}, "conversational"),
+    ({"chosen": [user("p"), assistant("c")], "rejected": [user("p"), assistant("r")]}, "conversational"),
     (SHAREGPT, "sharegpt"),
 ])
 def test_auto_detection(tmp_path, caplog, row, fmt):
@@ -335,7 +192,7 @@ def test_detection_is_not_decided_by_a_malformed_first_row(tmp_path):
         load_preferences(str(path))
     assert "d.jsonl:line 1" in str(e.value) and "`prompt`" in str(e.value)
     examples, report = load_preferences(str(path), on_error="skip")
-    assert report.skipped == 1 and _strip_source(examples) == EXPECTED
+    assert report.skipped == 1 and strip_source(examples) == EXPECTED
 
 
 def test_column_mapping(tmp_path):
@@ -467,7 +324,7 @@ def test_on_error_must_be_known(tmp_path):
 def test_max_samples(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ROWS)
     examples, report = load_preferences(str(path), max_samples=2)
-    assert _strip_source(examples) == EXPECTED[:2] and report.rows == 2
+    assert strip_source(examples) == EXPECTED[:2] and report.rows == 2
 
 
 # --------------------------------------------------------------------------- real data

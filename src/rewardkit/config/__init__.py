@@ -19,8 +19,9 @@ from rewardkit.config.commands import (COMMANDS, CalibrateRunConfig, EvalRunConf
                                        ServeRunConfig, TrainConfig, TrainRunConfig)
 from rewardkit.config.groups import (FORMATS, LOSS_NAMES, MODEL_KINDS, SCORE_MAX_TOKENS, Columns, DataConfig, MaxLength, ModelConfig,
                                      PairsInput, RowsInput, SavedModel, ScoringConfig, Source)
-from rewardkit.config.schema import (ConfigError, FieldError, all_keys, check_values, closest_key, describe,
-                                     flat_config, load_config, parse_override, parse_overrides, to_dict)
+from rewardkit.config.help import describe
+from rewardkit.config.schema import (ConfigError, FieldError, all_keys, check_values, closest_key, flat_config,
+                                     load_config, parse_override, parse_overrides, to_dict)
 
 __all__ = ["COMMANDS", "FORMATS", "LOSS_NAMES", "MODEL_KINDS", "SCORE_MAX_TOKENS", "CalibrateRunConfig", "Columns", "ConfigError",
            "DataConfig", "EvalRunConfig", "FieldError", "FilterRunConfig", "LossConfig", "MakePairsRunConfig",
