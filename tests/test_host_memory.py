@@ -14,6 +14,7 @@ from rewardkit.train import loop as train_loop
 
 
 _PROBE = """
+import torch
 from rewardkit.train import host_memory
 
 def rss():
