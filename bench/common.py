@@ -78,11 +78,13 @@ def work_counts(pairs, shared_prompt: bool) -> tuple[int, int]:
     or not). A shared-prompt unit [prompt p][chosen c][rejected r] computes p + c + r tokens and p^2 + c (p + c)
     + r (p + r) pairs; a pair whose two prompts truncation cut differently is laid out plain, as rewardkit's
     collator does."""
+    from rewardkit.data.packing import shared_prompt_length
+
     tokens = qk = 0
     for pair in pairs:
         c, r = pair.chosen.input_ids, pair.rejected.input_ids
-        p = min(pair.chosen.response_start, pair.rejected.response_start)
-        if shared_prompt and p > 0 and c[:p] == r[:p]:
+        p = shared_prompt_length(pair) if shared_prompt else 0
+        if p:
             nc, nr = len(c) - p, len(r) - p
             tokens += p + nc + nr
             qk += p * p + nc * (p + nc) + nr * (p + nr)

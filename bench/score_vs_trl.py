@@ -36,7 +36,7 @@ def _texts(rows: list[dict]) -> list[str]:
 
 def worker_texts(spec: dict) -> dict:
     """pipeline / rewardkit-texts: the same texts in, one score out per text; tokenisation is timed."""
-    init, texts, n, device = spec["init"], _texts(spec["rows"]), len(spec["rows"]), spec.get("device", "cpu")
+    init, texts, n, device = spec["init"], _texts(spec["rows"]), len(spec["rows"]), spec["device"]
     times = []
     if spec["engine"] == "pipeline":
         from transformers import AutoTokenizer, pipeline
@@ -75,7 +75,7 @@ def worker_texts(spec: dict) -> dict:
 def worker(spec: dict) -> dict:
     if spec["engine"] in ("pipeline", "rewardkit-texts"):
         return worker_texts(spec)
-    init, device = Path(spec["init"]), spec.get("device", "cpu")
+    init, device = Path(spec["init"]), spec["device"]
     model, tok, pairs = _encode(init, spec["rows"], spec["max_length"])
     real = sum(len(s.input_ids) for p in pairs for s in (p.chosen, p.rejected))
     qk = sum(len(s.input_ids) ** 2 for p in pairs for s in (p.chosen, p.rejected))  # each sequence whole

@@ -64,7 +64,7 @@ def worker_trl(spec: dict) -> dict:
 
     from rewardkit.models.reward_model import RewardModel
 
-    init, device = Path(spec["init"]), spec.get("device", "cpu")
+    init, device = Path(spec["init"]), spec["device"]
     b0 = time.perf_counter()  # bench work: rewardkit's token ids for TRL, and the held-out pairs
     _, _, train_pairs = _encode(init, spec["train_rows"], spec["max_length"])
     eval_pairs = _encode(init, spec["eval_rows"], spec["max_length"])[2] if spec["eval_rows"] else []
@@ -118,8 +118,9 @@ def worker_rewardkit(spec: dict) -> dict:
     from rewardkit.config import TrainRunConfig, load_config
     from rewardkit.io import write_jsonl
     from rewardkit.train import bf16_native, train
+    from rewardkit.train.plan import resolve_packing
 
-    device = spec.get("device", "cpu")
+    device = spec["device"]
     if device == "cpu":  # on a GPU machine too: accelerate's switch
         os.environ["ACCELERATE_USE_CPU"] = "true"
     d = Path(spec["out"])
@@ -140,7 +141,7 @@ def worker_rewardkit(spec: dict) -> dict:
               if json.loads(x)["split"] == "train"]
     model, _, pairs = _encode(Path(spec["init"]), spec["train_rows"], spec["max_length"])
     # The layout the loop computed: shared-prompt units where packing is (or `auto` makes it) shared_prompt.
-    shared = cfg.train.packing == "shared_prompt" or (cfg.train.packing == "auto" and not model.is_encoder)
+    shared = resolve_packing(cfg.train.packing, model.is_encoder) == "shared_prompt"
     bench_seconds += time.perf_counter() - b0
     return {"engine": "rewardkit " + (" ".join(o.split(".")[-1] for o in spec["rk_options"]) or "defaults"),
             "bench_seconds": bench_seconds,

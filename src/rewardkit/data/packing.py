@@ -41,11 +41,19 @@ def _lone(seq: TokenizedSequence, number: int) -> _Segment:
                     [(number, 0, n - 1, seq.response_start, max(seq.response_start - 1, 0))])
 
 
-def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment | None:
+def shared_prompt_length(pair: TokenizedPair) -> int:
+    """Tokens of prompt the pair's two sequences share and a shared-prompt unit computes once; 0 where there is
+    none (no prompt, or truncation cut the two prompts differently: the pair is then laid out plain)."""
     c, r = pair.chosen, pair.rejected
     p = min(c.response_start, r.response_start)
-    if p == 0 or c.input_ids[:p] != r.input_ids[:p]:
-        return None  # truncation cut the two prompts differently: no shared prefix to reuse
+    return p if p > 0 and c.input_ids[:p] == r.input_ids[:p] else 0
+
+
+def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment | None:
+    c, r = pair.chosen, pair.rejected
+    p = shared_prompt_length(pair)
+    if p == 0:
+        return None
     nc, nr = len(c.input_ids) - p, len(r.input_ids) - p
     ids = c.input_ids + r.input_ids[p:]
     positions = list(range(p + nc)) + list(range(p, p + nr))

@@ -39,10 +39,9 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     # Grouped-query attention. On CPU, SDPA shares each KV head across its query heads itself and saves the
     # unexpanded keys and values for backward; only the explicit ops need them repeated. CUDA's memory-efficient
     # kernel (the one masked units take) refuses enable_gqa and would fall back to the math path, so there the
-    # keys and values are repeated.
+    # keys and values are repeated once, up front.
     reps = query.shape[1] // key.shape[1]
-    gqa = reps > 1 and query.device.type == "cpu"
-    if reps > 1 and not gqa:
+    if reps > 1 and query.device.type != "cpu":
         key, value = key.repeat_interleave(reps, dim=1), value.repeat_interleave(reps, dim=1)
         reps = 1
     causal = bool(getattr(module, "is_causal", False))
@@ -63,7 +62,7 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling))
         else:
             outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                                       dropout_p=p, scale=scaling, enable_gqa=gqa))
+                                                       dropout_p=p, scale=scaling, enable_gqa=reps > 1))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 

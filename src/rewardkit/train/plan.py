@@ -36,6 +36,13 @@ def _item_tokens(item: Any) -> int:
     return 1
 
 
+def resolve_packing(packing: str, is_encoder: bool) -> str:
+    """`train.packing` as the loop applies it: `auto` = plain for encoders, shared_prompt for decoders."""
+    if packing == "auto":
+        return "plain" if is_encoder else "shared_prompt"
+    return packing
+
+
 def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfig, num_processes: int = 1,
                   process_index: int = 0) -> tuple[RankBatches, Callable, Callable, bool]:
     """(this process's micro-batches, collate, fetch: indices -> items, fixed: batches hold batch_size items).
@@ -58,9 +65,7 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
         sampler = LengthGroupedBatchSampler([1] * len(items), batch_size=global_batch, seed=cfg.seed, group=False)
         return RankBatches(follow_mixture(sampler, items, None), split=True, **deal), objective.collator(pad_id), \
             fetch, True
-    packing = t.packing
-    if packing == "auto":
-        packing = "plain" if model.is_encoder else "shared_prompt"
+    packing = resolve_packing(t.packing, model.is_encoder)
     if packing != "none" and t.row_length:
         # Fixed rows filled first-fit over the whole window: ~0.3% padding; best where attention is varlen (GPU).
         shared = packing == "shared_prompt"
