@@ -11,7 +11,7 @@ Two more engines score the same pairs from their TEXTS (tokenisation inside the 
 `transformers.pipeline("text-classification")` on the same model folder in fp32, batch 16, truncation at
 max_length, raw scores (function_to_apply="none"), chosen and rejected full texts in file order; and
 rewardkit's `RewardScorer` on the same texts (`encode_text` + its batched forward, precision as `rewardkit
-score` picks it). The pipeline keeps the start of a too-long text and rewardkit its end; both cap at max_length.
+score` picks it for a model rewardkit trained on this machine: bf16 where native). The pipeline keeps the start of a too-long text and rewardkit its end; both cap at max_length.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def worker_texts(spec: dict) -> dict:
         from rewardkit.scoring import RewardScorer
 
         scorer = RewardScorer.load(init, max_length=spec["max_length"], device=device,
-                                   bf16=resolve_bf16(None, device))
+                                   bf16=resolve_bf16(None, device, trained="bf16"))  # as for a model trained here
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
             seqs = [scorer.encode_text(t) for t in texts]

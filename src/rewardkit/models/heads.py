@@ -55,11 +55,22 @@ def pool(flat: torch.Tensor, readout: str, *, last: torch.Tensor, first: torch.T
         return flat[last]
     if readout == "mean":
         keep = response_seq >= 0
-        sums = torch.zeros(n, flat.shape[-1], dtype=flat.dtype, device=flat.device)
-        sums.index_add_(0, response_seq[keep], flat[keep])
+        # Summed in fp32: a bf16 running sum over hundreds of tokens keeps ~3 significant digits.
+        sums = torch.zeros(n, flat.shape[-1], dtype=torch.float32, device=flat.device)
+        sums.index_add_(0, response_seq[keep], flat[keep].float())
         counts = torch.bincount(response_seq[keep], minlength=n).clamp(min=1)
-        return sums / counts.unsqueeze(-1).to(flat.dtype)
+        return sums / counts.unsqueeze(-1)
     return flat[first]
+
+
+def full_precision(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` outside any autocast, in the module's own weight dtype (fp32 for a trained head).
+
+    Under bf16 autocast a head's output is rounded to bf16 (~3 significant digits): close chosen/rejected
+    rewards then tie or swap, and the loss sees rounded margins. The heads are a sliver of the FLOPs."""
+    dtype = next(module.parameters()).dtype
+    with torch.autocast(x.device.type, enabled=False):
+        return module(x.to(dtype))
 
 
 def _init_linear(layer: nn.Module, gen: torch.Generator) -> None:
@@ -104,15 +115,15 @@ class ScalarHead(nn.Module):
 
     def forward(self, f: Features) -> HeadOutput:
         if not self.encoder_cls:
-            return HeadOutput(self.linear(f.pooled)[:, 0].float())
+            return HeadOutput(full_precision(self.linear, f.pooled)[:, 0].float())
         pooler, dropout = self._hf_parts
         first = f.pooled.unsqueeze(1)  # (N, 1, H): HF's heads read position 0 of a sequence
         x = dropout(pooler(first)) if pooler is not None else first
-        return HeadOutput(self.linear(x)[:, 0].float())
+        return HeadOutput(full_precision(self.linear, x)[:, 0].float())
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """The linear head on every state: (..., H) -> (...,) float32 (the token-level loss trains these)."""
-        return self.linear(hidden)[..., 0].float()
+        return full_precision(self.linear, hidden)[..., 0].float()
 
     def hf_equivalent(self, readout: str, encoder: bool) -> bool:
         return readout == ("cls" if encoder else "last")
@@ -229,13 +240,13 @@ class AttributeHead(nn.Module):
     def forward(self, f: Features) -> HeadOutput:
         """score (N,); extras: attributes (N, A) raw predictions, debiased (N, A), gate (N, A)."""
         self._need_attributes()
-        attrs = self.attr_head(f.pooled).float()
+        attrs = full_precision(self.attr_head, f.pooled).float()
         debiased = attrs
         if self.verbosity_attribute is not None:
             v = self.attribute_names.index(self.verbosity_attribute)
             debiased = attrs - self.debias[None, :] * attrs[:, v:v + 1]
         gate = (torch.full_like(attrs, 1.0 / attrs.shape[1]) if self.gate is None
-                else self.gate(f.prompt.float()))
+                else full_precision(self.gate, f.prompt))
         return HeadOutput(gated_scores(debiased, gate), {"attributes": attrs, "debiased": debiased, "gate": gate})
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
