@@ -119,7 +119,8 @@ def test_cli_eval_and_rank_with_a_pair_ranker(runs, rps, tmp_path, capsys):
     held_out = _rows(rps[1])
     assert main(["eval", str(out), str(rps[1]), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert stats["accuracy"] == pytest.approx(_accuracy(load_judge(out), held_out))
+    # bf16=None: the precision the CLI resolves (bf16 where native for a model trained in it)
+    assert stats["accuracy"] == pytest.approx(_accuracy(load_judge(out, bf16=None), held_out))
     gen = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "Game 7: red blue. Your move?",
                                                 "responses": ["rock rock rock", "paper paper paper", "rock rock rock"]}])
     for strategy in ("matrix", "knockout"):
@@ -127,7 +128,7 @@ def test_cli_eval_and_rank_with_a_pair_ranker(runs, rps, tmp_path, capsys):
         assert main(["rank", str(out), "--input", str(gen), "--output", str(ranked_file),
                      f"model.rank_strategy={strategy}"]) == 0
         ranked = _rows(ranked_file)[0]
-        want = load_judge(out).rank("Game 7: red blue. Your move?", ranked["responses"], strategy=strategy)
+        want = load_judge(out, bf16=None).rank("Game 7: red blue. Your move?", ranked["responses"], strategy=strategy)
         assert ranked["scores"] == pytest.approx(want.scores) and ranked["best_index"] == want.best == 1
     capsys.readouterr()
     assert main(["filter", str(out), "--input", str(gen), "--output", str(tmp_path / "f.jsonl"),
