@@ -8,10 +8,13 @@
 #      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless);
 #   3. bench/score_vs_trl.py --device cuda: TRL evaluate, rewardkit, transformers pipeline, RewardScorer on texts;
 #   4. bench/serve_load.py --server-args=--device=cuda: 64 one-text clients, batching on vs off, 15 s each.
-# Usage: bench/gpu_check.sh [extra pytest args]      (from the repository root; PYTHON overrides the interpreter)
+# Usage: bench/gpu_check.sh [extra pytest args]      (from the repository root; PYTHON overrides the interpreter,
+#        RESULTS=DIR also writes each bench's results there as JSON)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+RESULTS=${RESULTS:-}
+json() { [ -n "$RESULTS" ] && echo "--json $RESULTS/$1.json" || true; }
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 "$PY" - <<'PYEOF'
@@ -22,7 +25,7 @@ print("gpu_check: %d x %s, torch %s" % (torch.cuda.device_count(), torch.cuda.ge
 PYEOF
 
 start=$SECONDS
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu "$@" || echo "gpu_check: tests/gpu failed"
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu "$@" || echo "gpu_check: tests/gpu failed"
 echo "gpu_check: tests/gpu took $((SECONDS - start)) s"
 
 step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is reported, the next still runs
@@ -34,9 +37,9 @@ step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is re
 
 if [ -f ../shared/data/hh-harmless/train.jsonl ]; then
     step "train bench" 200 "$PY" bench/train_vs_trl.py --device cuda --model minilm --pairs 1000 --eval-pairs 200 \
-        --engines trl rewardkit
-    step "score bench" 100 "$PY" bench/score_vs_trl.py --device cuda --model minilm --pairs 600 --repeats 3
+        --engines trl rewardkit $(json train)
+    step "score bench" 100 "$PY" bench/score_vs_trl.py --device cuda --model minilm --pairs 600 --repeats 3 $(json score)
 else
     echo "gpu_check: ../shared/data/hh-harmless/train.jsonl not found; train and score benches skipped"
 fi
-step "serve load" 90 "$PY" bench/serve_load.py --duration 15 --server-args=--device=cuda
+step "serve load" 90 "$PY" bench/serve_load.py --duration 15 --server-args=--device=cuda $(json serve)
