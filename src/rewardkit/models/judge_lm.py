@@ -22,6 +22,7 @@ from torch import nn
 from rewardkit.batches import SequenceBatch
 from rewardkit.models import causal_lm
 from rewardkit.models.backbone import CONFIG_KEY, resolve_path, set_attention
+from rewardkit.models.segment_attention import planless_attention
 from rewardkit.models.lora import (ADAPTER_WEIGHTS, ALL_LINEAR, LoraSpec, LoraState, base_name, is_adapter_param,
                                    remove_stale_files, require_peft, saved_block)
 
@@ -169,13 +170,14 @@ class JudgeLM(nn.Module):
         """(N, V) float32 logits of the token after each row's last real token (rows padded on either side;
         positions count real tokens only). Seq2seq LMs: the first decoder step."""
         ids, mask = left_align(batch.input_ids, batch.attention_mask)
-        if self.seq2seq:
-            start = self.hf.config.decoder_start_token_id
-            dec = torch.full((ids.shape[0], 1), start if start is not None else 0, dtype=torch.long,
-                             device=ids.device)
-            return self.hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits[:, -1].float()
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        out = self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False)
+        with planless_attention(ids.device):
+            if self.seq2seq:
+                start = self.hf.config.decoder_start_token_id
+                dec = torch.full((ids.shape[0], 1), start if start is not None else 0, dtype=torch.long,
+                                 device=ids.device)
+                return self.hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits[:, -1].float()
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            out = self.hf(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False)
         return out.logits[:, -1].float()
 
     def label_scores(self, batch: SequenceBatch, labels: Sequence[Sequence[int]]) -> torch.Tensor:

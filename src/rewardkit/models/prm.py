@@ -18,6 +18,7 @@ from torch import nn
 
 from rewardkit.batches import SequenceBatch
 from rewardkit.models.heads import ScalarHead, _init_linear
+from rewardkit.models.segment_attention import planless_attention
 
 DEFAULT_SEPARATOR = "\n"  # TRL's `step_separator` default (kept equal to data.steps.DEFAULT_SEPARATOR)
 
@@ -58,7 +59,8 @@ def step_logits(model: nn.Module, sequences: SequenceBatch, positions: torch.Ten
     if not bool(sequences.attention_mask[:, 0].all()):
         raise ValueError("step_logits needs right-padded batches")
     kw = {"token_type_ids": sequences.token_type_ids} if sequences.token_type_ids is not None else {}
-    hidden = model.hf.base_model(input_ids=sequences.input_ids, attention_mask=sequences.attention_mask,
-                                 **kw).last_hidden_state  # (N, T, H)
+    with planless_attention(sequences.input_ids.device):
+        hidden = model.hf.base_model(input_ids=sequences.input_ids, attention_mask=sequences.attention_mask,
+                                     **kw).last_hidden_state  # (N, T, H)
     at = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (N, S, H)
     return model.head.values(at)

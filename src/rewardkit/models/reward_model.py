@@ -28,7 +28,7 @@ from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encode
 from rewardkit.models.folder_check import check_model_folder
 from rewardkit.models.heads import READOUTS, Features, HeadOutput, pool
 from rewardkit.models.lora import LoraSpec
-from rewardkit.models.segment_attention import NAME as SEGMENTS, use_segment_attention
+from rewardkit.models.segment_attention import NAME as SEGMENTS, planless_attention, use_segment_attention
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,10 @@ def _drop_quantization_config(path: Path) -> None:
 
 def backbone_hidden(hf: nn.Module, batch: Sequences) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one backbone forward of every batch layout: (M, H) last hidden states of `hf.base_model` and flat
-    indices into them: last, first, prompt_end (N,), response_seq (M,) and the token ids `ids` (M,)."""
-    return packed_hidden(hf, batch) if isinstance(batch, PackedBatch) else padded_hidden(hf, batch)
+    indices into them: last, first, prompt_end (N,), response_seq (M,) and the token ids `ids` (M,).
+    On CUDA without cuDNN attention, whatever attention the model uses (segment_attention.PLANLESS_BACKENDS)."""
+    with planless_attention(batch.input_ids.device):
+        return packed_hidden(hf, batch) if isinstance(batch, PackedBatch) else padded_hidden(hf, batch)
 
 
 def padded_hidden(hf: nn.Module, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

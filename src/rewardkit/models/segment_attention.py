@@ -14,14 +14,27 @@ backward, 1.5-1.9x forward only, 128-512 tokens, head dim 32), so fp32 units alw
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "rewardkit_segments"  # the name transformers' attention registry knows this function by
 _registered = False
 EXPLICIT_MAX_LEN = 512  # CPU: units up to this many tokens take `explicit_attention` (see module docstring)
 EXPLICIT_DTYPES = (torch.bfloat16,)  # ... when their queries are in one of these dtypes
+# cuDNN's SDPA builds a plan for each new shape and stride it meets (hundreds of ms each: pytorch PR 155958).
+# Reward-model batches change shape every step, and a flat batch holds one length per unit, so on CUDA only the
+# kernels that need no plan may run. Measured on an H200 before this: 1.8 s per MiniLM step (README).
+PLANLESS_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+PLANLESS_DEVICES = ("cuda",)  # where cuDNN attention exists (tests add "cpu" to watch the switch)
+
+
+def planless_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """SDPA without the cuDNN backend on CUDA (see PLANLESS_BACKENDS); nothing changes elsewhere."""
+    return sdpa_kernel(PLANLESS_BACKENDS) if device.type in PLANLESS_DEVICES else contextlib.nullcontext()
 
 
 def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -34,8 +47,9 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     or None for the module's own pattern (causal for decoders, full for encoders). Without rk_units this is
     plain SDPA with transformers' usual masks, so padded batches (eval, scoring) work unchanged."""
     if rk_units is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        with planless_attention(query.device):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, **kwargs)
     # Grouped-query attention. On CPU, SDPA shares each KV head across its query heads itself and saves the
     # unexpanded keys and values for backward; only the explicit ops need them repeated. CUDA's memory-efficient
     # kernel (the one masked units take) refuses enable_gqa and would fall back to the math path, so there the
@@ -55,14 +69,16 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     # gradient of the full row.
     parts = zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))
     outs = []
-    for (q, k, v), (_, _, mask) in zip(parts, rk_units):
-        if q.shape[2] <= explicit:
-            if reps > 1:
-                k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
-            outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling))
-        else:
-            outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                                       dropout_p=p, scale=scaling, enable_gqa=reps > 1))
+    with planless_attention(query.device):  # here too: gradient checkpointing recomputes outside the model call
+        for (q, k, v), (_, _, mask) in zip(parts, rk_units):
+            if q.shape[2] <= explicit:
+                if reps > 1:
+                    k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
+                outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling))
+            else:
+                outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                           is_causal=causal and mask is None, dropout_p=p,
+                                                           scale=scaling, enable_gqa=reps > 1))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
