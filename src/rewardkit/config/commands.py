@@ -67,6 +67,8 @@ class TrainConfig:
     checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (a larger N "
                                   "uses more memory and runs faster).")
     compile: bool = _f(False, "torch.compile the backbone (slow first steps; pays off on long runs).")
+    shared_casts: bool = _f(True, "Under bf16: cast an input that several projections share (q/k/v, gate/up) to "
+                                  "bf16 once instead of once per projection; their gradients then add in bf16.")
     report_to: str | list[str] = _f("none", "Experiment trackers that get the rows of metrics.jsonl: none, "
                                             "tensorboard (OUTPUT_DIR/<train.project>/), wandb (offline unless "
                                             "WANDB_MODE or WANDB_API_KEY is set), or a list of them.")

@@ -27,6 +27,7 @@ from rewardkit.data.mixing import MixtureDataset
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
 from rewardkit.models.backbone import disable_dropout
+from rewardkit.models.shared_casts import share_input_casts
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
 from rewardkit.scoring.judges import judge_class
@@ -157,6 +158,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     if t.gradient_checkpointing:
         model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                                  every_n_layers=t.checkpoint_every)
+    if t.shared_casts and bf16:
+        share_input_casts(model.hf)
     if t.compile:
         model.hf.base_model.compile(dynamic=True)
     # A weighted mixture of sources is drawn anew every epoch (data.mixing); one source is used as it is.
