@@ -185,9 +185,11 @@ def main() -> None:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         r["padding"] = 1 - r["tokens"] / r["processed"]
+        r["first_s"] = r["times"][0]  # on a GPU: kernel selection, cuDNN plans (README "On a GPU")
     print(f"\n{a.model}: scoring {a.pairs} HH pairs, max_length {a.max_length}; median of {a.repeats} passes")
     print(table(results, [("engine", "engine", ""), ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
-                          ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"),
+                          ("padding", "padding", ".1%"), ("first_s", "first pass s", ".2f"),
+                          ("peak_rss_gb", "peak RSS GB", ".2f"),
                           ("accuracy", "accuracy", ".3f"), ("mfu", "MFU", ".1%")]))
     print(f"matmul peak here ({torch.get_num_threads()} threads; fp32: the higher of before and after the runs): " +
           ", ".join(f"{'bf16' if k else 'fp32'} {v / 1e9:.0f} GFLOP/s" for k, v in sorted(peaks.items())))
