@@ -5,7 +5,8 @@
 #      step, DDP on every GPU (2+ GPUs) == one process with the global batch, FSDP trains and saves a whole
 #      model, DeepSpeed ZeRO-2/3 start, train and save (where deepspeed is installed);
 #   2. bench/train_vs_trl.py --device cuda: TRL RewardTrainer (defaults) and rewardkit on the same GPU, MiniLM-L6
-#      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless);
+#      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless); rewardkit also with batch_rows packing
+#      (one attention call per layer instead of one per unit: which layout a GPU wants is not measured yet);
 #   3. bench/score_vs_trl.py --device cuda: TRL evaluate, rewardkit, transformers pipeline, RewardScorer on texts;
 #   4. bench/serve_load.py --server-args=--device=cuda: 64 one-text clients, batching on vs off, 15 s each.
 # Usage: bench/gpu_check.sh [extra pytest args]      (from the repository root; PYTHON overrides the interpreter,
@@ -37,7 +38,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is re
 
 if [ -f ../shared/data/hh-harmless/train.jsonl ]; then
     step "train bench" 200 "$PY" bench/train_vs_trl.py --device cuda --model minilm --pairs 1000 --eval-pairs 200 \
-        --engines trl rewardkit $(json train)
+        --engines trl rewardkit --also train.pack_layout=batch_rows $(json train)
     step "score bench" 100 "$PY" bench/score_vs_trl.py --device cuda --model minilm --pairs 600 --repeats 3 $(json score)
 else
     echo "gpu_check: ../shared/data/hh-harmless/train.jsonl not found; train and score benches skipped"
