@@ -277,3 +277,44 @@ def test_weightless_copy_filled_with_a_full_state_dict_saves_the_trained_model(t
     torch.testing.assert_close(scorer.run(seqs).score, expected, atol=1e-5, rtol=0)
     assert scorer.model.mean == 0.25 and scorer.model.std == 2.0
     assert scorer.model.objective_info == {"loss": "bt"}
+
+
+_NAN_ON_RANK_1 = """
+import dataclasses, os, sys
+from rewardkit.train import loop
+
+class NanOnRank1(loop.ObjectiveModule):
+    calls = 0
+
+    def forward(self, batch):
+        res = super().forward(batch)
+        NanOnRank1.calls += 1
+        if os.environ.get("RANK") == "1" and NanOnRank1.calls == 3:  # this process's 3rd step only
+            res = dataclasses.replace(res, loss=res.loss * float("nan"))
+        return res
+
+loop.ObjectiveModule = NanOnRank1
+from rewardkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.usefixtures("launchable")
+def test_a_nan_on_one_process_skips_the_step_on_both(tiny_models, data, tmp_path):
+    """Rank 1's loss goes NaN at step 3, rank 0's stays finite: both skip that step (the main process counts it
+    and warns), neither applies a NaN update, and the run trains on to a finite model."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(_NAN_ON_RANK_1)
+    out = tmp_path / "rm"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+           str(script), "train", *_args(tiny_models["llama"], data, out, "train.max_steps=5", "train.batch_size=4")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true"), timeout=180,
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = _rows(out)
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 0, 0]
+    assert "loss" not in rows[2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if r["step"] != 3)
+    assert "step 3: loss" in p.stderr and "optimiser step skipped (1 in a row)" in p.stderr
+    weights = load_file(out / "model.safetensors")
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+    assert len(_summary_lines(p.stdout)) == 1
