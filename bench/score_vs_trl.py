@@ -60,7 +60,7 @@ def worker_texts(spec: dict) -> dict:
                                    bf16=resolve_bf16(None, device, trained="bf16"))  # as for a model trained here
         for _ in range(spec["repeats"]):
             t0 = time.perf_counter()
-            seqs = [scorer.encode_text(t) for t in texts]
+            seqs = scorer.encode_texts(texts)
             scores = scorer.run(seqs).score.tolist()
             times.append(time.perf_counter() - t0)
         lengths = [len(s.input_ids) for s in seqs]

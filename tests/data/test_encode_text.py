@@ -49,3 +49,20 @@ def test_encoder_layout_cls_text_sep():
                              tok.sep_token_id]
     assert seq.token_type_ids == [0] * len(seq.input_ids)
     assert enc.encode_text("hello world").input_ids == enc.encode("", "hello world").input_ids
+
+
+@pytest.mark.parametrize("kind", ["chat", "gpt2", "bert"])
+def test_encode_texts_in_one_call_equals_one_at_a_time(kind):
+    """The batched path (scorer, server) gives exactly encode_text's sequences: tails, padding, BOS, empty texts,
+    the character cap and truncation included."""
+    tok = bert_tokenizer() if kind == "bert" else gpt2_tokenizer(chat=kind == "chat")
+    ensure_pad_token(tok)
+    enc = SequenceEncoder(tok, 32, is_encoder=kind == "bert")
+    p, r = render(tok, PROMPT, "Paris.")
+    texts = [p + r, p + r + (tok.eos_token or "") + "\n" + (tok.pad_token or "") * 2, "", "   ", "x",
+             (tok.pad_token or "") * 3 + "left padded", (tok.bos_token or "") + "own bos",
+             " ".join(f"w{i}" for i in range(100)), "y" * (enc.max_chars + 50)]
+    one = [enc.encode_text(t) for t in texts]
+    assert enc.encode_texts(texts) == one
+    assert enc.encode_texts([]) == []
+    assert any(s.truncated for s in one)

@@ -64,6 +64,10 @@ class RewardScorer(PointwiseJudge):
         """A full prompt+response text, as a PPO trainer decodes it (see `SequenceEncoder.encode_text`)."""
         return self.encoder.encode_text(text)
 
+    def encode_texts(self, texts: Sequence[str]) -> list[TokenizedSequence]:
+        """`encode_text` for many texts in one tokenizer call."""
+        return self.encoder.encode_texts(texts)
+
     def run(self, seqs: Sequence[TokenizedSequence], **overrides: Any) -> HeadOutput:
         """The model's outputs for tokenised sequences, (N,) score plus extras, in input order; `overrides`
         replace this scorer's `run_model` settings (batch_size, max_tokens, bf16)."""
@@ -97,7 +101,7 @@ class RewardScorer(PointwiseJudge):
 
     def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries)."""
-        raw = self.run([self.encode_text(t) for t in texts]).score
+        raw = self.run(self.encode_texts(texts)).score
         return self.normalize(raw) if normalize else raw
 
     def score_messages(self, conversations: Sequence[list[Message]], *, normalize: bool = False) -> list[float]:

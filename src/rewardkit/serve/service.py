@@ -225,7 +225,11 @@ class RewardService:
                               "/v1/score (items) or /classify (messages) instead of full texts")
 
         texts = self._capped(texts)
-        return await self._score(lambda s: [s.encode_text(t) for t in texts], len(texts), fields, normalize, whole)
+        def encode(s: Judge) -> list:  # one tokenizer call where the judge has one
+            many = getattr(s, "encode_texts", None)
+            return many(texts) if many is not None else [s.encode_text(t) for t in texts]
+
+        return await self._score(encode, len(texts), fields, normalize, whole)
 
     async def score_pairs(self, prompts: Sequence[Any], responses: Sequence[Any],
                           fields: Mapping[str, Sequence[Any]] | None = None, normalize: bool | None = None) -> Scored:
