@@ -18,8 +18,8 @@ with [SEP] (an encoder tokenizer with neither reads the last prompt token).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rewardkit.data.fields import Message, Text
@@ -117,10 +117,13 @@ class SequenceEncoder:
             raise ValueError(f"data.max_length={self.max_length} is shorter than the chat template: an empty user "
                              "turn and an empty reply already overflow it; raise data.max_length")
 
+    def _cap(self, text: str) -> str:
+        """At most the last `max_chars` characters of `text` (the character cap, module doc)."""
+        return text[len(text) - self.max_chars:] if len(text) > self.max_chars else text
+
     def _ids(self, text: str) -> list[int]:
-        """Token ids of `text`, at most its last `max_chars` characters (the character cap, module doc)."""
-        if len(text) > self.max_chars:
-            text = text[len(text) - self.max_chars:]
+        """Token ids of `text`, capped (`_cap`)."""
+        text = self._cap(text)
         return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
     def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
@@ -184,7 +187,7 @@ class SequenceEncoder:
         (1,200 HH texts, MiniLM's tokenizer: 0.18-0.29 s against 0.32-0.34 s; on an H200 tokenising was most of
         the texts-in scoring time)."""
         cleaned = [self._strip_text(t) for t in texts]
-        cut = [t[len(t) - self.max_chars:] if len(t) > self.max_chars else t for t in cleaned]
+        cut = [self._cap(t) for t in cleaned]
         nonempty = [t for t in cut if t]
         ids = iter(self.tok(nonempty, add_special_tokens=False, verbose=False)["input_ids"] if nonempty else [])
         return [self._finish_text(next(ids) if t else [], len(c) > self.max_chars) for t, c in zip(cut, cleaned)]

@@ -2,7 +2,7 @@
 
 Per request: tokenise on the model's tokenizer thread (off the event loop), queue the sequences on the
 model's batcher, await the raw rewards, then normalise, combine and clip on the event loop (cheap).
-Judges that do not expose token-level batching (`encode`/`encode_text`/`run`: pairwise rankers, generative
+Judges that do not expose token-level batching (`encode`/`encode_texts`/`run`: pairwise rankers, generative
 judges, DPO and process rewards) run whole calls on that model's one worker thread instead; compare and rank
 go to the judge itself when one such model is served, and kinds without per-text scores refuse the
 score routes with `NoScores`.
@@ -88,7 +88,7 @@ def _rendered(fn: Callable[[], Any]) -> Any:
 
 def batchable(judge: Judge) -> bool:
     """Whether `judge` exposes token-level batching (value-head models): requests then share forwards."""
-    return all(callable(getattr(judge, a, None)) for a in ("encode", "encode_text", "run"))
+    return all(callable(getattr(judge, a, None)) for a in ("encode", "encode_texts", "run"))
 
 
 @dataclass
@@ -225,11 +225,7 @@ class RewardService:
                               "/v1/score (items) or /classify (messages) instead of full texts")
 
         texts = self._capped(texts)
-        def encode(s: Judge) -> list:  # one tokenizer call where the judge has one
-            many = getattr(s, "encode_texts", None)
-            return many(texts) if many is not None else [s.encode_text(t) for t in texts]
-
-        return await self._score(encode, len(texts), fields, normalize, whole)
+        return await self._score(lambda s: s.encode_texts(texts), len(texts), fields, normalize, whole)
 
     async def score_pairs(self, prompts: Sequence[Any], responses: Sequence[Any],
                           fields: Mapping[str, Sequence[Any]] | None = None, normalize: bool | None = None) -> Scored:
