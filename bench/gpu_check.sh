@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The checks that need CUDA, in one go (budget: under 8 minutes on one modern GPU; it ran once, on an H200, in 437 s:
 # README "On a GPU"; on a machine without this project's packages, bench/device/prepare.sh + run.sh wrap it):
-#   1. pytest tests/gpu: flash-attn varlen packing == padded (where flash-attn is installed), a bf16 training
-#      step, DDP on every GPU (2+ GPUs) == one process with the global batch, FSDP trains and saves a whole
-#      model, DeepSpeed ZeRO-2/3 start, train and save (where deepspeed is installed);
-#   2. bench/train_vs_trl.py --device cuda: TRL RewardTrainer (defaults) and rewardkit on the same GPU, MiniLM-L6
+#   1. bench/train_vs_trl.py --device cuda: TRL RewardTrainer (defaults) and rewardkit on the same GPU, MiniLM-L6
 #      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless); rewardkit also with batch_rows packing
 #      (one attention call per layer instead of one per unit: which layout a GPU wants is not measured yet);
-#   3. bench/score_vs_trl.py --device cuda: TRL evaluate, rewardkit, transformers pipeline, RewardScorer on texts;
-#   4. bench/serve_load.py --server-args=--device=cuda: 64 one-text clients, batching on vs off, 15 s each.
+#   2. bench/score_vs_trl.py --device cuda: TRL evaluate, rewardkit, transformers pipeline, RewardScorer on texts;
+#   3. pytest tests/gpu: flash-attn varlen packing == padded (where flash-attn is installed), a bf16 training
+#      step, DDP on every GPU (2+ GPUs) == one process with the global batch, FSDP trains and saves a whole
+#      model, DeepSpeed ZeRO-2/3 start, train and save (where deepspeed is installed);
+#   4. bench/serve_load.py --server-args=--device=cuda: 64 one-text clients, batching on vs off, 12 s each.
 # Usage: bench/gpu_check.sh [extra pytest args]      (from the repository root; PYTHON overrides the interpreter,
 #        RESULTS=DIR also writes each bench's results there as JSON)
 set -euo pipefail
@@ -25,10 +25,6 @@ if not torch.cuda.is_available():
 print("gpu_check: %d x %s, torch %s" % (torch.cuda.device_count(), torch.cuda.get_device_name(0), torch.__version__))
 PYEOF
 
-start=$SECONDS
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu "$@" || echo "gpu_check: tests/gpu failed"
-echo "gpu_check: tests/gpu took $((SECONDS - start)) s"
-
 step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is reported, the next still runs
     local name=$1 limit=$2 t0=$SECONDS
     shift 2
@@ -37,10 +33,13 @@ step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is re
 }
 
 if [ -f ../shared/data/hh-harmless/train.jsonl ]; then
-    step "train bench" 200 "$PY" bench/train_vs_trl.py --device cuda --model minilm --pairs 1000 --eval-pairs 200 \
+    step "train bench" 220 "$PY" bench/train_vs_trl.py --device cuda --model minilm --pairs 1000 --eval-pairs 200 \
         --engines trl rewardkit --also train.pack_layout=batch_rows $(json train)
     step "score bench" 100 "$PY" bench/score_vs_trl.py --device cuda --model minilm --pairs 600 --repeats 3 $(json score)
 else
     echo "gpu_check: ../shared/data/hh-harmless/train.jsonl not found; train and score benches skipped"
 fi
-step "serve load" 90 "$PY" bench/serve_load.py --duration 15 --server-args=--device=cuda $(json serve)
+start=$SECONDS  # after the benches: their numbers are what a short GPU lease is for
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu "$@" || echo "gpu_check: tests/gpu failed"
+echo "gpu_check: tests/gpu took $((SECONDS - start)) s"
+step "serve load" 70 "$PY" bench/serve_load.py --duration 12 --server-args=--device=cuda $(json serve)

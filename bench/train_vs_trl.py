@@ -222,6 +222,9 @@ def main() -> None:
         out.mkdir()
         print(f"running {engine} {' '.join(options)} ...", file=sys.stderr, flush=True)
         results.append(run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options}))
+        r = results[-1]  # as each engine finishes: a run cut short by a time limit still reports the engines done
+        print(f"  {engine}: loop {r['seconds']:.1f} s, whole {r['process_seconds'] - r['bench_seconds']:.1f} s, "
+              f"accuracy {r['accuracy']:.3f}", file=sys.stderr, flush=True)
     peaks = dtype_peaks({r["bf16"] for r in results}, a.device, fp32_before)
     for r in results:
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
