@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RESULTS=${RESULTS:-}
 json() { [ -n "$RESULTS" ] && echo "--json $RESULTS/$1.json" || true; }
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1
 
 "$PY" - <<'PYEOF'
 import sys, torch

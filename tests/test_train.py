@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from conftest import synthetic_pairs, write_jsonl
 from rewardkit.config import TrainRunConfig, load_config
 from rewardkit.train import resolve_batching, train
+from rewardkit.train.plan import resolve_pack_layout
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,20 @@ def test_auto_batching_is_random_for_flat_rows_only():
     assert resolve_batching("auto", flat=True) == "random"
     assert resolve_batching("auto", flat=False) == "grouped"
     assert resolve_batching("grouped", flat=True) == "grouped"
+
+
+def test_auto_pack_layout_is_batch_rows_on_cuda_under_sdpa_only():
+    assert resolve_pack_layout("auto", "cuda", "sdpa") == "batch_rows"
+    assert resolve_pack_layout("auto", "cpu", "sdpa") == "flat"
+    assert resolve_pack_layout("auto", "cuda", "flash_attention_2") == "flat"  # one varlen call per layer already
+    assert resolve_pack_layout("flat", "cuda", "sdpa") == "flat"  # an explicit choice stands
+    assert resolve_pack_layout("batch_rows", "cpu", "sdpa") == "batch_rows"
+
+
+def test_default_pack_layout_on_cpu_trains_flat(tiny_models, data, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="rewardkit.train"):
+        _run(tiny_models["llama"], data, tmp_path / "rm", "train.max_steps=1", "train.batch_size=8")
+    assert "pack layout: flat" in caplog.text
 
 
 @pytest.mark.parametrize("packing", ["plain", "shared_prompt"])

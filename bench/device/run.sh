@@ -5,7 +5,7 @@
 # SETUP_ONLY=1 (sourced) stops after the setup. PY overrides python3 (a dry run elsewhere: PY, SITE, WHL).
 set -u
 cd "$(dirname "$0")/../.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY=${PY:-python3}
 SITE=${SITE:-/tmp/site}
 WHL=${WHL:-.gpu/whl}

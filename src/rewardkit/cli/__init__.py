@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
@@ -68,7 +67,6 @@ def parse_command(argv: list[str]) -> tuple[str, argparse.Namespace, bool]:
 def main(argv: list[str] | None = None) -> int:
     name, args, debug = parse_command(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rewardkit.data import DataError
 
     try:

@@ -55,12 +55,13 @@ class TrainConfig:
                               "each); `shared_prompt` (decoders) lays out [prompt][chosen][rejected] so the "
                               "prompt is computed once; `auto` = shared_prompt for decoders, plain for encoders.",
                       choices=("auto", "none", "plain", "shared_prompt"))
-    pack_layout: str = _f("flat", "Packing inside each micro-batch: `flat` lays all its sequences in one "
+    pack_layout: str = _f("auto", "Packing inside each micro-batch: `flat` lays all its sequences in one "
                                   "padding-free row and confines attention to each sequence with one "
                                   "attention call per unit (no padding); `batch_rows` fills rows as wide as "
                                   "its longest sequence (block-diagonal masks; also used when "
-                                  "model.attn_implementation=eager).",
-                          choices=("flat", "batch_rows"))
+                                  "model.attn_implementation=eager); `auto` = batch_rows on CUDA under SDPA, "
+                                  "flat elsewhere (the faster one measured on each).",
+                          choices=("auto", "flat", "batch_rows"))
     row_length: int | None = _f(None, "Packing: fixed row length filled across the data (little padding; for "
                                       "GPUs with varlen attention); overrides `pack_layout`.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, slower.")

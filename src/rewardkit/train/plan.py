@@ -25,6 +25,17 @@ def resolve_batching(batching: str, *, flat: bool) -> str:
     return "random" if flat else "grouped"
 
 
+def resolve_pack_layout(pack_layout: str, device_type: str, attn_implementation: str) -> str:
+    """`auto` -> `batch_rows` on CUDA under SDPA, `flat` elsewhere. On an H200 (MiniLM, 1,000 and 1,500 HH pairs,
+    bf16) batch rows' one attention call per layer ran the loop 1.47x and 1.36x faster than flat's call per unit,
+    at 8% padding and 1.6x the CUDA memory; on CPU flat is the faster one (README). Flash-attention models keep
+    flat: transformers runs it as one varlen call per layer from the position ids."""
+    if pack_layout != "auto":
+        return pack_layout
+    varlen = attn_implementation.startswith("flash") or "varlen" in attn_implementation
+    return "batch_rows" if device_type == "cuda" and not varlen else "flat"
+
+
 def _item_tokens(item: Any) -> int:
     """Tokens of one training item (a pair, a ranking, a labelled sequence)."""
     if hasattr(item, "chosen"):
@@ -78,7 +89,11 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     # Otherwise batches come from the length-grouped sampler and packing (if any) happens inside the batch: one
     # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
     # The flat layout brings its own SDPA-based attention; a model explicitly set to eager keeps batch rows.
-    flat = t.pack_layout == "flat" and model.hf.config._attn_implementation != "eager"
+    impl = model.hf.config._attn_implementation or "sdpa"
+    layout = resolve_pack_layout(t.pack_layout, next(model.parameters()).device.type, impl)
+    flat = layout == "flat" and impl != "eager"
+    if packing != "none":
+        log.info("pack layout: %s", "flat" if flat else "batch_rows")
     collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt",
                                   flat=flat)
                if packing != "none" else objective.collator(pad_id))
