@@ -61,3 +61,22 @@ def test_padded_forward_with_transformers_own_sdpa_runs_without_cudnn(tiny_model
     with torch.no_grad():
         backbone_hidden(model.hf, SequenceBatch(ids, mask, mask.clone()))
     assert seen and not any(seen)
+
+
+def test_checkpointed_training_recomputes_attention_without_cudnn(tiny_models, seen, tmp_path):
+    """Gradient checkpointing runs each layer's attention again inside backward, outside the forward's switch;
+    batch rows (the CUDA default) use transformers' own SDPA, so only the loop's backward can turn cuDNN off."""
+    from conftest import synthetic_pairs, write_jsonl
+    from rewardkit.config import TrainRunConfig, load_config
+    from rewardkit.train import train
+
+    data = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(8))
+    cfg = load_config(TrainRunConfig, None, [f"model={tiny_models['llama']}", f"data.train={data}",
+                                             "data.max_length=48", "train.progress=false", "train.max_steps=1",
+                                             "train.batch_size=8", "train.pack_layout=batch_rows",
+                                             "train.gradient_checkpointing=true", "train.bf16=false",
+                                             "model.attn_implementation=sdpa", f"output_dir={tmp_path / 'rm'}"])
+    train(cfg)
+    layers = RewardModel.from_pretrained(str(tiny_models["llama"]))[0].hf.config.num_hidden_layers
+    assert len(seen) >= 2 * layers  # the forward's calls and the recomputed ones
+    assert not any(seen)

@@ -27,6 +27,7 @@ from rewardkit.data.mixing import MixtureDataset
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
 from rewardkit.models.backbone import disable_dropout
+from rewardkit.models.segment_attention import planless_attention
 from rewardkit.models.shared_casts import share_input_casts
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
@@ -285,7 +286,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 losses_finite &= bool(torch.isfinite(res.loss.detach()))
                 # loss = mean over this share; weighted so that the step's gradient is the mean over all its
                 # items (accelerate divides by grad_accum, DDP averages over processes); a stand-in weighs 0.
-                accelerator.backward(res.loss * (mb.size * n_proc * ga / step_items))
+                with planless_attention(accelerator.device):  # checkpointed layers run attention again here
+                    accelerator.backward(res.loss * (mb.size * n_proc * ga / step_items))
             tokens, processed = batch.sequences.num_tokens, batch.sequences.input_ids.numel()
             if mb.size == 0:  # a stand-in: keep the metric names, count nothing
                 res = type(res)(res.loss * 0, res.rewards[:0], 0, {k: 0.0 for k in res.sums})
