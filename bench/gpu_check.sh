@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The checks that need CUDA, in one go (budget: under 8 minutes on one modern GPU; it ran once, on an H200, in 437 s:
+# The checks that need CUDA, in one go (budget: under 8 minutes on one modern GPU; it ran on an H200 in 437 s, then 266 s:
 # README "On a GPU"; on a machine without this project's packages, bench/device/prepare.sh + run.sh wrap it):
 #   1. bench/train_vs_trl.py --device cuda: TRL RewardTrainer (defaults) and rewardkit on the same GPU, MiniLM-L6
-#      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless); rewardkit also with batch_rows packing
-#      (one attention call per layer instead of one per unit: which layout a GPU wants is not measured yet);
+#      on 1,000 HH pairs + 200 held out (needs ../shared/data/hh-harmless); rewardkit also with flat packing (one
+#      attention call per unit; its CUDA default, batch rows, makes one per layer: 1.39-1.47x faster on an H200);
 #   2. bench/score_vs_trl.py --device cuda: TRL evaluate, rewardkit, transformers pipeline, RewardScorer on texts;
 #   3. pytest tests/gpu: flash-attn varlen packing == padded (where flash-attn is installed), a bf16 training
 #      step, DDP on every GPU (2+ GPUs) == one process with the global batch, FSDP trains and saves a whole
@@ -34,7 +34,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit; a failed step is re
 
 if [ -f ../shared/data/hh-harmless/train.jsonl ]; then
     step "train bench" 220 "$PY" bench/train_vs_trl.py --device cuda --model minilm --pairs 1000 --eval-pairs 200 \
-        --engines trl rewardkit --also train.pack_layout=batch_rows $(json train)
+        --engines trl rewardkit --also train.pack_layout=flat $(json train)
     step "score bench" 100 "$PY" bench/score_vs_trl.py --device cuda --model minilm --pairs 600 --repeats 3 $(json score)
 else
     echo "gpu_check: ../shared/data/hh-harmless/train.jsonl not found; train and score benches skipped"
