@@ -2,7 +2,8 @@
 
 64 concurrent clients (aiohttp, as OpenRLHF's PPO side) each send one full text per /get_reward request,
 back to back, for 30 s; once against a server with dynamic batching and once with --max-batch-size 1.
-Prints requests/s, p50/p99 latency and the throughput ratio. Target: >= 10x requests/s, p99 < 2 s.
+Prints requests/s, p50/p99 latency, the throughput ratio (target: >= 10x requests/s, p99 < 2 s) and the CPU time
+the server's event loop spent per request (Linux): the thread that bounds a server whose forwards run on a GPU.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serve_load.py                  # MiniLM, fresh value head
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serve_load.py --model runs/rm  # a trained model folder
@@ -43,6 +44,16 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     mean_batch: float | None
+    loop_cpu_ms: float | None = None  # the server's main thread (its event loop): CPU ms per answered request
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float | None:
+    """user + system CPU seconds of one thread (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_texts(n: int, words: tuple[int, int] = (40, 120), seed: int = 0) -> list[str]:
@@ -133,7 +144,9 @@ async def run_setting(name: str, model_dir: str, batch_args: list[str], args, te
         await load(url, texts, args.clients, 2.0)  # warm-up (allocator, first forwards)
         async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
             before = await r.text()
+        cpu0 = thread_cpu_seconds(proc.pid, proc.pid)
         latencies, errors = await load(url, texts, args.clients, args.duration)
+        cpu1 = thread_cpu_seconds(proc.pid, proc.pid)
         async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
             after = await r.text()
     finally:
@@ -141,8 +154,9 @@ async def run_setting(name: str, model_dir: str, batch_args: list[str], args, te
         proc.wait(30)
     b0, b1 = _batch_totals(before), _batch_totals(after)
     mb = (b1[0] - b0[0]) / (b1[1] - b0[1]) if b1[1] > b0[1] else None
+    loop_ms = 1000 * (cpu1 - cpu0) / len(latencies) if cpu0 is not None and cpu1 is not None and latencies else None
     return LoadResult(name, len(latencies), errors, args.duration, len(latencies) / args.duration,
-                      pct(latencies, 0.5), pct(latencies, 0.99), mb)
+                      pct(latencies, 0.5), pct(latencies, 0.99), mb, loop_ms)
 
 
 def _batch_totals(text: str) -> tuple[float, float]:
@@ -178,10 +192,12 @@ def main() -> int:
 
     print(f"{args.clients} clients, one text ({args.words[0]}-{args.words[1]} words) per request, "
           f"{args.duration:.0f} s per setting, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'setting':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6}")
+    print(f"{'setting':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6} "
+          f"{'loop CPU ms/req':>15}")
     for r in results:
         mb = f"{r.mean_batch:.1f}" if r.mean_batch else "-"
-        print(f"{r.setting:<12} {r.rps:8.1f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {mb:>10} {r.errors:6d}")
+        loop = f"{r.loop_cpu_ms:.2f}" if r.loop_cpu_ms is not None else "-"
+        print(f"{r.setting:<12} {r.rps:8.1f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {mb:>10} {r.errors:6d} {loop:>15}")
     ratio = results[0].rps / results[1].rps if results[1].rps else float("inf")
     print(f"throughput ratio (batching / none): {ratio:.1f}x   (target >= 10x, p99 < 2000 ms)")
     if args.json:
