@@ -29,7 +29,7 @@ log = logging.getLogger("rewardkit.train")
 RUN_INDEPENDENT = frozenset({
     "output_dir", "train.resume", "train.progress", "train.log_every", "train.eval_every", "train.eval_batch_size",
     "train.save_every", "train.report_to", "train.project", "train.max_bad_steps", "train.gradient_checkpointing",
-    "train.checkpoint_every", "train.compile"})
+    "train.checkpoint_every", "train.compile", "train.trim_memory"})
 
 
 def _step_of(ckpt: Path) -> int:

@@ -2,8 +2,10 @@
 
 glibc keeps freed heap pages mapped. A step frees its activations, and the next step's tensors have other sizes
 and do not fit the holes, so the heap grows step after step. `malloc_trim(0)` releases every free page, in
-every arena. Trimming after each optimiser step cut peak RSS by 11-13% (MiniLM and SmolLM2, batch 8), and its
-effect on speed was within noise (README, "Training loop and throughput").
+every arena. Trimming after each optimiser step (`train.trim_memory=true`) cut peak RSS by 11-13% in fp32 and
+~10% in bf16 (MiniLM and SmolLM2, batch 8), but the next step then faults those pages in again: on a 2-core
+AVX512-BF16 machine SmolLM2's loop ran ~14% slower with it, so it is off by default (README, "Training loop and
+throughput").
 """
 
 from __future__ import annotations

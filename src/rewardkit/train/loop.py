@@ -316,7 +316,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 in_a_row, good = 0, good + 1
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if accelerator.device.type == "cpu":  # activations freed: keep peak RSS to one step's needs
+            if t.trim_memory and accelerator.device.type == "cpu":  # freed activations back to the OS
                 release_freed_memory()
             last_loss = float(micro[-1][0].loss.detach())
             micro, losses_finite = [], True
