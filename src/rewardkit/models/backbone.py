@@ -186,6 +186,12 @@ def load_backbone(path: str, *, gguf_file: str | None = None, tokenizer: str | N
     return Backbone(hf, tok, path, dict(getattr(hf.config, CONFIG_KEY, None) or {}), new_head)
 
 
+def varlen_attention(impl: str) -> bool:
+    """Whether attention implementation `impl` reads packed sequences' boundaries from the position ids itself
+    (flash-attention's varlen kernels): one call per layer for a packed row, no mask."""
+    return impl.startswith("flash") or "varlen" in impl
+
+
 def set_attention(hf: nn.Module, impl: str) -> str:
     """Switch the attention kernel (a transformers `attn_implementation` name); "auto" keeps the one
     transformers chose at load time. Returns the kernel in use."""

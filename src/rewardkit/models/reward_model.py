@@ -24,7 +24,7 @@ from rewardkit.io import atomic_write, staged_dir
 from rewardkit.models import kinds
 from rewardkit.models import lora as lora_mod
 from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encoder, load_backbone, resolve_path,
-                                       set_attention)
+                                       set_attention, varlen_attention)
 from rewardkit.models.folder_check import check_model_folder
 from rewardkit.models.heads import READOUTS, Features, HeadOutput, pool
 from rewardkit.models.lora import LoraSpec
@@ -276,7 +276,7 @@ def packed_hidden(hf: nn.Module, b: PackedBatch) -> tuple[torch.Tensor, dict[str
     mask = b.attention_mask
     impl = hf.config._attn_implementation or "sdpa"
     kw: dict[str, Any] = {"token_type_ids": b.token_type_ids} if b.token_type_ids is not None else {}
-    if impl.startswith("flash") or "varlen" in impl:
+    if varlen_attention(impl):
         if not b.position_ids_suffice:
             raise ValueError(f"{impl} takes no custom masks: use packing without shared prompts, or sdpa")
         mask = None  # transformers builds varlen boundaries from the position_ids resets

@@ -12,6 +12,7 @@ from rewardkit.config import TrainRunConfig
 from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler, RankBatches
 from rewardkit.data.mixing import follow_mixture
 from rewardkit.data.packing import PackedPairCollator, unit_length
+from rewardkit.models.backbone import varlen_attention
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
 log = logging.getLogger("rewardkit.train")
@@ -32,8 +33,7 @@ def resolve_pack_layout(pack_layout: str, device_type: str, attn_implementation:
     flat: transformers runs it as one varlen call per layer from the position ids."""
     if pack_layout != "auto":
         return pack_layout
-    varlen = attn_implementation.startswith("flash") or "varlen" in attn_implementation
-    return "batch_rows" if device_type == "cuda" and not varlen else "flat"
+    return "batch_rows" if device_type == "cuda" and not varlen_attention(attn_implementation) else "flat"
 
 
 def _item_tokens(item: Any) -> int:
