@@ -102,3 +102,31 @@ def test_console_script_help():
         assert "usage: rewardkit" in res.stdout
     res = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=60)
     assert "train.batch_size" in res.stdout and "data.max_length" in res.stdout
+
+
+def test_resume_on_another_device_kind_keeps_the_checkpoints_pack_layout(tiny_models, data, tmp_path, monkeypatch,
+                                                                           caplog):
+    """`train.pack_layout=auto` resolves per device (batch rows on CUDA, flat on CPU). A run checkpointed under one
+    and resumed where auto picks the other keeps the checkpoint's layout, so batch order and weights equal the
+    uninterrupted run's. The resumed half is made to see "CUDA" by the resolver, the only device-dependent step."""
+    import rewardkit.train.plan as plan
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _train(tiny_models["llama"], data, full, "train.max_steps=4", "train.save_every=2")
+    state = json.loads((full / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["pack_layout"] == "flat"  # what auto resolved to on this CPU, recorded
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
+    real = plan.resolve_pack_layout
+    monkeypatch.setattr(plan, "resolve_pack_layout", lambda layout, device, impl: real(layout, "cuda", impl))
+    with caplog.at_level("WARNING", logger="rewardkit.train"):
+        _train(tiny_models["llama"], data, resumed, "train.max_steps=4", "train.resume=auto")
+    assert "pack layout: flat, as the resumed checkpoint was trained (auto would pick batch_rows here)" in caplog.text
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    # a fresh run in the "CUDA" setting does pick batch rows: the resolver patch is what the resume overrode
+    with caplog.at_level("INFO", logger="rewardkit.train"):
+        caplog.clear()
+        _train(tiny_models["llama"], data, tmp_path / "fresh", "train.max_steps=1")
+    assert "pack layout: batch_rows" in caplog.text

@@ -38,7 +38,7 @@ from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInter
                                     clean_failed_run, diverged_message, grads_finite, saving)
 from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
-from rewardkit.train.plan import train_batches
+from rewardkit.train.plan import run_pack_layout, train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
 from rewardkit.train.tracking import (RecentRewards, hparams, reduce_window, resolve_trackers, trim_metrics,
                                       write_row)
@@ -166,7 +166,9 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     # A weighted mixture of sources is drawn anew every epoch (data.mixing); one source is used as it is.
     items = (MixtureDataset(data.train, [s.size for s in data.sources], [s.weight for s in data.sources],
                             seed=cfg.seed) if data.mixed else data.train)
-    batches, collate, fetch, fixed = train_batches(objective, items, model, tok.pad_token_id, cfg, n_proc, rank)
+    layout = run_pack_layout(t.pack_layout, model, state.get("pack_layout"))
+    batches, collate, fetch, fixed = train_batches(objective, items, model, tok.pad_token_id, cfg, n_proc, rank,
+                                                   layout=layout)
     # Global micro-batches per epoch, counted after dealing them to the processes.
     steps_per_epoch = math.ceil(len(batches) / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -246,7 +248,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         path = out / "checkpoints" / f"step-{step}"
         with saving("checkpoint", path, "the previous checkpoints are untouched"):
             return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
-                                   extra={"config": flat_cfg, "bad_in_a_row": in_a_row})
+                                   extra={"config": flat_cfg, "bad_in_a_row": in_a_row,
+                                          "pack_layout": layout})
 
     def stop(batch_in_epoch: int, n_batches: int) -> TrainResult:
         """A stop signal reached some process: save where the run stands (unless a checkpoint of this very

@@ -36,6 +36,20 @@ def resolve_pack_layout(pack_layout: str, device_type: str, attn_implementation:
     return "batch_rows" if device_type == "cuda" and not varlen_attention(attn_implementation) else "flat"
 
 
+def run_pack_layout(pack_layout: str, model, resumed: str | None) -> str:
+    """The layout this run packs with: `resumed` (the one a resumed checkpoint recorded) wins over what `auto`
+    resolves to here, so a run resumed on another kind of device keeps its batch order (`train.batching=auto`
+    follows the layout). An explicit layout that differs from `resumed` is already refused as a config change."""
+    config = getattr(getattr(model, "hf", None), "config", None)  # every packable model kind has one
+    here = resolve_pack_layout(pack_layout, next(model.parameters()).device.type,
+                               getattr(config, "_attn_implementation", None) or "sdpa")
+    if resumed and resumed != here:
+        log.warning("pack layout: %s, as the resumed checkpoint was trained (auto would pick %s here); the batch "
+                    "order stays the same", resumed, here)
+        return resumed
+    return here
+
+
 def _item_tokens(item: Any) -> int:
     """Tokens of one training item (a pair, a ranking, a labelled sequence)."""
     if hasattr(item, "chosen"):
@@ -55,8 +69,10 @@ def resolve_packing(packing: str, is_encoder: bool) -> str:
 
 
 def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfig, num_processes: int = 1,
-                  process_index: int = 0) -> tuple[RankBatches, Callable, Callable, bool]:
+                  process_index: int = 0, layout: str | None = None) -> tuple[RankBatches, Callable, Callable, bool]:
     """(this process's micro-batches, collate, fetch: indices -> items, fixed: batches hold batch_size items).
+
+    `layout`: the pack layout already resolved (`run_pack_layout`); None resolves `train.pack_layout` here.
 
     Packable objectives (pairs) get length grouping, token budgets and packing; other families shuffle plainly.
     Fixed-size batches are drawn for the global batch (batch_size x processes) and split between the
@@ -90,7 +106,7 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
     # The flat layout brings its own SDPA-based attention; a model explicitly set to eager keeps batch rows.
     impl = model.hf.config._attn_implementation or "sdpa"
-    layout = resolve_pack_layout(t.pack_layout, next(model.parameters()).device.type, impl)
+    layout = layout or resolve_pack_layout(t.pack_layout, next(model.parameters()).device.type, impl)
     flat = layout == "flat" and impl != "eager"
     if packing != "none":
         log.info("pack layout: %s", "flat" if flat else "batch_rows")
