@@ -59,10 +59,67 @@ def test_requests_alternate_between_servers(sleeps):
 
 def test_a_dead_servers_requests_go_to_the_other_at_once(sleeps):
     handle, seen = servers(down={"rm-a"})
-    c = RewardClient([A, B], transport=httpx.MockTransport(handle), backoff=5.0)
+    c = RewardClient([A, B], transport=httpx.MockTransport(handle), backoff=5.0, cooldown=0)
     assert [served_by(c.get_reward(["q"])) for _ in range(4)] == ["rm-b"] * 4
-    assert seen == ["rm-a", "rm-b", "rm-b", "rm-a", "rm-b", "rm-b"]  # a's turns fall through to b
+    assert seen == ["rm-a", "rm-b", "rm-b", "rm-a", "rm-b", "rm-b"]  # without a cooldown a's turns fall through
     assert sleeps == []  # no backoff while another server answers
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ReadTimeout])
+def test_an_unreachable_or_hung_server_is_tried_last_until_its_cooldown_ends(sleeps, failure):
+    """One failed try puts the server at the back of every call's order for `cooldown` seconds (a hung server
+    costs one timeout, not one per call whose turn starts with it); then it gets its turns again."""
+    state = {"a_fails": True}
+    seen = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "rm-a" and state["a_fails"]:
+            raise failure("no answer from rm-a")
+        return httpx.Response(200, json={"rewards": [1.0], "scores": [1.0], "extra_logs": {request.url.host: [1.0]}})
+
+    clock = Clock()
+    c = RewardClient([A, B], transport=httpx.MockTransport(handle), cooldown=30.0)
+    c._clock = clock
+    assert [served_by(c.get_reward(["q"])) for _ in range(4)] == ["rm-b"] * 4
+    assert seen == ["rm-a", "rm-b", "rm-b", "rm-b", "rm-b"]  # a tried once, then skipped
+    clock.now += 29.0
+    seen.clear()
+    c.get_reward(["q"]), c.get_reward(["q"])
+    assert seen == ["rm-b", "rm-b"]  # still cooling down
+    clock.now += 2.0  # the cooldown is over; a is back (and answers now)
+    state["a_fails"] = False
+    seen.clear()
+    assert sorted(served_by(c.get_reward(["q"])) for _ in range(2)) == ["rm-a", "rm-b"]
+    assert sorted(seen) == ["rm-a", "rm-b"] and sleeps == []
+
+
+def test_servers_all_cooling_down_are_still_tried_soonest_first(sleeps):
+    down = {"rm-a", "rm-b"}
+    handle, seen = servers(down=down)
+    clock = Clock()
+    c = RewardClient([A, B], transport=httpx.MockTransport(handle), retries=0)
+    c._clock = clock
+    with pytest.raises(RewardClientError):
+        c.get_reward(["q"])  # a's turn: both fail and cool down until t = 130
+    assert seen == ["rm-a", "rm-b"] and c._down == {0: 130.0, 1: 130.0}
+    down.discard("rm-b")
+    c._down[0] = 135.0  # a's cooldown ends after b's
+    next(c._turn)  # skip a turn: the next call's round-robin order starts at a
+    seen.clear()
+    assert served_by(c.get_reward(["q"])) == "rm-b"
+    assert seen == ["rm-b"]  # b first, though the turn was a's
+    assert c._down == {0: 135.0}  # b answered: its cooldown is over
+    with pytest.raises(ValueError, match="cooldown"):
+        RewardClient(A, cooldown=-1)
 
 
 def test_a_busy_server_passes_its_request_on(sleeps):

@@ -4,6 +4,8 @@ Both retry connection errors, timeouts and 429/500/502/503/504 answers (honourin
 exponential backoff; other 4xx answers raise `RewardClientError` at once, since repeating them cannot help.
 Given several servers (a list, `base_urls=`, or "http://a:5000,http://b:5000" as OpenRLHF's
 `--reward.remote_url` takes them), calls go to them in turn and a failed call moves on to the next server.
+A server that could not be reached or timed out is tried last for `cooldown` seconds (default 30), so a hung
+server costs one timeout, not one per call whose turn starts with it.
 
     with RewardClient("http://127.0.0.1:5000", api_key="...") as c:
         c.get_reward(["<full prompt+response text>"]).rewards
@@ -109,9 +111,11 @@ def _rank(prompt, candidates, normalize) -> _Call:
 class _Base:
     def __init__(self, base_url: str | Sequence[str] | None = None, *, base_urls: Sequence[str] | None = None,
                  api_key: str | None = None, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 10.0):
+                 max_backoff: float = 10.0, cooldown: float = 30.0):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0, got {cooldown}")
         self.base_urls = _server_urls(base_url, base_urls)
         self.base_url = self.base_urls[0]
         self._turn = itertools.count()  # next() on a count is atomic under the GIL: safe across threads
@@ -119,6 +123,9 @@ class _Base:
         key = api_key if api_key is not None else os.environ.get("REWARDKIT_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.timeout = httpx.Timeout(timeout)
+        self.cooldown = cooldown
+        self._down: dict[int, float] = {}  # server index -> monotonic time its cooldown ends (shared by calls)
+        self._clock = time.monotonic  # tests replace it
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         retry_after = response.headers.get("retry-after") if response is not None else None
@@ -161,12 +168,16 @@ class _Tries:
     """One call's walk over the servers. Each call starts at the next server in turn (round-robin) and, when a
     server fails (connection error, timeout, a RETRY_STATUS answer), goes on at once to the next one: a dead
     or busy server costs one failed try, not a backoff. Only after every server failed in a round does the
-    client wait (backoff, or the Retry-After a busy server sent) and go round again, `retries` more times."""
+    client wait (backoff, or the Retry-After a busy server sent) and go round again, `retries` more times.
+    Servers in their cooldown (unreachable or timed out lately) come last, the soonest to end first."""
 
     def __init__(self, client: _Base):
         n = len(client.base_urls)
         start = next(client._turn) % n
-        self.client, self.order = client, [(start + k) % n for k in range(n)]
+        now = client._clock()
+        # sorted() is stable: the servers out of cooldown keep their round-robin order
+        order = sorted(((start + k) % n for k in range(n)), key=lambda i: max(client._down.get(i, now), now))
+        self.client, self.order = client, order
         self.why: dict[int, str] = {}  # server index -> its last failure
         self.last: tuple[int, int | None, str] | None = None  # (server, status, detail) of the latest failure
         self.exc: Exception | None = None
@@ -181,7 +192,13 @@ class _Tries:
         else:
             status, detail = None, f"{type(failure).__name__}: {failure}"
             self.why[i], self.exc = detail, failure
+            if self.client.cooldown:
+                self.client._down[i] = self.client._clock() + self.client.cooldown
         self.last = (i, status, detail)
+
+    def answered(self, i: int) -> None:
+        """Server i answered (even busy): it is reachable, so its cooldown ends."""
+        self.client._down.pop(i, None)
 
     def pause(self, finished_round: int) -> float:
         hint, self.hint = self.hint, None
@@ -220,6 +237,7 @@ class RewardClient(_Base):
                 except httpx.TransportError as e:  # connection refused/reset, timeouts
                     tries.failed(i, e)
                     continue
+                tries.answered(i)
                 if response.status_code not in RETRY_STATUS:
                     return self._outcome(call, response)
                 tries.failed(i, response)
@@ -274,6 +292,7 @@ class AsyncRewardClient(_Base):
                 except httpx.TransportError as e:
                     tries.failed(i, e)
                     continue
+                tries.answered(i)
                 if response.status_code not in RETRY_STATUS:
                     return self._outcome(call, response)
                 tries.failed(i, response)
