@@ -89,3 +89,26 @@ def test_grouped_query_keys_are_saved_unexpanded_on_the_kernel_path():
         segment_attention(_Attn(True), q, k, v, None, rk_units=[(0, 40, None)])
     assert (1, 2, 40, 8) in shapes  # the unexpanded keys/values
     assert shapes.count((1, 4, 40, 8)) <= 2  # queries and output only: no repeated keys or values
+
+
+def test_fp32_queries_under_bf16_autocast_take_the_explicit_path(monkeypatch):
+    """RoPE models (Llama, Qwen) hand over fp32 queries and keys under bf16 autocast (the rotation multiplies by
+    fp32 cos/sin) with bf16 values. They are cast to bf16 and take the explicit ops like any bf16 unit, as
+    SDPA's autocast would cast them; the result stays close to the fp32 computation."""
+    calls = []
+    real = sa.explicit_attention
+    monkeypatch.setattr(sa, "explicit_attention", lambda q, k, v, *a, **kw: (calls.append(q.dtype), real(q, k, v, *a,
+                                                                                                         **kw))[1])
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 4, 40, 16, generator=g) for _ in range(2))
+    v = torch.randn(1, 4, 40, 16, generator=g)
+    units = [(0, 25, None), (25, 40, None)]
+    want, _ = segment_attention(_Attn(True), q, k, v, None, rk_units=units)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = segment_attention(_Attn(True), q, k, v.bfloat16(), None, rk_units=units)
+    assert calls == [torch.bfloat16, torch.bfloat16]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
+    calls.clear()
+    segment_attention(_Attn(True), q, k, v, None, rk_units=units)  # fp32 without autocast: the SDPA kernel
+    assert calls == []

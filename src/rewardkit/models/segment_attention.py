@@ -8,8 +8,11 @@ the shared-prompt pattern ([prompt][chosen][rejected], rejected never sees chose
 On CPU under bf16, units of up to 512 tokens skip SDPA and run as three explicit ops (scores, softmax,
 weighted sum), whose autograd backward beats the CPU flash kernel's at those lengths (README, "Training loop
 and throughput"); for longer units the flash kernel wins again and its O(n) memory matters, so they keep it.
-In fp32 the flash kernel is the faster one at every length (measured on an AVX2 CPU: 1.3-1.7x forward +
-backward, 1.5-1.9x forward only, 128-512 tokens, head dim 32), so fp32 units always take it.
+The choice follows the dtype attention computes in: under bf16 autocast, RoPE models' fp32 queries and keys
+(the rotation multiplies by fp32 cos/sin) are cast to bf16 and take the explicit ops too (SmolLM2's loop: ~8%
+faster than the flash kernel they took before). In fp32 the flash kernel is the faster one at every length
+(measured on an AVX2 CPU: 1.3-1.7x forward + backward, 1.5-1.9x forward only, 128-512 tokens, head dim 32), so
+fp32 units always take it.
 """
 
 from __future__ import annotations
@@ -60,7 +63,12 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         reps = 1
     causal = bool(getattr(module, "is_causal", False))
     p = dropout if module.training else 0.0
-    explicit = EXPLICIT_MAX_LEN if query.device.type == "cpu" and query.dtype in EXPLICIT_DTYPES else 0
+    explicit = EXPLICIT_MAX_LEN if query.device.type == "cpu" and compute_dtype(query) in EXPLICIT_DTYPES else 0
+    if explicit and query.dtype != compute_dtype(query):
+        # RoPE models (Llama, Qwen) reach here with fp32 queries and keys under bf16 autocast: the rotation
+        # multiplies by fp32 cos/sin. SDPA's autocast would cast them to bf16; the explicit ops need it done here.
+        dtype = compute_dtype(query)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     sizes = [e - s for s, e, _ in rk_units]
     if rk_units[0][0] != 0 or sum(sizes) != query.shape[2] or any(
             a[1] != b[0] for a, b in zip(rk_units, rk_units[1:])):
@@ -80,6 +88,13 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                                                            is_causal=causal and mask is None, dropout_p=p,
                                                            scale=scaling, enable_gqa=reps > 1))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype attention computes `t` in: autocast's on t's device where it is on, t's own otherwise."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
