@@ -15,8 +15,10 @@ tokenisation, the loop, eval, normalisation statistics and saving the model. rew
 `train(cfg)` (what `rewardkit train` runs); TRL's builds a RewardTrainer, trains and calls `save_model()`. The
 bench's own work inside a worker is timed and left out of "whole s": writing the data files, the held-out
 scoring of TRL's model and the token counts. TRL is handed rewardkit's token ids, so TRL's whole time holds no
-tokenisation at all (in TRL's favour); rewardkit's holds its tokenisation and its final eval on the held-out
-pairs (TRL runs no eval by default).
+tokenisation at all (in TRL's favour). Given held-out pairs, both evaluate them once after the loop, inside
+"whole s" and outside "loop s": rewardkit's final eval (`data.eval`), and TRL's `trainer.evaluate()` on the same
+token ids, as a TRL user with an eval set would call it (its eval_strategy defaults to "no"); `--no-trl-eval`
+leaves TRL's out.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ def worker_trl(spec: dict) -> dict:
     trainer.train()
     seconds = time.perf_counter() - t0
     trainer.save_model()  # what a TRL user does next; rewardkit's train() saves too
+    if eval_pairs and spec.get("trl_eval", True):  # rewardkit's train() evaluates data.eval once after its loop
+        trainer.evaluate(Dataset.from_dict({"chosen_ids": [p.chosen.input_ids for p in eval_pairs],
+                                            "rejected_ids": [p.rejected.input_ids for p in eval_pairs]}))
     b0 = time.perf_counter()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     # Score with rewardkit's scorer in fp32, without token types (TRL never passes them), as for training.
@@ -184,6 +189,8 @@ def main() -> None:
                          "--also train.gradient_checkpointing=true")
     ap.add_argument("--engines", nargs="+", default=["trl", "trl-tuned", "rewardkit"],
                     choices=["trl", "trl-tuned", "rewardkit"], help="which runs (default: all three)")
+    ap.add_argument("--no-trl-eval", action="store_true",
+                    help="do not call TRL's trainer.evaluate() on the held-out pairs (rewardkit evaluates them anyway)")
     ap.add_argument("--trl-fp32", action="store_true",
                     help="TRL without its default bf16 autocast (what rewardkit picks, and what a TRL user picks, on "
                          "a CPU without native bf16, where bf16 is emulated and several times slower)")
@@ -213,7 +220,8 @@ def main() -> None:
     del m
     rk = a.rewardkit if a.rewardkit is not None else []  # rewardkit's defaults
     base = dict(init=str(init), train_rows=train_rows, eval_rows=eval_rows, max_length=a.max_length,
-                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32, device=a.device)
+                batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32, trl_eval=not a.no_trl_eval,
+                device=a.device)
     runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
     fp32_before = matmul_peak(torch.float32, device=a.device)
     results = []
