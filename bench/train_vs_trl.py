@@ -98,6 +98,7 @@ def worker_trl(spec: dict) -> dict:
     trainer.train()
     seconds = time.perf_counter() - t0
     trainer.save_model()  # what a TRL user does next; rewardkit's train() saves too
+    trainer.data_collator = collate  # the token counts are the training batches'
     if eval_pairs and spec.get("trl_eval", True):  # rewardkit's train() evaluates data.eval once after its loop
         trainer.evaluate(Dataset.from_dict({"chosen_ids": [p.chosen.input_ids for p in eval_pairs],
                                             "rejected_ids": [p.rejected.input_ids for p in eval_pairs]}))
