@@ -63,11 +63,11 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         reps = 1
     causal = bool(getattr(module, "is_causal", False))
     p = dropout if module.training else 0.0
-    explicit = EXPLICIT_MAX_LEN if query.device.type == "cpu" and compute_dtype(query) in EXPLICIT_DTYPES else 0
-    if explicit and query.dtype != compute_dtype(query):
+    dtype = compute_dtype(query)
+    explicit = EXPLICIT_MAX_LEN if query.device.type == "cpu" and dtype in EXPLICIT_DTYPES else 0
+    if explicit and query.dtype != dtype:
         # RoPE models (Llama, Qwen) reach here with fp32 queries and keys under bf16 autocast: the rotation
         # multiplies by fp32 cos/sin. SDPA's autocast would cast them to bf16; the explicit ops need it done here.
-        dtype = compute_dtype(query)
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     sizes = [e - s for s, e, _ in rk_units]
     if rk_units[0][0] != 0 or sum(sizes) != query.shape[2] or any(

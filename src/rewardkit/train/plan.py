@@ -72,7 +72,8 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
                   process_index: int = 0, layout: str | None = None) -> tuple[RankBatches, Callable, Callable, bool]:
     """(this process's micro-batches, collate, fetch: indices -> items, fixed: batches hold batch_size items).
 
-    `layout`: the pack layout already resolved (`run_pack_layout`); None resolves `train.pack_layout` here.
+    `layout`: the pack layout the loop resolved (`run_pack_layout`, which a resumed checkpoint can decide);
+    None resolves `train.pack_layout` the same way, for a fresh run.
 
     Packable objectives (pairs) get length grouping, token budgets and packing; other families shuffle plainly.
     Fixed-size batches are drawn for the global batch (batch_size x processes) and split between the
@@ -106,7 +107,7 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     # padding-free row with per-unit attention (flat), or rows as wide as its longest sequence (batch_rows).
     # The flat layout brings its own SDPA-based attention; a model explicitly set to eager keeps batch rows.
     impl = model.hf.config._attn_implementation or "sdpa"
-    layout = layout or resolve_pack_layout(t.pack_layout, next(model.parameters()).device.type, impl)
+    layout = layout or run_pack_layout(t.pack_layout, model, None)
     flat = layout == "flat" and impl != "eager"
     if packing != "none":
         log.info("pack layout: %s", "flat" if flat else "batch_rows")
