@@ -162,6 +162,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     if t.shared_casts and bf16:
         share_input_casts(model.hf)
     if t.compile:
+        if accelerator.device.type == "cpu":
+            log.warning("train.compile on CPU: measured slower than eager (README, torch.compile)")
         model.hf.base_model.compile(dynamic=True)
     # A weighted mixture of sources is drawn anew every epoch (data.mixing); one source is used as it is.
     items = (MixtureDataset(data.train, [s.size for s in data.sources], [s.weight for s in data.sources],
