@@ -24,6 +24,7 @@ from rewardkit.data.collators import StepCollator
 from rewardkit.data.fields import Text
 from rewardkit.data.steps import StepEncoder, TokenizedSteps, split_steps
 from rewardkit.data.tokenize import SequenceEncoder
+from rewardkit.models.packed_linear import pack_for_inference
 from rewardkit.models.prm import step_logits
 from rewardkit.models.reward_model import RewardModel
 from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
@@ -108,8 +109,10 @@ class StepScorer(PointwiseJudge):
              bf16: bool = False) -> "StepScorer":
         """A saved PRM folder; `max_length` defaults to the one it was trained with."""
         model, tok = RewardModel.from_pretrained(str(path))
-        return cls(model, tok, aggregate=aggregate, max_length=max_length or model.saved_max_length or 2048,
-                   batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
+        scorer = cls(model, tok, aggregate=aggregate, max_length=max_length or model.saved_max_length or 2048,
+                     batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
+        pack_for_inference(model, device, bf16)  # CPU bf16: faster linears, same scores
+        return scorer
 
     @classmethod
     def from_folder(cls, path: str, options: dict[str, Any], **settings: Any) -> "StepScorer":
