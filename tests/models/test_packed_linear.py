@@ -86,3 +86,20 @@ def test_bf16_scorer_on_cpu_packs_and_scores_as_before(tiny_models, tmp_path, mo
     fp32 = RewardScorer.load(tmp_path / "rm", bf16=False)  # fp32 scorers keep nn.Linear
     fp32.score(prompts, responses)
     assert not calls and not any(hasattr(m, "_rk_packed") for m in fp32.model.modules())
+
+
+@needs_packing
+@pytest.mark.parametrize("kind,options", [("dpo", {"reference_free": True}), ("generative", {})])
+def test_lm_judges_pack_on_cpu_bf16_with_the_same_outputs(tiny_models, monkeypatch, kind, options):
+    import importlib
+
+    from rewardkit.scoring import load_judge
+
+    module = importlib.import_module(f"rewardkit.scoring.{kind}")
+    args = (["Tell me about tea."] * 2, ["Tea is a drink.", "No."], ["go away", "Tea!"])
+    with monkeypatch.context() as m:
+        m.setattr(module, "pack_for_inference", lambda *a, **k: 0)
+        plain = load_judge(str(tiny_models["llama"]), kind=kind, options=options, bf16=True).compare(*args)
+    calls = _calls(monkeypatch)
+    packed = load_judge(str(tiny_models["llama"]), kind=kind, options=options, bf16=True).compare(*args)
+    assert calls and [c.margin for c in packed] == pytest.approx([c.margin for c in plain], abs=1e-6)
