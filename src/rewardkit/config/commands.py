@@ -67,7 +67,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward: less memory, slower.")
     checkpoint_every: int = _f(1, "With gradient_checkpointing: checkpoint only every N-th layer (a larger N "
                                   "uses more memory and runs faster).")
-    compile: bool = _f(False, "torch.compile the backbone (compiles for the first steps; on CPU measured slower, README).")
+    compile: bool = _f(False, "torch.compile the backbone (compiles during the first steps; on CPU measured "
+                              "slower than eager, README).")
     shared_casts: bool = _f(True, "Under bf16: cast an input that several projections share (q/k/v, gate/up) to "
                                   "bf16 once instead of once per projection; their gradients then add in bf16.")
     trim_memory: bool = _f(False, "CPU: hand the heap pages a step freed back to the OS after every optimiser step "

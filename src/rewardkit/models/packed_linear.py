@@ -4,11 +4,12 @@ Under bf16 autocast a CPU `nn.Linear` runs as addmm: it broadcasts the bias into
 as the output) and oneDNN reorders the weight into its blocked layout on every call. `pack_linears` keeps a
 reordered bf16 copy of each weight beside the module and routes inference calls through oneDNN's inner product
 with the bias fused (the op inductor uses for frozen CPU graphs). Scores are unchanged (the same bf16 GEMM);
-MiniLM scoring of 400 HH texts: 4.83-4.88 s against 5.18-5.26 s with autocast's linears (README).
+MiniLM scoring of 400 HH texts: 4.83-4.99 s against 5.00-5.52 s with autocast's linears (README).
 
-Only inference takes the packed path: no autograd, CPU, bf16 autocast on, and the weight not modified since it
-was packed (checked on every call by its version counter; a changed weight falls back to `nn.Linear`). The
-module's parameters, state_dict and saving are untouched; the packed copies cost half the linears' fp32 size.
+Only inference takes the packed path: no autograd, CPU, bf16 autocast on; anything else runs `nn.Linear`'s own
+forward. A weight replaced or modified in place since it was packed (seen from its data pointer and version
+counter on every call) is packed again. Parameters, state_dict and saving are untouched; the packed copies
+cost half the linears' fp32 size.
 """
 
 from __future__ import annotations

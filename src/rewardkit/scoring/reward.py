@@ -37,7 +37,7 @@ class RewardScorer(PointwiseJudge):
              bf16: bool = False, allow_random_head: bool = False, packed: bool = True) -> "RewardScorer":
         """Load a saved reward model folder (any kind); `max_length` defaults to the one it was trained with.
         A checkpoint without a value head (a plain backbone) is refused unless `allow_random_head`: its
-        head would be random and its scores noise. `packed` (CPU, bf16): the backbone's linears keep a
+        head would be random and its scores noise. `packed` (CPU, bf16): the model's linears keep a
         oneDNN-packed bf16 copy of their weights for inference (`models.packed_linear`; same scores, faster)."""
         model, tok = RewardModel.from_pretrained(str(path))
         if model.new_head and not allow_random_head:
