@@ -74,6 +74,29 @@ def test_changed_weights_are_repacked():
 
 
 @needs_packing
+def test_weights_trained_by_a_fused_optimiser_are_repacked():
+    # fused AdamW changes the weights in place without moving their version counter: the autograd call
+    # before it must be what drops the packed copy
+    torch.manual_seed(0)
+    lin, ref = nn.Linear(16, 8), nn.Linear(16, 8)
+    ref.load_state_dict(lin.state_dict())
+    pack_linears(lin)
+    x = torch.randn(4, 16)
+    auto = torch.autocast("cpu", dtype=torch.bfloat16)
+    for m in (lin, ref):
+        with torch.no_grad(), auto:
+            m(x)  # packs lin's weights as they are now
+        opt = torch.optim.AdamW(m.parameters(), lr=0.5, fused=True)
+        version = m.weight._version
+        m(x).pow(2).sum().backward()
+        opt.step()
+        assert m.weight._version == version  # what the stamp alone cannot see
+    with torch.no_grad(), auto:
+        got, want = lin(x), ref(x)
+    assert torch.equal(got, want)
+
+
+@needs_packing
 def test_bf16_scorer_on_cpu_packs_and_scores_as_before(tiny_models, tmp_path, monkeypatch):
     model, tok = RewardModel.from_pretrained(str(tiny_models["bert"]))
     model.save_pretrained(tmp_path / "rm", tok, max_length=64)

@@ -8,8 +8,9 @@ MiniLM scoring of 400 HH texts: 4.83-4.99 s against 5.00-5.52 s with autocast's 
 
 Only inference takes the packed path: no autograd, CPU, bf16 autocast on; anything else runs `nn.Linear`'s own
 forward. A weight replaced or modified in place since it was packed (seen from its data pointer and version
-counter on every call) is packed again. Parameters, state_dict and saving are untouched; the packed copies
-cost half the linears' fp32 size.
+counter on every call) is packed again, and so is one after any call with autograd on (a fused optimiser's
+step does not move the version counter). A change through `.data` with no such call between is not seen.
+Parameters, state_dict and saving are untouched; the packed copies cost half the linears' fp32 size.
 """
 
 from __future__ import annotations
@@ -60,14 +61,19 @@ def _pack(m: nn.Linear) -> None:
 
 
 def _stamp(m: nn.Linear) -> tuple:
-    """Changes when a parameter is replaced or modified in place (load_state_dict, an optimiser step)."""
+    """Changes when a parameter is replaced or modified in place (load_state_dict, a foreach optimiser step)."""
     return tuple((p.data_ptr(), p._version) for p in (m.weight, m.bias) if p is not None)
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """x (..., in) -> (..., out): bf16, what autocast's linear returns."""
     w, b, stamp = getattr(self, _ATTR)
-    if (torch.is_grad_enabled() or x.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+    if torch.is_grad_enabled():
+        # The weights may be trained from here on, and a fused optimiser's step leaves their version counter
+        # as it was: forget the packed copy so that the next inference call packs the weights it then finds.
+        setattr(self, _ATTR, (w, b, None))
+        return nn.Linear.forward(self, x)
+    if (x.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
             or torch.get_autocast_dtype("cpu") != torch.bfloat16):
         return nn.Linear.forward(self, x)
     if _stamp(self) != stamp:
