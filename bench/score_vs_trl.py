@@ -20,13 +20,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BACKBONES, dtype_peaks, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
-                    run_worker, table)
+                    run_worker, table, work_dir)
 from train_vs_trl import _encode  # noqa: E402
 
 
@@ -156,7 +155,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(Path(a.worker).read_text()))))
         return
     _, rows = hh_rows(0, a.pairs)
-    work = Path(tempfile.mkdtemp(prefix="rk-score-bench-"))
+    work = work_dir("rk-score-bench-")
     init = make_initial_model(a.model, work / "init")
     import torch
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BACKBONES, dtype_peaks, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
-                    run_worker, table, work_counts)  # noqa: E402
+                    run_worker, table, work_counts, work_dir)  # noqa: E402
 
 
 def _encode(init: Path, rows: list[dict], max_length: int):
@@ -209,7 +209,7 @@ def main() -> None:
     import torch
 
     train_rows, eval_rows = hh_rows(a.pairs, a.eval_pairs)
-    work = Path(tempfile.mkdtemp(prefix="rk-bench-"))
+    work = work_dir("rk-bench-")
     init = make_initial_model(a.model, work / "init")
     from transformers import AutoConfig
 
