@@ -25,6 +25,10 @@ def _encode(model, tok, max_length=64):
 
 @pytest.mark.parametrize("readout", ["last", "mean", "cls"])
 def test_padding_side_and_batch_invariance(tiny_model, readout):
+    if readout == "cls" and tiny_model.name != "bert":  # a decoder's first token sees only itself
+        with pytest.raises(ValueError, match="readout=cls reads the first token"):
+            RewardModel.from_pretrained(str(tiny_model), readout=readout)
+        return
     model, tok = RewardModel.from_pretrained(str(tiny_model), readout=readout)
     model.eval()
     seqs = _encode(model, tok)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from typing import Any
 
 from rewardkit.cli.parser import COMMANDS, KIND_HELP, _parsers, build_parser
@@ -25,6 +27,8 @@ __all__ = ["COMMANDS", "KIND_HELP", "_parsers", "build_parser", "command_config"
 # field), 3 training stopped because the loss or gradients kept going non-finite. An exception may carry its
 # own `exit_code`; anything else is a bug and keeps its traceback.
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT / SIGTERM, what a shell reports for a killed command
+OWN_SIGNALS = ("train", "serve")  # they handle SIGTERM themselves: a checkpoint, a drain
 
 
 def command_config(name: str, args: argparse.Namespace) -> Any:
@@ -69,8 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from rewardkit.data import DataError
 
+    previous = _stop_on_sigterm() if name not in OWN_SIGNALS else None
     try:
         return COMMANDS[name].run(command_config(name, args))
+    except (KeyboardInterrupt, Terminated) as e:  # outputs were written to temp files; those are gone now
+        if debug:
+            raise
+        stopped = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"rewardkit {name}: {stopped}; no output written", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - only known kinds are turned into one line; the rest re-raise
         code = getattr(e, "exit_code", None)
         if code is None and isinstance(e, (ConfigError, DataError, FileNotFoundError, ValueError, OSError)):
@@ -80,4 +91,23 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(x.strip() for x in str(e).splitlines() if x.strip())  # one line, always
         print(f"rewardkit {name}: error: {message}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that temp files are removed on the way out
+    (Python's default SIGTERM ends the process at once and leaves them)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM raise `Terminated`; returns the handler to restore (None where signals can't be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 

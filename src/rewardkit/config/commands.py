@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from rewardkit.config.groups import (LOSS_NAMES, DataConfig, MaxLength, ModelConfig, PairsInput, RowsInput,
                                      SavedModel, ScoringConfig)
+from rewardkit.config.devices import check_device
 from rewardkit.config.outputs import check_output_dir, check_output_file
 from rewardkit.config.schema import ConfigError, _at_least, _check, _f, _positive, _require, check_values
 
@@ -164,6 +165,7 @@ class _PairsRun:
 
     def validate(self) -> None:
         _require(self, "model", "data")
+        check_device(self.scoring.device, "scoring.device")
 
 
 @dataclass
@@ -222,6 +224,8 @@ class _RowsRun:
     def validate(self) -> None:
         _require(self, *(("model",) if self.MODEL_REQUIRED else ()), "data", "output")
         check_output_file(self.output, "output")
+        if self.model.path:
+            check_device(self.scoring.device, "scoring.device")
 
 
 @dataclass
@@ -330,6 +334,7 @@ class ServeRunConfig:
         check_values(self)
         if not self.model.path and not self.models:
             raise ConfigError("give `model` (a saved model folder) or `models` (a models file)")
+        check_device(self.scoring.device, "scoring.device")
 
 
 @dataclass

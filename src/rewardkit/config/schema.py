@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import field
@@ -174,6 +175,11 @@ def _coerce(value: Any, tp: Any, key: str, choices: tuple[str, ...] | None, root
     return value
 
 
+# Fields that hold a file or folder path (or a hub id, which never starts with "~").
+PATH_FIELDS = frozenset({"path", "output", "output_dir", "report_dir", "models", "tokenizer", "reference",
+                         "resume", "train", "eval"})
+
+
 def _build(cls: type, data: dict[str, Any], root: type, prefix: str = "", base: Any = None) -> Any:
     """`cls` from `data`; keys not in `data` keep the values of `base`, the default of this group in its
     parent (serve's `scoring` defaults differ from eval's), else of `cls()`."""
@@ -191,6 +197,8 @@ def _build(cls: type, data: dict[str, Any], root: type, prefix: str = "", base: 
             err.key = key
             raise err
         f = names[k]
+        if k in PATH_FIELDS and isinstance(v, str) and v.startswith("~"):
+            v = os.path.expanduser(v)  # YAML files and `key=~/x` in quotes reach here unexpanded by a shell
         try:
             kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}", f.metadata.get("choices"), root, getattr(base, k))
         except ConfigError as e:

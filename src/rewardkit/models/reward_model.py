@@ -52,6 +52,9 @@ class RewardModel(nn.Module):
         readout = readout or ("cls" if self.is_encoder else "last")
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; choose from {', '.join(READOUTS)}")
+        if readout == "cls" and not self.is_encoder:  # causal attention: the first token sees only itself
+            raise ValueError("model.readout=cls reads the first token, which in a decoder sees nothing after it: "
+                             "every sequence that starts alike would get the same reward; use last or mean")
         self.readout = readout
         self.head = head if head is not None else kinds.head_class("scalar")(hf_model, readout, self.is_encoder)
         self.mean, self.std = float(mean), float(std)

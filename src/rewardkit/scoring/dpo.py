@@ -27,6 +27,7 @@ from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSeq
 from rewardkit.models.backbone import resolve_path
 from rewardkit.models.causal_lm import load_causal_lm, pad_id, response_logprobs
 from rewardkit.models.packed_linear import pack_for_inference
+from rewardkit.models.positions import fit_max_length
 from rewardkit.scoring.base import Comparison, PointwiseJudge, ScoreDetails, comparisons
 from rewardkit.scoring.run import length_batches
 
@@ -75,8 +76,8 @@ class DpoReward(PointwiseJudge):
                 if ref_tok.get_vocab() != tok.get_vocab():  # log-ratios of different token ids mean nothing
                     raise ValueError(f"the policy {path} and the reference {ref_path} have different "
                                      "vocabularies: a DPO reward needs one tokenizer for both")
-        max_length = settings.pop("max_length", None) or min(
-            2048, int(getattr(policy.config, "max_position_embeddings", 2048) or 2048))
+        max_length = fit_max_length(policy, settings.pop("max_length", None), min(
+            2048, int(getattr(policy.config, "max_position_embeddings", 2048) or 2048)))
         reward = cls(policy, reference, tok, beta=float(options.get("beta", 0.1)),
                      length_normalize=bool(options.get("length_normalize", False)), max_length=max_length,
                      temperature=_saved_temperature(path), **settings)

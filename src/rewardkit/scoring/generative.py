@@ -26,6 +26,7 @@ from rewardkit.data.tokenize import TokenizedSequence
 from rewardkit.models.causal_lm import pad_id
 from rewardkit.models.judge_lm import JudgeLM
 from rewardkit.models.packed_linear import pack_for_inference
+from rewardkit.models.positions import fit_max_length
 from rewardkit.scoring.base import PairwiseJudge, _check_triples
 from rewardkit.scoring.judge_prompt import JudgePrompt
 from rewardkit.scoring.run import length_batches
@@ -58,7 +59,7 @@ class GenerativeJudge(PairwiseJudge):
         """Any LM checkpoint as a judge; `max_length` defaults to a trained judge's own, else 2048."""
         model, tok = JudgeLM.from_pretrained(str(path), gguf_file=gguf_file)
         judge = cls(model, tok, template=template,
-                    max_length=max_length or model.saved_max_length or DEFAULT_MAX_LENGTH, **kw)
+                    max_length=fit_max_length(model, max_length, model.saved_max_length or DEFAULT_MAX_LENGTH), **kw)
         pack_for_inference(model, judge.device, judge.bf16)  # CPU bf16: faster linears, same scores
         return judge
 

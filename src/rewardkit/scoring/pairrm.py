@@ -19,6 +19,7 @@ from rewardkit.data.fields import Text
 from rewardkit.data.tokenize import TokenizedPair
 from rewardkit.data.triples import TripleEncoder
 from rewardkit.models.packed_linear import pack_for_inference
+from rewardkit.models.positions import fit_max_length
 from rewardkit.models.reward_model import RewardModel
 from rewardkit.scoring.base import RANK_STRATEGIES, PairwiseJudge
 from rewardkit.scoring.run import score_sequences
@@ -67,7 +68,8 @@ class PairRanker(PairwiseJudge):
         model, tok = RewardModel.from_pretrained(str(path))
         if model.kind != "pairrm":
             raise ValueError(f"{path} holds a {model.kind!r} model, not a pairwise ranker (pairrm)")
-        ranker = cls(model, tok, max_length=max_length or model.saved_max_length or DEFAULT_MAX_LENGTH,
+        length = fit_max_length(model, max_length, model.saved_max_length or DEFAULT_MAX_LENGTH)
+        ranker = cls(model, tok, max_length=length,
                      batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16,
                      rank_strategy=rank_strategy)
         pack_for_inference(model, device, bf16)  # CPU bf16: faster linears, same scores

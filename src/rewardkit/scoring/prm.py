@@ -25,6 +25,7 @@ from rewardkit.data.fields import Text
 from rewardkit.data.steps import StepEncoder, TokenizedSteps, split_steps
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.models.packed_linear import pack_for_inference
+from rewardkit.models.positions import fit_max_length
 from rewardkit.models.prm import step_logits
 from rewardkit.models.reward_model import RewardModel
 from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
@@ -109,7 +110,8 @@ class StepScorer(PointwiseJudge):
              bf16: bool = False) -> "StepScorer":
         """A saved PRM folder; `max_length` defaults to the one it was trained with."""
         model, tok = RewardModel.from_pretrained(str(path))
-        scorer = cls(model, tok, aggregate=aggregate, max_length=max_length or model.saved_max_length or 2048,
+        scorer = cls(model, tok, aggregate=aggregate,
+                     max_length=fit_max_length(model, max_length, model.saved_max_length or 2048),
                      batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
         pack_for_inference(model, device, bf16)  # CPU bf16: faster linears, same scores
         return scorer

@@ -13,6 +13,7 @@ from rewardkit.data.fields import Message, Text
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.heads import HeadOutput
 from rewardkit.models.packed_linear import pack_for_inference
+from rewardkit.models.positions import fit_max_length
 from rewardkit.models.reward_model import RewardModel
 from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
 from rewardkit.scoring.run import run_model
@@ -44,7 +45,7 @@ class RewardScorer(PointwiseJudge):
             raise ValueError(f"{path}: not a reward model (no value head saved: a plain backbone?); its scores would "
                              "come from a random head. Train one with `rewardkit train`, or set "
                              "model.allow_random_head=true to score with a random head anyway")
-        scorer = cls(model, tok, max_length=max_length or model.saved_max_length or 2048,
+        scorer = cls(model, tok, max_length=fit_max_length(model, max_length, model.saved_max_length or 2048),
                      batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
         if packed:  # a model this scorer owns (never training's, whose weights change)
             pack_for_inference(model, device, bf16)

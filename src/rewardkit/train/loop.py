@@ -27,6 +27,7 @@ from rewardkit.data.mixing import MixtureDataset
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.io import atomic_write
 from rewardkit.models.backbone import disable_dropout
+from rewardkit.models.positions import fit_max_length
 from rewardkit.models.segment_attention import planless_attention
 from rewardkit.models.shared_casts import share_input_casts
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
@@ -141,6 +142,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     resume, state = resume_point(out, t.resume, n_proc, flat_cfg)
     # ---- model and data
     model, tok = objective.build_model(cfg)
+    fit_max_length(model, cfg.data.max_length, 0, key="data.max_length")  # longer than its position table?
     log.info("attention: %s", model.set_attention(cfg.model.attn_implementation))
     if t.disable_dropout:
         disable_dropout(model)
