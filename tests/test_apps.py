@@ -203,3 +203,70 @@ def test_summaries_hold_only_the_counts_each_command_keeps(tmp_path):
     assert pairs == {"rows_in": 2, "rows_out": 2, "responses": 5, "dropped_ties": 0}
     kept = filter_file(str(src), tmp_path / "f.jsonl", LengthScorer(), threshold=2.0).to_dict()
     assert kept["kept"] == 3 and "dropped_ties" not in kept
+
+
+def test_missing_or_misspelt_prompt_column_is_an_error(tmp_path):
+    """Known failure: `row.get(prompt, "")` turned a missing prompt column into empty prompts."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a", "responses": ["x", "y"], "scores": [1, 2]}])
+    with pytest.raises(DataError, match=r"line 1: field `question`: missing \(row has: prompt, responses, scores\)"):
+        make_pairs_file(str(src), tmp_path / "o.jsonl", columns=Columns(prompt="question"))
+    assert not (tmp_path / "o.jsonl").exists()
+    typo = write_jsonl(tmp_path / "typo.jsonl", [{"promt": "b", "response": "x", "score": 1.0}])
+    with pytest.raises(DataError, match=r"field `prompt`: missing .*did you mean `promt`\?"):
+        filter_file(str(typo), tmp_path / "f.jsonl", threshold=0)
+    with pytest.raises(DataError, match=r"field `prompt`: missing"):
+        rank_file(str(write_jsonl(tmp_path / "r.jsonl", [{"responses": ["x"]}])), tmp_path / "r.out", LengthScorer())
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "", "responses": ["x", "yy"], "scores": [1, 2]}])
+    make_pairs_file(str(empty), tmp_path / "e.jsonl")  # an explicit empty prompt stays allowed
+    assert read(tmp_path / "e.jsonl")[0]["prompt"] == ""
+
+
+def test_score_needs_the_prompt_column_unless_the_row_is_a_chat(tmp_path):
+    from rewardkit.apps import score_file
+
+    chat = {"messages": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "abc"}]}
+    src = write_jsonl(tmp_path / "in.jsonl", [chat, {"promt": "p", "response": "abc"}])
+    with pytest.raises(DataError, match=r"line 2: field `prompt`: missing .*did you mean `promt`\?"):
+        score_file(str(src), tmp_path / "o.jsonl", DetailScorer())
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("row, field, problem", [
+    ({"prompt": [], "response": []}, "response", "no response message"),
+    ({"prompt": "p", "response": []}, "response", "no response message"),
+    ({"messages": []}, "messages", "empty list"),
+    ({"messages": "hi there"}, "messages", "expected a list of messages, got str"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, r"messages\[0\].role", "unknown role 'wizard'"),
+])
+def test_score_checks_chat_fields_as_train_does(tmp_path, row, field, problem):
+    """Known failure: empty chats reached the chat template (an error naming no row) or were scored."""
+    from rewardkit.apps import score_file
+
+    src = write_jsonl(tmp_path / "in.jsonl", [row])
+    with pytest.raises(DataError, match=rf"in\.jsonl:line 1: field `{field}`: {problem}"):
+        score_file(str(src), tmp_path / "o.jsonl", DetailScorer())
+
+
+@pytest.mark.parametrize("app", [rank_file, make_pairs_file, filter_file])
+def test_list_rows_refuse_an_empty_chat_response(tmp_path, app):
+    """Known failure: rank wrote `"best_response": []`."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "responses": ["x", []], "scores": [1, 2]}])
+    kw = {"threshold": 0} if app is filter_file else {}
+    with pytest.raises(DataError, match=r"line 1: field `responses\[1\]`: no response message"):
+        app(str(src), tmp_path / "o.jsonl", LengthScorer() if app is rank_file else None, **kw)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_filter_without_a_model_reads_numeric_scores_from_csv(tmp_path, capsys):
+    """Known failure: CSV cells are text, so "1.5" was refused as "no model given ... finite score(s)"."""
+    src = tmp_path / "pw.csv"
+    src.write_text("prompt,response,score\nhi,hello,1.5\nyo,sup,-2\n")
+    report = filter_file(str(src), tmp_path / "o.jsonl", threshold=0)
+    assert read(tmp_path / "o.jsonl") == [{"prompt": "hi", "response": "hello", "score": 1.5}] and report.kept == 1
+    src.write_text("prompt,response,score\nhi,hello,1.5\nyo,sup,lots\n")
+    assert main(["filter", "--input", str(src), "--output", str(tmp_path / "x.jsonl"), "--threshold", "0"]) == 2
+    assert f"{src}:line 3: field `score`: expected a number, got 'lots'" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+    lists = write_jsonl(tmp_path / "l.jsonl", [{"prompt": "p", "responses": ["a", "b"], "scores": ["1", "nan"]}])
+    with pytest.raises(DataError, match=r"field `scores\[1\]`: expected a finite number, got 'nan'"):
+        make_pairs_file(str(lists), tmp_path / "p.jsonl")

@@ -118,6 +118,15 @@ CORPUS = [  # train, score and rank load a model before the data: a few cases ea
     Bad("responses_missing.jsonl", ("make-pairs",), "line 2", "responses", "missing"),
     Bad("response_number.jsonl", ("score",), "line 2", "response", "expected a string or chat messages, got int"),
     Bad("scores_missing.jsonl", ("make-pairs", "filter"), "line 2", "scores", "finite score"),
+    # known failure: a missing or misspelt prompt column became "" (rows got an empty prompt)
+    Bad("prompt_misspelled.jsonl", ("score", "rank", "filter", "make-pairs"), "line 2", "prompt",
+        "missing (row has: promt, response, responses, score, scores); did you mean `promt`?"),
+    # known failure: empty chat responses were scored (score: a chat-template error naming no row)
+    Bad("response_empty_chat.jsonl", ("score", "filter"), "line 2", "response", "no response message"),
+    Bad("responses_empty_chat.jsonl", ("rank", "make-pairs"), "line 2", "responses[0]", "no response message"),
+    Bad("messages_empty.jsonl", ("score",), "line 2", "messages", "empty list"),
+    Bad("messages_not_a_list.jsonl", ("score",), "line 2", "messages", "expected a list of messages, got str"),
+    Bad("score_not_a_number.csv", ("filter",), "line 3", "score", "expected a number, got 'high'"),
 ]
 CASES = [pytest.param(c, cmd, id=f"{c.file}-{cmd}") for c in CORPUS for cmd in c.commands]
 
@@ -165,7 +174,15 @@ def _parquet_missing_column(tmp: Path) -> Path:
     return path
 
 
+def _nested_too_deeply(tmp: Path) -> Path:
+    path = tmp / "nested.jsonl"  # known failure: a RecursionError traceback, even with data.on_error=skip
+    path.write_text('{"prompt": "hi", "response": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    return path
+
+
 GENERATED = {  # name -> (make(tmp) -> source, commands, where, field, problem)
+    "nested_too_deeply": (_nested_too_deeply, ("eval", "score", "filter"), "line 1", None,
+                          "invalid JSON (nested too deeply)"),
     "missing_file": (lambda t: t / "nope.jsonl", ALL, None, None, "file not found"),
     "directory": (lambda t: (t / "dir.jsonl").mkdir() or t / "dir.jsonl", ("eval", "train", "filter"), None,
                   None, "a folder must be a `datasets.save_to_disk` dataset"),
@@ -265,6 +282,15 @@ def test_train_on_empty_responses_in_both_formats(tiny_models, tmp_path, capsys,
         summary = json.loads(capsys.readouterr().out.splitlines()[-1])
         assert f"{data}: {n_empty} empty responses" in caplog.text
         assert summary["empty_responses"] == n_empty and summary["skipped_rows"] == 0
+
+
+def test_skip_counts_too_deeply_nested_json_as_invalid(rm, tmp_path, capsys):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": "hi", "chosen": ' + "[" * 200_000 + "]" * 200_000 + ', "rejected": "x"}\n')
+    assert main(["eval", str(rm), str(path), "--json", "data.on_error=skip"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n"] == 1 and stats["skipped_by_reason"] == {"invalid JSON": 1}
 
 
 def test_skip_counts_rows_by_reason(rm, tiny_models, tmp_path, capsys, caplog):

@@ -162,3 +162,41 @@ def test_works_without_matplotlib(run_dir, tmp_path, monkeypatch, capsys):
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "Chat Hard" in page and "data:image/png" not in page
+
+
+@pytest.mark.parametrize("content, where, problem", [
+    # known failures: a TypeError and a KeyError traceback, and JSON errors that named no file
+    ("[1, 2]\n", "eval.json", "not an eval report (a JSON object with `meta` and `stats`, got list)"),
+    ('{"accuracy": "high"}\n', "eval.json", "not an eval report (no `meta`)"),
+    ('{"meta": {},\n', "eval.json:line 2", "invalid JSON (Expecting property name"),
+    ('{"a": 1}\n{"b": 2}\n', "eval.json:line 2", "invalid JSON (Extra data at column 1)"),
+    ('{"meta": {"model_dir": 3}, "stats": {}}', "eval.json", "field `meta.model_dir`: expected a string, got int"),
+    ('{"meta": {}, "stats": {"calibration": "x"}}', "eval.json", "field `stats.calibration`: not as rewardkit writes"),
+    ('{"meta": {}, "stats": {"rewardbench": {}}}', "eval.json", "field `stats.rewardbench`: not as rewardkit writes "
+                                                                "it (no 'tie_policy')"),
+])
+def test_report_on_a_bad_eval_json_is_one_line_and_writes_nothing(tmp_path, capsys, content, where, problem):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "eval.json").write_text(content)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rewardkit report: error: {folder / where}: ") and problem in err, err
+    assert "\n" not in err and sorted(p.name for p in folder.iterdir()) == ["eval.json"]
+
+
+def test_report_names_a_bad_line_of_pairs_or_metrics(tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "eval.json").write_text('{"meta": {}, "stats": {"accuracy": 0.5}}')
+    (folder / "pairs.jsonl").write_text('{"chosen_reward": 1}\n[1]\n')
+    assert main(["report", str(folder)]) == 2
+    assert f"{folder / 'pairs.jsonl'}:line 2: expected a JSON object, got list" in capsys.readouterr().err
+    (folder / "pairs.jsonl").unlink()
+    (folder / "metrics.jsonl").write_text('{"split": "train", "loss": 1.0}\n')  # no `step`
+    assert main(["report", str(folder)]) == 2
+    assert f"{folder / 'metrics.jsonl'}: not as rewardkit writes it (no 'step')" in capsys.readouterr().err
+    assert not (folder / "report.html").exists()
+    (folder / "metrics.jsonl").unlink()
+    assert main(["report", str(folder)]) == 0  # eval.json alone, without model_dir or data: a summary table
+    assert "0.5000" in (folder / "report.html").read_text()

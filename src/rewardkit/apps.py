@@ -68,36 +68,44 @@ class ScoredRow:
     raw: list[float] | None = None
 
 
-def _check_text(value: Any, where: str, key: str) -> Any:
-    if isinstance(value, list):  # chat messages: known roles, string contents (data.fields)
-        return fields.messages(value, key, where)
+def _check_text(value: Any, where: str, key: str, response: bool = False) -> Any:
+    if isinstance(value, list):  # chat messages: known roles, string contents; a response needs one (data.fields)
+        return (fields.response if response else fields.messages)(value, key, where)
     if not isinstance(value, str):
         raise DataError(where, key, f"expected a string or chat messages, got {type(value).__name__}")
     return value
 
 
+def _prompt(row: dict[str, Any], where: str, cols: Columns) -> Any:
+    # A missing or misspelt prompt column is an error (as in train), never an empty prompt; "" stays allowed.
+    return _check_text(fields.need(row, cols.prompt, where), where, cols.prompt)
+
+
+def _scores(row: dict[str, Any], where: str, key: str, n: int, pointwise: bool) -> list[float]:
+    """The row's own scores (no model given): `n` finite numbers; numeric strings count (CSV cells are text)."""
+    value = row.get(key)
+    value = [value] if pointwise else value
+    if not isinstance(value, list) or len(value) != n or any(v is None or v == "" for v in value):
+        raise DataError(where, key, f"no model given, so each row needs {n} finite score(s) here "
+                                    "(e.g. from `rewardkit rank`)")
+    return [fields.number(v, key if pointwise else f"{key}[{i}]", where) for i, v in enumerate(value)]
+
+
 def _parse(where: str, row: dict[str, Any], cols: Columns, lists_only: bool, need_scores: bool) -> ScoredRow:
-    prompt = _check_text(row.get(cols.prompt, ""), where, cols.prompt)
+    prompt = _prompt(row, where, cols)
     if cols.responses in row:
         responses = row[cols.responses]
         if not isinstance(responses, list) or not responses:
             raise DataError(where, cols.responses, "expected a non-empty list of responses")
-        responses = [_check_text(r, where, f"{cols.responses}[{i}]") for i, r in enumerate(responses)]
+        responses = [_check_text(r, where, f"{cols.responses}[{i}]", response=True) for i, r in enumerate(responses)]
         pointwise, score_key = False, cols.scores
     elif cols.response in row and not lists_only:
-        responses, pointwise, score_key = [_check_text(row[cols.response], where, cols.response)], True, cols.score
+        responses = [_check_text(row[cols.response], where, cols.response, response=True)]
+        pointwise, score_key = True, cols.score
     else:
         want = f"`{cols.responses}` (a list)" + ("" if lists_only else f" or `{cols.response}`")
         raise DataError(where, cols.responses, f"missing: need {want}")
-    scores: list[float] = []
-    if need_scores:
-        value = row.get(score_key)
-        value = [value] if pointwise else value
-        if not isinstance(value, list) or len(value) != len(responses) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-            raise DataError(where, score_key, f"no model given, so each row needs {len(responses)} finite score(s) "
-                                              f"here (e.g. from `rewardkit rank`)")
-        scores = [float(v) for v in value]
+    scores = _scores(row, where, score_key, len(responses), pointwise) if need_scores else []
     return ScoredRow(where, row, prompt, responses, scores, pointwise)
 
 
@@ -138,14 +146,16 @@ def _write_line(fh, row: dict[str, Any]) -> None:
 def _score_input(where: str, row: dict[str, Any], cols: Columns) -> tuple[Any, Any]:
     """(prompt, response) of a score row: the `messages` chat (last message = response) or prompt+response."""
     msgs = row.get(cols.messages)
-    if isinstance(msgs, list) and msgs:
-        msgs = fields.messages(msgs, cols.messages, where)
+    if (cols.messages in row and cols.response not in row) or (isinstance(msgs, list) and msgs):
+        msgs = fields.messages(fields.need(row, cols.messages, where), cols.messages, where)
+        if not msgs:
+            raise DataError(where, cols.messages, "empty list (need at least the response message)")
         return msgs[:-1], msgs[-1:]
     if cols.response not in row:
         raise DataError(where, cols.response,
                         f"missing (need `{cols.prompt}`+`{cols.response}` or `{cols.messages}`)")
-    response = _check_text(row[cols.response], where, cols.response)
-    return _check_text(row.get(cols.prompt, ""), where, cols.prompt), response
+    response = _check_text(row[cols.response], where, cols.response, response=True)
+    return _prompt(row, where, cols), response
 
 
 def score_file(source: str, output: str | Path, scorer, *, columns: Columns | None = None,

@@ -134,3 +134,35 @@ def test_unsupported_suffix(tmp_path):
     path.write_text("x")
     with pytest.raises(DataError, match=r"unsupported file type `\.txt`"):
         list(read_rows(str(path)))
+
+
+def test_line_cut_short_names_the_column_where_it_ends(tmp_path):
+    """Known failure: the decoder saw the newline, so a truncated line was reported at column 1."""
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"prompt":"yo","response":"sup"\r\n')
+    with pytest.raises(DataError, match=r"cut\.jsonl:line 1: invalid JSON \(Expecting ',' delimiter at column 32\)"):
+        list(read_rows(str(path)))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_nested_too_deeply_is_invalid_json(tmp_path, suffix):
+    """Known failure: a RecursionError traceback, which data.on_error=skip did not catch either."""
+    deep = "[" * 200_000 + "]" * 200_000
+    path = tmp_path / f"deep{suffix}"
+    ok = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    if suffix == ".jsonl":
+        path.write_text(json.dumps(ok) + '\n{"prompt": "p", "chosen": ' + deep + ', "rejected": "b"}\n')
+        examples, report = load_preferences(str(path), on_error="skip")
+        assert len(examples) == 1 and report.by_reason == {"invalid JSON": 1}
+    else:
+        path.write_text("[" + json.dumps(ok) + ", " + deep + "]")
+    with pytest.raises(DataError, match=r"deep\.jsonl?(:line \d)?: invalid JSON \(nested too deeply\)"):
+        list(read_rows(str(path)))
+
+
+def test_read_rows_empty_ok(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    assert list(read_rows(str(path), empty_ok=True)) == []
+    with pytest.raises(DataError, match="no rows"):
+        list(read_rows(str(path)))

@@ -145,11 +145,11 @@ def load_examples(source: str, convert: Callable[[dict[str, Any], str], Any] | N
     return examples, report
 
 
-def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
+def read_rows(source: str, split: str = "train", empty_ok: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield `(where, row)` pairs; `where` is "path:line N" or "path:row N" (1-based).
 
     Raises `DataError` at the first unreadable row (invalid JSON, not an object), and at the end when the
-    source held no rows at all (an empty or whitespace-only file).
+    source held no rows at all (an empty or whitespace-only file) unless `empty_ok`.
     """
     n = 0
     for where, row in _iter_rows(source, split):
@@ -157,7 +157,7 @@ def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str
             raise row
         n += 1
         yield where, row
-    if not n:
+    if not n and not empty_ok:
         raise DataError(str(source), None, "no rows (the file is empty or blank)")
 
 
@@ -194,21 +194,17 @@ def _iter_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | 
                 continue
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
+            try:  # without the line ending, so a line cut short is reported at its end, not at column 1
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 yield where, DataError(where, None, f"invalid JSON ({e.msg} at column {e.colno})")
                 continue
+            except RecursionError:  # e.g. [[[[...]]]] 200,000 deep: bad input like any other, skippable
+                yield where, DataError(where, None, TOO_DEEP)
+                continue
             yield where, _as_mapping(row, where)
     elif suffix == ".json":
-        raw = _open(path, source, lambda p: p.read_bytes())
-        try:
-            data = json.loads(raw.decode("utf-8-sig"))
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            raise DataError(f"{source}:line {line}", None, _not_utf8(e, raw.rfind(b"\n", 0, e.start) + 1)) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source}:line {e.lineno}", None, f"invalid JSON ({e.msg})") from None
+        data = load_json(path, source)
         if isinstance(data, dict):  # {"data": [...]} wrappers (or any single list-valued key)
             lists = [k for k, v in data.items() if isinstance(v, list)]
             if isinstance(data.get("data"), list):
@@ -238,6 +234,23 @@ def _iter_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | 
     else:
         raise DataError(source, None, f"unsupported file type `{suffix}` (use .jsonl, .json, .parquet, "
                                       ".csv or a datasets folder)")
+
+
+TOO_DEEP = "invalid JSON (nested too deeply)"
+
+
+def load_json(path: Path, source: str) -> Any:
+    """A whole .json file (UTF-8, a BOM allowed); unreadable bytes or JSON are a `DataError` naming the line."""
+    raw = _open(path, source, lambda p: p.read_bytes())
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{source}:line {line}", None, _not_utf8(e, raw.rfind(b"\n", 0, e.start) + 1)) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{source}:line {e.lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(source, None, TOO_DEEP) from None
 
 
 def _open(path: Path, source: str, read: Callable[[Path], Any]) -> Any:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewardkit.data.readers import DataError, load_json, read_rows
 from rewardkit.io import atomic_write, staged_dir, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,27 @@ class ReportFiles:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:line {i}: invalid JSON ({e.msg})") from None
-    return rows
+    # The readers' rules: a bad line is a DataError naming FILE:line N (an empty file is just no rows).
+    return [row for _, row in read_rows(str(path), empty_ok=True)]
+
+
+def _read_eval(path: Path) -> dict[str, Any] | None:
+    """eval.json as `write_eval_dir` writes it ({"meta": {...}, "stats": {...}}), or None when absent."""
+    if not path.is_file():
+        return None
+    data = load_json(path, str(path))
+    if not isinstance(data, dict):
+        raise DataError(str(path), None, f"not an eval report (a JSON object with `meta` and `stats`, "
+                                         f"got {type(data).__name__})")
+    for key in ("meta", "stats"):
+        if key not in data:
+            raise DataError(str(path), None, f"not an eval report (no `{key}`)")
+        if not isinstance(data[key], dict):
+            raise DataError(str(path), key, f"expected an object, got {type(data[key]).__name__}")
+    for key in ("model_dir", "data"):
+        if not isinstance(data["meta"].get(key, ""), str):
+            raise DataError(str(path), f"meta.{key}", f"expected a string, got {type(data['meta'][key]).__name__}")
+    return data
 
 
 def write_eval_dir(out_dir: str | Path, outcome, *, model_dir: str, data: str) -> Path:
@@ -191,6 +205,16 @@ def _training(rows: list[dict[str, Any]], plots: Path, source: Path) -> Section:
     return sec
 
 
+def _guarded(path: Path, field: str | None, build, *args):
+    """`build(*args)`; content unlike what rewardkit writes (hand-edited, another tool's) is a `DataError`
+    naming the file and field, not a KeyError/TypeError traceback."""
+    try:
+        return build(*args)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise DataError(str(path), field, f"not as rewardkit writes it ({what})") from None
+
+
 # --------------------------------------------------------------------------- rendering
 
 def _html(title: str, sections: list[Section]) -> str:
@@ -239,52 +263,66 @@ def _markdown(title: str, sections: list[Section], base: Path) -> str:
 
 
 def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportFiles:
-    """Write report.html and report.md for an eval folder (eval.json) or a training run (metrics.jsonl)."""
+    """Write report.html and report.md for an eval folder (eval.json) or a training run (metrics.jsonl).
+
+    Every input is read and checked before anything is drawn or written: a bad one is a `DataError` naming
+    the file (and line or field), and leaves the folder as it was."""
     src = Path(path)
     out = Path(out_dir) if out_dir else src
     plots = out / "plots"
     eval_json = src / "eval.json"
-    evaluation = json.loads(eval_json.read_text(encoding="utf-8")) if eval_json.is_file() else None
+    evaluation = _read_eval(eval_json)
     metrics = src / "metrics.jsonl"
-    if not metrics.is_file() and evaluation:
-        metrics = Path(evaluation["meta"].get("model_dir", "")) / "metrics.jsonl"
+    if not metrics.is_file() and evaluation and evaluation["meta"].get("model_dir"):
+        metrics = Path(evaluation["meta"]["model_dir"]) / "metrics.jsonl"
     if evaluation is None and not metrics.is_file():
         raise FileNotFoundError(f"{src}: neither eval.json (from `rewardkit eval --report-dir`) nor metrics.jsonl "
                                 "(a training run folder)")
-    made: list[Path] = []
-    try:
-        from rewardkit.eval import plots as P
-
-        if evaluation and (src / "pairs.jsonl").is_file():  # redraw, so the report matches the data
-            made += P.eval_plots(_read_jsonl(src / "pairs.jsonl"), evaluation["stats"], plots).values()
-        if metrics.is_file():
-            made.append(P.training_curves(_read_jsonl(metrics), plots / "training_curves.png"))
-    except ImportError as e:  # PlotsUnavailable is one
-        log.warning("%s; the report has tables only%s", e,
-                    " (plus plots already in the folder)" if plots.is_dir() else "")
-    sections: list[Section] = []
+    pairs = _read_jsonl(src / "pairs.jsonl") if evaluation and (src / "pairs.jsonl").is_file() else None
+    history = _read_jsonl(metrics) if metrics.is_file() else None
     if evaluation:
-        stats, meta = evaluation["stats"], evaluation["meta"]
-        sections.append(_summary(stats, meta))
-        if "rewardbench" in stats:
-            sections.append(_rewardbench(stats["rewardbench"]))
-        if "rewardbench2" in stats:
-            sections.append(_rewardbench2(stats["rewardbench2"]))
-        if "calibration" in stats:
-            sections.append(_calibration(stats["calibration"], plots))
-        if "length_bias" in stats:
-            sections.append(_length(stats["length_bias"], plots))
-        dist = Section("Reward distributions")
-        _maybe_image(dist, "Chosen vs rejected rewards", plots / "rewards.png")
-        _maybe_image(dist, "Reward margins", plots / "margins.png")
-        if dist.images:
-            sections.append(dist)
-    if metrics.is_file():
-        sections.append(_training(_read_jsonl(metrics), plots, metrics))
-    name = Path(evaluation["meta"].get("model_dir", src)).name if evaluation else src.resolve().name
-    title = f"rewardkit report: {name}" + (f" on {Path(evaluation['meta']['data']).name}" if evaluation else "")
+        _eval_sections(eval_json, evaluation, plots)  # checks the stats blocks before any plot is redrawn
+    if history is not None:
+        _guarded(metrics, None, _training, history, plots, metrics)
+    made = _draw(evaluation, pairs, history, plots, src / "pairs.jsonl", metrics)
+    sections = _eval_sections(eval_json, evaluation, plots) if evaluation else []
+    if history is not None:
+        sections.append(_training(history, plots, metrics))
+    meta = evaluation["meta"] if evaluation else {}
+    name = Path(meta.get("model_dir") or src.resolve()).name
+    title = f"rewardkit report: {name}" + (f" on {Path(meta.get('data') or '?').name}" if evaluation else "")
     with atomic_write(out / "report.html") as fh:
         fh.write(_html(title, sections))
     with atomic_write(out / "report.md") as fh:
         fh.write(_markdown(title, sections, out))
     return ReportFiles(out / "report.html", out / "report.md", made)
+
+
+def _eval_sections(path: Path, evaluation: dict[str, Any], plots: Path) -> list[Section]:
+    stats = evaluation["stats"]
+    sections = [_summary(stats, evaluation["meta"])]
+    for key, build in (("rewardbench", _rewardbench), ("rewardbench2", _rewardbench2),
+                       ("calibration", _calibration), ("length_bias", _length)):
+        if key in stats:
+            args = (plots,) if build in (_calibration, _length) else ()
+            sections.append(_guarded(path, f"stats.{key}", build, stats[key], *args))
+    dist = Section("Reward distributions")
+    _maybe_image(dist, "Chosen vs rejected rewards", plots / "rewards.png")
+    _maybe_image(dist, "Reward margins", plots / "margins.png")
+    return sections + ([dist] if dist.images else [])
+
+
+def _draw(evaluation, pairs, history, plots: Path, pairs_file: Path, metrics: Path) -> list[Path]:
+    """Redraw the plots from the data, so the report matches it; none without matplotlib."""
+    made: list[Path] = []
+    try:
+        from rewardkit.eval import plots as P
+
+        if pairs is not None:
+            made += _guarded(pairs_file, None, P.eval_plots, pairs, evaluation["stats"], plots).values()
+        if history is not None:
+            made.append(_guarded(metrics, None, P.training_curves, history, plots / "training_curves.png"))
+    except ImportError as e:  # PlotsUnavailable is one
+        log.warning("%s; the report has tables only%s", e,
+                    " (plus plots already in the folder)" if plots.is_dir() else "")
+    return made
