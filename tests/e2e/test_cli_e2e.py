@@ -22,9 +22,9 @@ def data(tmp_path_factory):
     return write_jsonl(d / "train.jsonl", synthetic_pairs(160)), write_jsonl(d / "eval.jsonl", synthetic_pairs(40, seed=1))
 
 
-def _train(model, data, out, *extra):
+def _train(model, data, out, *extra, held_out=True):
     train, held = data
-    argv = ["train", f"model={model}", f"data.train={train}", f"data.eval={held}", "data.max_length=64",
+    argv = ["train", f"model={model}", f"data.train={train}", *([f"data.eval={held}"] * held_out), "data.max_length=64",
             "train.batch_size=8", "train.lr=1e-3", "train.log_every=5", "train.progress=false", "seed=0",
             "train.bf16=false",
             f"output_dir={out}", *extra]
@@ -76,6 +76,20 @@ def test_resume_is_exact(tiny_models, data, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_resume_without_an_eval_set_saves_the_same_mean_std(tiny_models, data, tmp_path):
+    """Without an eval set the saved mean/std come from the loop's own rewards over the last epoch: a resume
+    (here from step 3 of 7, across an epoch boundary at step 5) must keep the rewards its checkpoint recorded."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    opts = ("train.max_steps=7", "train.batch_size=32")
+    _train(tiny_models["llama"], data, full, *opts, "train.save_every=3", held_out=False)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
+    _train(tiny_models["llama"], data, resumed, *opts, "train.resume=auto", held_out=False)
+    a, b = (json.loads((d / "config.json").read_text())["rewardkit"] for d in (full, resumed))
+    assert a["mean"] == pytest.approx(b["mean"], abs=1e-6) and a["std"] == pytest.approx(b["std"], abs=1e-6)
+    assert a["std"] > 0
 
 
 def test_bad_row_is_a_clear_error_and_writes_nothing(tiny_models, tmp_path, capsys):

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from accelerate import Accelerator
 
@@ -120,11 +120,12 @@ def remove_partial(out: Path) -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, batch_in_epoch: int,
-                    batches_per_epoch: int, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+                    batches_per_epoch: int, extra: dict[str, Any] | None = None, keep: int = 2,
+                    write_own: Callable[[Path], None] | None = None) -> Path:
     """Resumable state (weights, optimiser, scheduler, RNG of every process, data position, and `extra`: the
-    run's config, counters); keeps the newest `keep` complete ones. Every process writes into
-    checkpoints/.step-N.tmp; then the main process writes trainer_state.json (with each file's size) and
-    renames the folder to step-N."""
+    run's config, counters; `write_own(folder)`: each process's own files); keeps the newest `keep` complete
+    ones. Every process writes into checkpoints/.step-N.tmp; then the main process writes trainer_state.json
+    (with each file's size) and renames the folder to step-N."""
     if batch_in_epoch >= batches_per_epoch:  # the epoch just ended: resume at the next one
         epoch, batch_in_epoch = epoch + 1, 0
     final = out / "checkpoints" / f"step-{step}"
@@ -134,6 +135,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, epoch: int, 
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        if write_own is not None:
+            write_own(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}

@@ -90,8 +90,9 @@ def train(cfg: TrainRunConfig) -> TrainResult:
       from the final eval's own forward (no extra pass);
     - without one (`train.reward_stats=loop`, default): the rewards the training forwards already computed over
       the last epoch (the last epoch's worth of good micro-batches: skipped steps excluded; a run shorter than an
-      epoch, or resumed, uses the micro-batches it ran), in training mode and at the training precision, with the
-      weights as they were at each step, so they trail the final weights by up to one epoch of updates;
+      epoch uses the micro-batches it ran; a resumed one also those its checkpoint kept), in training mode and
+      at the training precision, with the weights as they were at each step, so they trail the final weights by
+      up to one epoch of updates;
     - without one and `train.reward_stats=pass`: one more forward over the first 1000 training examples with the
       final weights.
     Judges that never normalise (pairwise rankers, generative judges) skip the statistics without an eval set."""
@@ -241,6 +242,9 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and main), desc="train", dynamic_ncols=True)
     window = StepWindow()  # the good steps since the last row
     recent = RecentRewards()  # the last epoch's training rewards: the saved mean/std without an eval set
+    own_rewards = f"recent_rewards_{rank}.pt"  # in each checkpoint, per process
+    if resume is not None and not recent.load(resume / own_rewards):  # an older version's checkpoint
+        log.warning("%s holds no training rewards: mean/std will come from the steps after it", resume)
     totals = StepWindow()  # whole-run throughput for TrainResult
     micro: list = []  # (StepOutput, tokens, processed) of this optimiser step's micro-batches
     losses_finite = True
@@ -253,7 +257,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         with saving("checkpoint", path, "the previous checkpoints are untouched"):
             return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
                                    extra={"config": flat_cfg, "bad_in_a_row": in_a_row,
-                                          "pack_layout": layout})
+                                          "pack_layout": layout},
+                                   write_own=lambda d: recent.save(d / own_rewards))
 
     def stop(batch_in_epoch: int, n_batches: int) -> TrainResult:
         """A stop signal reached some process: save where the run stands (unless a checkpoint of this very

@@ -131,6 +131,17 @@ class RecentRewards:
     def add(self, rewards: torch.Tensor) -> None:
         self.parts.append(rewards.detach().float().cpu())
 
+    def save(self, path: Path) -> None:
+        """Into a checkpoint: a resumed run then saves the mean/std the uninterrupted run would."""
+        torch.save(list(self.parts), path)
+
+    def load(self, path: Path) -> bool:
+        """From a checkpoint; False where it has none (saved by an older version)."""
+        if not path.is_file():
+            return False
+        self.parts = collections.deque(torch.load(path, weights_only=True), maxlen=self.parts.maxlen)
+        return True
+
     def stats(self, accelerator: Accelerator) -> dict[str, float]:
         """reward_mean and (population) reward_std over every process's kept rewards; NaN when none. A
         collective: every process calls it."""
