@@ -193,13 +193,16 @@ def test_judge_loss_full_finetune_saves_a_plain_lm(tiny_models, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(12))
     cfg = load_config(TrainRunConfig, None, [
         f"model={_short_judge(tiny_models, tmp_path)}", "loss=judge", f"data.train={data}", "data.eval_size=4",
-        "data.max_length=64", "train.batch_size=4", "train.max_steps=1", "train.progress=false",
+        "data.max_length=64", "train.batch_size=4", "train.max_steps=1", "train.progress=false", "train.bf16=true",
         f"output_dir={tmp_path / 'out'}"])
     from rewardkit.train import train
 
     result = train(cfg)
     assert result.final_eval["n"] == 4 and 0 <= result.final_eval["accuracy"] <= 1
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out") is not None  # a plain HF LM folder
+    block = json.loads((tmp_path / "out" / "config.json").read_text())["rewardkit"]
+    assert block["precision"] == "bf16"  # scoring's default precision follows training's, as for value heads
+    assert not list((tmp_path / "out").glob(".staging-*"))  # saved through a staging folder, none left
     judge = load_judge(tmp_path / "out")
     assert judge.kind == "generative" and judge.prompt.template == SHORT and judge.prompt.max_length == 64
 

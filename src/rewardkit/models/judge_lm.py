@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rewardkit.batches import SequenceBatch
+from rewardkit.io import staged_dir
 from rewardkit.models import causal_lm
 from rewardkit.models.backbone import CONFIG_KEY, resolve_path, set_attention
 from rewardkit.models.segment_attention import planless_attention
@@ -59,6 +60,7 @@ class JudgeLM(nn.Module):
         self.mean, self.std = 0.0, 1.0  # set by the training loop; a judge has no score scale to save
         self.objective_info: dict[str, Any] = {}
         self.judge_info = {k: self.saved[k] for k in ("template", "labels") if self.saved.get(k) is not None}
+        self.precision: str | None = self.saved.get("precision")  # what training ran in: scoring's default follows
 
     @property
     def seq2seq(self) -> bool:
@@ -150,19 +152,21 @@ class JudgeLM(nn.Module):
         """The LM (or its adapter), the tokenizer, and config.json's `rewardkit` block: kind "generative",
         template, labels, max_length, temperature, how it was trained."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         block: dict[str, Any] = {"kind": KIND, **self.judge_info, "temperature": self.temperature,
                                  "max_length": max_length or self.saved_max_length, "objective": self.objective_info}
+        if self.precision is not None:
+            block["precision"] = self.precision
         if self.lora is not None:
             block["lora"] = self.lora.block()
         setattr(self.hf.config, CONFIG_KEY, block)
-        if self.lora is not None:
-            self.hf.config.save_pretrained(str(out))
-            self._save_adapter(out)
-        else:
-            self.hf.save_pretrained(str(out))
+        with staged_dir(out) as tmp:  # a failed save leaves the folder as it was, never half-written
+            if self.lora is not None:
+                self.hf.config.save_pretrained(str(tmp))
+                self._save_adapter(tmp)
+            else:
+                self.hf.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
         remove_stale_files(out, self.lora is not None)
-        tokenizer.save_pretrained(str(out))
 
     # ------------------------------------------------------------------ the forward
 
