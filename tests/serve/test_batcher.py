@@ -103,3 +103,31 @@ def test_settings_are_checked():
         BatchSettings(max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         BatchSettings(max_wait_ms=-1)
+
+
+def test_a_failing_batch_is_retried_request_by_request(caplog):
+    """One request that breaks the forward (here: tag 99) fails alone; the requests batched with it get scores."""
+    model = FakeModel()
+
+    def poisoned(seqs):
+        if any(s.input_ids[0] == 99 for s in seqs):
+            model.sizes.append(len(seqs))
+            raise RuntimeError("index out of range in self")
+        return model(seqs)
+    batcher = DynamicBatcher("m", poisoned, BatchSettings(max_batch_size=4, max_wait_ms=2000), Metrics())
+    batcher.start()
+
+    async def go():
+        return await asyncio.gather(*(batcher.submit(j) for j in ([seq(1)], [seq(99)], [seq(2), seq(3)])),
+                                    return_exceptions=True)
+    try:
+        with caplog.at_level("ERROR", logger="rewardkit.serve.batcher"):
+            first, bad, last = asyncio.run(go())
+    finally:
+        batcher.stop()
+    assert model.sizes == [4, 1, 1, 2]  # the batch, then each request alone
+    assert first.tolist() == [1.0] and last.tolist() == [2.0, 3.0]
+    assert isinstance(bad, RuntimeError) and "out of range" in str(bad)
+    failures = [r for r in caplog.records if r.name == "rewardkit.serve.batcher"]
+    assert len(failures) == 1 and "3 requests (4 texts) failed" in failures[0].getMessage()
+    assert "1 failed again" in failures[0].getMessage()

@@ -104,6 +104,54 @@ def test_models_file(tmp_path, rm_dirs):  # noqa: F811
         assert r.status_code == 422 and "`labels`" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("text,msg", [
+    ("combine: {rule: llama2, safety: a, helpfulness: b, threshold: high}",
+     "combine.threshold: expected a finite number, got 'high'"),
+    ("combine: {rule: llama2, safety: a, helpfulness: b, threshold: 1.5}", r"combine.threshold: must be in \[0, 1\]"),
+    ("combine: {rule: llama2, safety: a, helpfulness: b, is_safety_classifier: b, classifier_threshold: .nan}",
+     "combine.classifier_threshold: expected a finite number, got nan"),
+    ("combine: {rule: llama2, safety: [a], helpfulness: b}", r"combine.safety: expected a name, got \['a'\]"),
+    ("combine: {rule: weighted_sum, weights: {a: .nan, b: .inf}}", "combine.weights.a: expected a finite number"),
+    ("combine: {rule: weighted_sum, weights: {a: 1, b: -.inf}}", "combine.weights.b: expected a finite number"),
+    ("combine: {rule: weighted_sum, weights: {a: true}}", "combine.weights.a: expected a finite number, got True"),
+    ("combine: {rule: weighted_sum, weights: {a: null}}", "combine.weights.a: expected a finite number, got None"),
+    ("combine: {rule: weighted_sum, weights: [a, b]}", "combine.weights: expected a mapping"),
+])
+def test_models_file_numbers_and_names_are_checked(tmp_path, text, msg):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {a: x, b: y}\n" + text)
+    with pytest.raises(ConfigError, match=f"^{bad}: {msg}"):
+        load_models_config(bad)
+
+
+@pytest.mark.parametrize("entry,msg", [
+    ("{path: x, beta: .nan}", "models.a.beta: must be a finite number"),
+    ("{path: x, beta: -1}", "models.a.beta: must be > 0"),
+    ("{path: x, max_length: lots}", "models.a.max_length: expected int, got 'lots'"),
+    ("{path: x, max_length: 2}", "models.a.max_length: must be at least 8"),
+    ("{path: x, normalize: 'yes'}", "models.a.normalize: expected true or false, got 'yes'"),
+    ("{path: x, reference_free: 1}", "models.a.reference_free: expected bool"),
+])
+def test_models_file_entries_are_checked_as_model_keys(tmp_path, entry, msg):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"models: {{a: {entry}}}\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: {msg}"):
+        load_models_config(bad)
+
+
+def test_rule_values_are_checked_and_kept_as_numbers(tmp_path):
+    good = tmp_path / "good.yaml"  # PyYAML reads 1e-3 (no dot) as a string; it is a number, as in config files
+    good.write_text("models: {a: x, b: {path: y, beta: 2, max_length: 128}}\n"
+                    "combine: {rule: llama2, safety: a, helpfulness: b, threshold: 1e-3}\n")
+    cfg = load_models_config(good)
+    assert cfg.rule.threshold == 0.001 and cfg.models["b"].options == {"beta": 2.0}
+    assert cfg.models["b"].max_length == 128
+    with pytest.raises(ValueError, match="threshold: expected a finite number"):
+        Llama2(safety="a", helpfulness="b", threshold=float("nan"))
+    with pytest.raises(ValueError, match="weights.a: expected a finite number"):
+        WeightedSum({"a": float("inf")})
+
+
 def test_cli_serve_end_to_end(rm_dirs, tmp_path):  # noqa: F811
     with socket.socket() as sock:  # a port that was free a moment ago
         sock.bind(("127.0.0.1", 0))

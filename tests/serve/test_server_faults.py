@@ -346,6 +346,7 @@ def test_corrupt_model_at_startup_is_exit_2_naming_the_file(rm_dirs, tmp_path, c
     bad = shutil.copytree(rm_dirs["llama"], tmp_path / "bad")
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    assert cli.main(["serve", str(bad), "--port", "1"]) == 2  # fails while loading, before it listens
+    # port 0: the port is bound before loading, so it must be one this user may bind; loading fails before it listens
+    assert cli.main(["serve", str(bad), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rewardkit serve: error: ") and "model.safetensors" in err[0], err

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, Union
@@ -24,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
 from pydantic.json_schema import models_json_schema
 
+from rewardkit.config import ConfigError
 from rewardkit.precision import precision_name
 from rewardkit.scoring import NoScores
 from rewardkit.serve.batcher import QueueFull, ShuttingDown
@@ -186,22 +189,71 @@ def build_app(models: ModelsConfig, settings: ServeSettings, *, device: str = "c
 def run_server(models: ModelsConfig, settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 5000,
                device: str = "cpu", max_length: int | None = None, access_log: bool = False,
                bf16: bool | None = False) -> None:
-    """Load, then serve until SIGTERM/SIGINT (uvicorn, one process: the model worker holds the model once).
+    """Bind, load, then serve until SIGTERM/SIGINT (uvicorn, one process: the model worker holds the model
+    once).
 
-    Loading errors propagate before anything listens (the CLI turns them into exit 2). On SIGTERM the
-    server stops accepting, drains (`settings.drain_timeout`) and exits 0."""
+    A busy port or a bad host fails before the models load, and loading errors before anything listens (the
+    CLI turns both into exit 2). On SIGTERM the server stops accepting, drains (`settings.drain_timeout`) and
+    exits 0."""
     import uvicorn
 
+    sockets = bind_sockets(host, port)  # first: a failure here is the only line printed
     if not _is_loopback(host) and settings.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or REWARDKIT_API_KEY)", host)
-    _steady_malloc()
-    service = RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16)
-    config = uvicorn.Config(create_app(service, settings), host=host, port=port, access_log=access_log,
-                            log_level="info", timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE_S)
-    log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward)",
-             host, port, host, port)
-    draining_server(config, service, settings.drain_timeout).run()
+    try:
+        _steady_malloc()
+        service = RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16)
+        config = uvicorn.Config(create_app(service, settings), host=host, port=port, access_log=access_log,
+                                log_level="info", timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE_S)
+        _listen(sockets, host, port, config.backlog)
+        port = sockets[0].getsockname()[1]  # the one the system chose for port 0
+        log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward)",
+                 host, port, host, port)
+        draining_server(config, service, settings.drain_timeout).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, bound (not yet listening) before the models load: a busy port or an unknown host
+    is a one-line start-up error (ConfigError: exit 2) at once, not uvicorn's exit 3 after a long load. One
+    socket per address `host` resolves to, with the options asyncio's create_server (uvicorn's own bind) sets."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = list(dict.fromkeys(socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)))
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over old TIME_WAIT connections
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 address has its own socket
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL or len(infos) == 1:
+                    raise
+                sockets.pop().close()  # a family not enabled here (e.g. ::1 without IPv6); asyncio skips it too
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, "no address of this host can be bound")
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sockets
+
+
+def _listen(sockets: list[socket.socket], host: str, port: int, backlog: int) -> None:
+    """Listen only once the models are loaded: until then clients get a quick refusal, not a hang. Another
+    server that binds with SO_REUSEADDR can still take the port meanwhile; that is caught here, in one line."""
+    try:
+        for sock in sockets:
+            sock.listen(backlog)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e} (taken while the models loaded)"
+                          ) from None
 
 
 def _steady_malloc() -> None:

@@ -7,8 +7,10 @@ it past `max_batch_tokens` padded tokens, or `max_wait_ms` after its oldest requ
 on the worker thread, never on the event loop.
 
 Faults. A request whose client went away (its task cancelled) leaves the queue at once: its texts never
-reach the model. `begin_drain(seconds)` (SIGTERM) refuses new work, lets queued work run for `seconds`, then
-fails what is still queued with `ShuttingDown` (the app answers 503); a forward already running finishes.
+reach the model. When a forward of several requests fails, each request runs again alone, so only one that
+fails on its own gets the error. `begin_drain(seconds)` (SIGTERM) refuses new work, lets queued work run for
+`seconds`, then fails what is still queued with `ShuttingDown` (the app answers 503); a forward already
+running finishes.
 """
 
 from __future__ import annotations
@@ -206,24 +208,46 @@ class DynamicBatcher:
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            seqs = [seq for job in batch for seq in job.seqs]
-            started = time.monotonic()
             try:
-                scores = self.run_batch(seqs)
-            except Exception as e:  # deliver to every waiting request; the worker keeps going
-                log.exception("model %s: batch of %d texts failed", self.name, len(seqs))
-                for job in batch:
-                    _deliver(job, _fail, e)
+                scores = self._run(batch)
+            except Exception as e:  # the worker keeps going
+                if len(batch) == 1:
+                    log.exception("model %s: batch of %d texts failed", self.name, len(batch[0].seqs))
+                    _deliver(batch[0], _fail, e)
+                else:
+                    self._retry_alone(batch, e)
                 continue
-            if self.metrics is not None:
-                width = max(len(x.input_ids) for x in seqs)
-                self.metrics.batch(self.name, len(seqs), len(seqs) * width, time.monotonic() - started,
-                                   [started - job.enqueued for job in batch])
             start = 0
             for job in batch:
                 part = scores[start:start + len(job.seqs)]
                 start += len(job.seqs)
                 _deliver(job, _resolve, part)
+
+    def _run(self, batch: list[_Job]) -> torch.Tensor:
+        seqs = [seq for job in batch for seq in job.seqs]
+        started = time.monotonic()
+        scores = self.run_batch(seqs)
+        if self.metrics is not None:
+            width = max(len(x.input_ids) for x in seqs)
+            self.metrics.batch(self.name, len(seqs), len(seqs) * width, time.monotonic() - started,
+                               [started - job.enqueued for job in batch])
+        return scores
+
+    def _retry_alone(self, batch: list[_Job], error: Exception) -> None:
+        """A failed batch of several requests: run each request alone, so one bad request (a text the model
+        cannot take, a batch too big for memory) fails only itself. One log line for the whole batch."""
+        failed = 0
+        for job in batch:
+            if job.future.done():  # the client went away (a read across threads: at worst one wasted forward)
+                continue
+            try:
+                _deliver(job, _resolve, self._run([job]))
+            except Exception as e:  # noqa: BLE001 - this request's own error goes back to it
+                failed += 1
+                _deliver(job, _fail, e)
+        log.error("model %s: batch of %d requests (%d texts) failed (%s: %s); ran each alone: %d failed again",
+                  self.name, len(batch), sum(len(j.seqs) for j in batch), type(error).__name__, error, failed,
+                  exc_info=error)
 
 
 def _deliver(job: _Job, fn, value) -> None:

@@ -20,6 +20,7 @@ back on the score scale (the paper then whitens across the batch; PPO trainers d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,36 @@ from typing import Any, Protocol
 
 import torch
 
-from rewardkit.config import ConfigError
+from rewardkit.config import ConfigError, MaxLength, SavedModel, load_config
 from rewardkit.rlhf import llama2_select, logit
 
 
 class FieldMissing(ValueError):
     """A rule needs a per-text request field that the request does not carry (answered with 422)."""
+
+
+def finite(value: Any, key: str, lo: float | None = None, hi: float | None = None) -> float:
+    """`value` as a float, or a ValueError naming `key`. A bad number here started fine and then failed every
+    request (500) or answered null, so rules check theirs when built. Numeric strings pass (PyYAML reads `1e-5`
+    as a string, as the config does)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ValueError(f"{key}: expected a finite number, got {value!r}")
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ValueError(f"{key}: must be in [{lo:g}, {hi:g}], got {value!r}")
+    return float(number)
+
+
+def _name(value: Any, key: str) -> str:
+    """A model or request-field name (YAML may read one as a number; models' names are strings)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"{key}: expected a name, got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -80,8 +105,9 @@ class WeightedSum:
     weights: dict[str, float]
 
     def __post_init__(self):
-        if not self.weights:
-            raise ValueError("weighted_sum needs at least one model weight")
+        if not isinstance(self.weights, Mapping) or not self.weights:
+            raise ValueError("weights: expected a mapping model -> weight (at least one)")
+        object.__setattr__(self, "weights", {str(k): finite(w, f"weights.{k}") for k, w in self.weights.items()})
 
     def model_names(self) -> tuple[str, ...]:
         return tuple(self.weights)
@@ -99,6 +125,13 @@ class Llama2:
     is_safety_value: Any = None  # the field's value that marks a safety prompt; None = truthiness
     is_safety_classifier: str | None = None  # or a model whose sigmoid(raw score) decides
     classifier_threshold: float = 0.5
+
+    def __post_init__(self):
+        for key in ("safety", "helpfulness", "is_safety_field", "is_safety_classifier"):
+            if getattr(self, key) is not None or key in ("safety", "helpfulness"):
+                object.__setattr__(self, key, _name(getattr(self, key), key))
+        for key in ("threshold", "classifier_threshold"):  # compared with probabilities
+            object.__setattr__(self, key, finite(getattr(self, key), key, 0.0, 1.0))
 
     def model_names(self) -> tuple[str, ...]:
         extra = (self.is_safety_classifier,) if self.is_safety_classifier else ()
@@ -160,18 +193,31 @@ def load_models_config(path: str | Path) -> ModelsConfig:
         if not isinstance(entry, dict) or "path" not in entry or set(entry) - _MODEL_KEYS:
             raise ConfigError(f"{path}: models.{name}: expected a path or a mapping with keys "
                               f"{', '.join(sorted(_MODEL_KEYS))} (path required)")
-        p = str(entry["path"])
-        if not p.startswith("pypi:") and not Path(p).is_absolute() and (path.parent / p).exists():
-            p = str(path.parent / p)  # relative to the models file
-        options = {k: v for k, v in entry.items() if k not in {"path", "normalize", "max_length", "kind"}}
-        models[str(name)] = ModelSpec(str(name), p, entry.get("normalize"), entry.get("max_length"),
-                                      entry.get("kind", "auto"), options)
+        models[str(name)] = _model_spec(str(name), entry, path)
     rule = _parse_rule(doc.get("combine"), models, path)
     missing = [m for m in rule.model_names() if m not in models]
     if missing:
         raise ConfigError(f"{path}: combine refers to unknown model(s) {', '.join(missing)}; "
                           f"models are {', '.join(models)}")
     return ModelsConfig(models, rule)
+
+
+def _model_spec(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
+    """One `models` entry, its values checked as the same `model.*` keys are on the command line."""
+    try:
+        saved = load_config(SavedModel, values=[(k, v) for k, v in entry.items()
+                                                if k not in ("normalize", "max_length")])
+        max_length = load_config(MaxLength, values=[("max_length", entry.get("max_length"))]).max_length
+    except ConfigError as e:
+        raise ConfigError(f"{path}: models.{name}.{e}") from None
+    normalize = entry.get("normalize")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise ConfigError(f"{path}: models.{name}.normalize: expected true or false, got {normalize!r}")
+    p = saved.path
+    if not p.startswith("pypi:") and not Path(p).is_absolute() and (path.parent / p).exists():
+        p = str(path.parent / p)  # relative to the models file
+    options = {k: getattr(saved, k) for k in entry if k not in {"path", "normalize", "max_length", "kind"}}
+    return ModelSpec(name, p, normalize, max_length, saved.kind, options)
 
 
 def _parse_rule(spec: Any, models: dict[str, ModelSpec], path: Path) -> Rule:
@@ -186,17 +232,14 @@ def _parse_rule(spec: Any, models: dict[str, ModelSpec], path: Path) -> Rule:
     if unknown:
         raise ConfigError(f"{path}: combine: unknown key(s) {', '.join(sorted(unknown))} for rule {name}; "
                           f"allowed: {', '.join(sorted(_RULE_KEYS[name]))}")
-    if name == "weighted_sum":
-        weights = spec.get("weights")
-        if not isinstance(weights, dict) or not weights:
-            raise ConfigError(f"{path}: combine.weights: expected a mapping model -> weight")
-        try:
-            return WeightedSum({str(k): float(v) for k, v in weights.items()})
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: combine.weights: weights must be numbers") from None
-    for key in ("safety", "helpfulness"):
-        if key not in spec:
-            raise ConfigError(f"{path}: combine.{key}: the llama2 rule needs the name of the {key} model")
-    if spec.get("is_safety_field") and spec.get("is_safety_classifier"):
-        raise ConfigError(f"{path}: combine: give is_safety_field or is_safety_classifier, not both")
-    return Llama2(**{k: v for k, v in spec.items() if k != "rule"})
+    if name == "llama2":
+        for key in ("safety", "helpfulness"):
+            if key not in spec:
+                raise ConfigError(f"{path}: combine.{key}: the llama2 rule needs the name of the {key} model")
+        if spec.get("is_safety_field") and spec.get("is_safety_classifier"):
+            raise ConfigError(f"{path}: combine: give is_safety_field or is_safety_classifier, not both")
+    try:  # the rule checks its own values (names, finite numbers in range)
+        return (WeightedSum(spec.get("weights")) if name == "weighted_sum"
+                else Llama2(**{k: v for k, v in spec.items() if k != "rule"}))
+    except ValueError as e:
+        raise ConfigError(f"{path}: combine.{e}") from None

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewardkit.data.fields import CHAT_ROLES
 
 Role = Literal[CHAT_ROLES]  # the roles chat templates know; others are 422 (as in data files)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(v: Any) -> Any:
+    """Refuse a string (or a list's strings) holding a lone UTF-16 surrogate: valid JSON ("\\ud800"), but
+    no tokenizer can read it (it raised TypeError: a 500). Every text field of every route passes here."""
+    for i, s in enumerate([v] if isinstance(v, str) else v if isinstance(v, list) else []):
+        if isinstance(s, str) and not s.isascii() and (m := _SURROGATE.search(s)):  # isascii: O(1) fast path
+            which = f"text {i}" if isinstance(v, list) else "text"
+            raise ValueError(f"{which} contains a lone surrogate (\\u{ord(m.group()):04x}) at character {m.start()}; "
+                             "send valid Unicode (UTF-16 surrogates only in pairs)")
+    return v
+
+
+# Unions are checked once, after the union: a check inside each branch would report every branch's error.
+UText = Annotated[str, AfterValidator(valid_unicode)]
+UTexts = Annotated[Union[str, list[str], None], AfterValidator(valid_unicode)]  # one text or a list, vLLM-style
 
 
 class ChatMessage(BaseModel):
     role: Role
-    content: str
+    content: UText
 
 
 # A plain string, or chat messages (the server applies the template); an empty list has nothing to render
 # (send "" for no prompt).
-Text = Union[str, Annotated[list[ChatMessage], Field(min_length=1)]]
+Text = Annotated[Union[str, Annotated[list[ChatMessage], Field(min_length=1)]], AfterValidator(valid_unicode)]
 
 
 def as_text(t: Text) -> str | list[dict[str, str]]:
@@ -36,7 +54,7 @@ class GetRewardRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    query: list[str] = Field(description="full prompt+response texts as the PPO side decodes them")
+    query: list[UText] = Field(description="full prompt+response texts as the PPO side decodes them")
     prompts: list[Any] | None = None
     labels: list[Any] | None = None
 
@@ -147,7 +165,7 @@ class VllmMessage(BaseModel):
     """A chat message whose content is a string or OpenAI-style parts; only text parts can be scored."""
 
     role: Role
-    content: str
+    content: UText
 
     @field_validator("content", mode="before")
     @classmethod
@@ -162,7 +180,7 @@ class VllmMessage(BaseModel):
 class _Activation(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str | None = None  # echoed back; the server answers with its one reward whatever the name
+    model: UText | None = None  # echoed back; the server answers with its one reward whatever the name
     use_activation: bool | None = None  # None = vLLM's default for a 1-label head: sigmoid on
     activation: bool | None = None  # the name before vLLM 0.11.2; verl's older reward loop sends it
 
@@ -184,7 +202,7 @@ class ClassifyRequest(_Activation):
     """/classify and /pooling: `input` (one text or a list of full texts, chat template already applied,
     as verl sends) or one chat in `messages` (the server applies the model's template)."""
 
-    input: str | list[str] | None = None
+    input: UTexts = None
     messages: list[VllmMessage] | None = None
 
     @field_validator("input", mode="before")
@@ -223,10 +241,10 @@ class VllmScoreRequest(_Activation):
     """vLLM's score body: `queries` and `documents` (or the older `text_1` and `text_2`), each a text or a list.
     Here a query is the prompt and a document the response. 1:1, 1:N (one prompt for every response) and N:N."""
 
-    text_1: str | list[str] | None = None
-    text_2: str | list[str] | None = None
-    queries: str | list[str] | None = None
-    documents: str | list[str] | None = None
+    text_1: UTexts = None
+    text_2: UTexts = None
+    queries: UTexts = None
+    documents: UTexts = None
 
     @model_validator(mode="after")
     def _pairs_fit(self):
