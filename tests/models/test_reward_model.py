@@ -98,6 +98,27 @@ def test_saved_folder_loads_in_transformers_with_same_scores(tiny_models, tmp_pa
                                (ours[:1] - 0.25) / 2.0, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
+def test_plain_transformers_cuts_a_long_text_as_rewardkit_does(tiny_models, tmp_path, kind):
+    """The saved tokenizer keeps a too-long text's end at max_length (what rewardkit keeps), so a user's plain
+    `tokenizer(text + eos, truncation=True)` (decoders: rewardkit ends every sequence with EOS) scores the same."""
+    model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), seed=3)
+    with torch.no_grad():
+        model.head.linear.weight.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "rm", tok, max_length=32)
+    plain = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    assert (plain.truncation_side, plain.model_max_length) == ("left", 32)
+    assert tok.truncation_side == "right"  # the tokenizer handed to save_pretrained is left as it was
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    text = " ".join(f"word{i}" for i in range(80))  # far over 32 tokens
+    ours = RewardScorer.load(tmp_path / "rm").score_texts([""], [text])
+    enc = plain(text if model.is_encoder else text + plain.eos_token, truncation=True, return_tensors="pt")
+    assert enc.input_ids.shape[1] == 32
+    with torch.no_grad():
+        theirs = hf(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
 def test_reload_keeps_head_and_readout(tiny_models, tmp_path):
     model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]), readout="mean", seed=1)
     model.save_pretrained(tmp_path / "rm", tok, max_length=32)

@@ -166,7 +166,7 @@ class RewardModel(nn.Module):
                 _drop_quantization_config(Path(tmp) / "config.json")
             else:
                 self.hf.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp, max_length)
         lora_mod.remove_stale_files(out_dir, lora=self.lora is not None)
 
     def merge_lora(self) -> int:
@@ -306,3 +306,23 @@ def _right_align(batch: SequenceBatch):
     order = torch.sort(1 - mask, dim=1, stable=True).indices  # (N,T): real tokens first, order kept
     take = lambda t: None if t is None else t.gather(1, order)  # noqa: E731
     return take(batch.input_ids), take(mask), take(batch.response_mask), take(batch.token_type_ids)
+
+
+def save_tokenizer(tokenizer, folder: str | Path, max_length: int | None) -> None:
+    """Save `tokenizer` so that plain transformers cuts a text as rewardkit does: `tokenizer(text,
+    truncation=True)` keeps its last `max_length` tokens (rewardkit drops the prompt's start first). The
+    caller's tokenizer object is left as it was."""
+    settings = {"truncation_side": "left", **({"model_max_length": max_length} if max_length else {})}
+    # transformers writes the attributes its init kwargs name: set both, put both back
+    old = {k: getattr(tokenizer, k) for k in settings}, dict(tokenizer.init_kwargs)
+    for k, v in settings.items():
+        setattr(tokenizer, k, v)
+    tokenizer.init_kwargs.update(settings)
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        for k, v in old[0].items():
+            setattr(tokenizer, k, v)
+        tokenizer.init_kwargs.clear()
+        tokenizer.init_kwargs.update(old[1])
+
