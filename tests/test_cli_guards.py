@@ -96,3 +96,20 @@ def test_a_stopped_command_leaves_no_temp_file_and_no_traceback(bert_rm, rows, t
     assert f"rewardkit score: {word}" in capsys.readouterr().err
     assert list(out.parent.iterdir()) == []  # neither the output nor its temp file
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: m\ndata: {train: d.jsonl}\ntrain:\n  lr: 1.0e-4\n  epochs: 2\n  lr: 3.0e-4\n")
+    assert main(["train", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: line 6, column 3: invalid YAML (key 'lr' given twice (first on line 4))" in err, err
+
+
+@pytest.mark.parametrize("name", ["scored.csv", "eval.json"])
+def test_an_output_named_as_another_format_is_refused(bert_rm, rows, tmp_path, capsys, name):
+    out = tmp_path / name
+    argv = (["score", str(bert_rm), "--input", str(rows), "--output", str(out)] if name.endswith(".csv")
+            else ["eval", str(bert_rm), str(rows), "--output", str(out)])
+    assert main(argv) == 2
+    assert f"output: {out}: the output is JSON lines" in capsys.readouterr().err and not out.exists()

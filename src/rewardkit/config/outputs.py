@@ -25,11 +25,19 @@ def _writable_ancestor(folder: Path, key: str, path: str) -> None:
         raise ConfigError(f"{key}: cannot write {path}: cannot write in {q} ({e.strerror or e})") from None
 
 
+# What the row outputs are not: a name with one of these suffixes promises a format they do not write.
+OTHER_FORMATS = (".csv", ".tsv", ".json", ".parquet", ".arrow", ".txt")
+
+
 def check_output_file(path: str | None, key: str) -> None:
-    """A file the command writes (replaced atomically when it exists): not a folder, in a writable place."""
+    """A JSON-lines file the command writes (replaced atomically when it exists): not a folder, in a writable
+    place, not named as if it held another format."""
     if not path:
         return
     p = Path(path)
+    if p.suffix.lower() in OTHER_FORMATS:
+        raise ConfigError(f"{key}: {path}: the output is JSON lines, one object per line; name it .jsonl "
+                          f"(not {p.suffix})")
     if p.is_dir():
         raise ConfigError(f"{key}: {path} is a folder; give a file path")
     _writable_ancestor(p.parent, key, path)

@@ -15,20 +15,8 @@ from typing import Any, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; `key` is the dotted key at fault, where one is."""
-
-    key: str | None = None
-
-
-class FieldError(ConfigError):
-    """A value that fails a check; `key` is relative to the group that raised it and gains the group's
-    prefix on the way up (`batch_size` -> `scoring.batch_size`)."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
-        self.key, self.problem = key, problem
+from rewardkit.config.errors import ConfigError, FieldError  # noqa: F401 - re-exported: the package names them here
+from rewardkit.config.yaml_file import read_yaml
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -320,7 +308,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     from command-line options), then dotted `key=value` overrides parsed as YAML; later ones win."""
     layers = []
     if path is not None:
-        layers.append(_read_yaml(path))
+        layers.append(read_yaml(path))
     layers += [_nest(k, v) for k, v in [*(values or []), *parse_overrides(overrides or [])]]
     data: dict[str, Any] = {}
     canonical = [_layer(cls, layer) for layer in layers]
@@ -336,26 +324,6 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         err = ConfigError(f"{path}: {e}")
         err.key = key
         raise err from None
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file's top-level mapping; errors are one line naming the file (and line)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: {where}invalid YAML ({problem})") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return loaded or {}
 
 
 def _has(tree: dict[str, Any], key: str) -> bool:
