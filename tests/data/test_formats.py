@@ -345,3 +345,22 @@ def test_hh_harmless_first_200_rows(tmp_path):
         assert ex.prompt + ex.chosen == row["chosen"], ex.source
         assert ex.prompt + ex.rejected == row["rejected"], ex.source
         assert ex.chosen != ex.rejected, ex.source
+
+
+def test_a_prompt_under_another_name_is_not_silently_dropped(tmp_path):
+    """{question, chosen, rejected} rows would be read as transcripts (format implicit) and lose the question."""
+    from rewardkit.config import Columns
+    from rewardkit.data import DataError
+    from rewardkit.data.pairs import load_preferences
+
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"question": "q1", "chosen": "a", "rejected": "b"}\n{"question": "q2", "chosen": "c", "rejected": "d"}\n')
+    with pytest.raises(DataError, match="missing, and the rows have text in `question`: set data.columns.prompt=question"):
+        load_preferences(str(f))
+    examples, _ = load_preferences(str(f), columns=Columns(prompt="question"))
+    assert [e.prompt for e in examples] == ["q1", "q2"]
+    assert len(load_preferences(str(f), fmt="implicit")[0]) == 2  # asked for: transcripts, as the user says
+    hh = tmp_path / "hh.jsonl"  # a transcript that holds the question too: nothing is lost, it loads
+    hh.write_text('{"question": "Hi", "chosen": "\\n\\nHuman: Hi\\n\\nAssistant: yo", '
+                  '"rejected": "\\n\\nHuman: Hi\\n\\nAssistant: no"}\n')
+    assert load_preferences(str(hh))[0][0].chosen.strip() == "yo"

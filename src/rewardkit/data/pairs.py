@@ -182,6 +182,31 @@ def to_example(row: dict[str, Any], fmt: str, cols: Columns, where: str,
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
+# Names datasets give a prompt column (Alpaca, UltraFeedback, SHP, math sets...).
+PROMPT_NAMES = ("question", "instruction", "query", "input", "context", "history", "problem", "request",
+                "prompt_text", "user_prompt")
+
+
+def _refuse_unread_prompt(source: str, rows: list[dict[str, Any]], cols: Columns) -> None:
+    """Rows read as whole transcripts (no prompt column) that carry a prompt under another name in most rows,
+    text that their `chosen` does not contain: reading them as transcripts would silently drop it."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        chosen = row.get(cols.chosen)
+        if chosen is None or cols.rejected not in row:  # not a pair at all: the missing field says more
+            continue
+        for k in PROMPT_NAMES:
+            v = row.get(k)
+            if isinstance(v, str) and v.strip() and not (isinstance(chosen, str) and v.strip() in chosen):
+                counts[k] = counts.get(k, 0) + 1
+    extra = sorted(k for k, n in counts.items() if 2 * n >= len(rows))
+    if extra:
+        raise DataError(str(source), cols.prompt,
+                        f"missing, and the rows have text in `{'`, `'.join(extra)}`: set data.columns.prompt="
+                        f"{extra[0]} if that is the prompt, or data.format=implicit if `{cols.chosen}` and "
+                        f"`{cols.rejected}` are whole transcripts (the other columns are then ignored)")
+
+
 def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None = None,
                      on_error: str = "raise", split: str = "train", max_samples: int | None = None,
                      margins: dict[str, float] | None = None) -> tuple[list[PreferenceExample], LoadReport]:
@@ -202,6 +227,8 @@ def load_preferences(source: str, *, fmt: str = "auto", columns: Columns | None 
     def detect(rows: list[dict[str, Any]]):
         found = _detect_majority(rows, cols) if rows else "explicit"
         log.info("%s: detected format `%s`", source, found)
+        if found == "implicit":
+            _refuse_unread_prompt(source, rows, cols)
         return converter(found)
 
     return load_examples(source, None if fmt == "auto" else converter(fmt), on_error=on_error, split=split,
