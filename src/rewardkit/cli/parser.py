@@ -108,7 +108,8 @@ _PAIRS_DATA = (
     Opt("--max-samples", "data.max_samples", "N"), *_SCORING)
 _ROWS = (Opt("--input", "data", "FILE"), Opt("--output", "output", "FILE"),
          Opt("--normalize", "normalize", switch=True),
-         Opt("--prompt-key", "data.columns.prompt", "COLUMN"), Opt("--response-key", "data.columns.response", "COLUMN"))
+         Opt("--prompt-key", "data.columns.prompt", "COLUMN"))
+_RESPONSE_KEY = Opt("--response-key", "data.columns.response", "COLUMN")  # commands that read {prompt, response}
 _LIST_ROWS = (*_ROWS, Opt("--responses-key", "data.columns.responses", "COLUMN"),
               Opt("--chunk-rows", "chunk_rows", "N"), *_SCORING)
 _LIST_ROWS_TEXT = ("Rows: {prompt, responses: [...]} (strings or chat messages). Streams the input; the output is "
@@ -156,11 +157,11 @@ COMMANDS: dict[str, Command] = {
         "'rewardkit[report]'.",
         (("RUN_OR_EVAL_DIR", "path"),), (Opt("--output-dir", "output_dir", "DIR"),)),
     "score": Command(
-        _score, "score prompt/response rows of a JSONL file",
+        _score, "score prompt/response rows of a data file (.jsonl, .json, .csv, .parquet)",
         "Read rows with prompt+response (strings or chat messages) or messages (the last message is the "
         "response); write each row back with `score`.",
         (("MODEL_DIR", "model"),),
-        (*_ROWS, Opt("--messages-key", "data.columns.messages", "COLUMN"), *_SCORING)),
+        (*_ROWS, _RESPONSE_KEY, Opt("--messages-key", "data.columns.messages", "COLUMN"), *_SCORING)),
     "rank": Command(
         _rows_app, "Best-of-N: score N responses per prompt, mark the best",
         f"Adds `scores`, `best_index` and `best_response` to every row. {_LIST_ROWS_TEXT}",
@@ -171,7 +172,8 @@ COMMANDS: dict[str, Command] = {
         "whole file). Also takes pointwise rows {prompt, response}. Without a model, the rows' own "
         f"`scores`/`score` are used. {_LIST_ROWS_TEXT}",
         (("MODEL_DIR", "model"),),
-        (Opt("--threshold", "threshold", "T"), Opt("--top-percent", "top_percent", "K"), *_LIST_ROWS)),
+        (Opt("--threshold", "threshold", "T"), Opt("--top-percent", "top_percent", "K"), _RESPONSE_KEY,
+         *_LIST_ROWS)),
     "make-pairs": Command(
         _rows_app, "DPO pairs from N scored responses per prompt",
         "Writes {prompt, chosen, rejected, chosen_reward, rejected_reward, margin} rows; ties are dropped. Without "
