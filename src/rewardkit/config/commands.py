@@ -25,7 +25,7 @@ class TrainConfig:
     lr: float = _f(5e-5, "Peak learning rate (AdamW).")
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norms).")
     scheduler: str = _f("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
-    warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup.")
+    warmup_ratio: float = _f(0.03, "Fraction of steps with linear warmup (rounded up, as HF/TRL/OpenRLHF do).")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     max_bad_steps: int = _f(10, "Optimiser steps whose loss or gradient is not finite are skipped (no weight "
                                 "change) and counted; this many in a row stop the run (exit 3).")

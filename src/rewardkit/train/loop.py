@@ -190,7 +190,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
 
     optimizer = _optimizer(model, t.lr, t.weight_decay)
     scheduler = get_scheduler("constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optimizer,
-                              num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps),  # as HF/TRL/OpenRLHF
+                              num_training_steps=total_steps)
     module = ObjectiveModule(model, objective)
     # FSDP's transformer-based wrapping reads `_no_split_modules` from the prepared module: give it the backbone's.
     no_split = getattr(getattr(model, "hf", None), "_no_split_modules", None)
@@ -326,6 +327,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                     window.add(*r)
                     recent.add(r[0].rewards)
                 in_a_row, good = 0, good + 1
+            lr = scheduler.get_last_lr()[0]  # the lr this step ran at (logged; HF logs it the same way)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if t.trim_memory and accelerator.device.type == "cpu":  # freed activations back to the OS
@@ -338,7 +340,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
             if step % t.log_every == 0 or step == total_steps or diverged:
                 row = {"split": "train", "step": step, "epoch": epoch + (j + 1) / n_batches,
                        **(reduce_window(accelerator, window, objective.unit) if good else {}),
-                       "lr": scheduler.get_last_lr()[0],
+                       "lr": lr,
                        "grad_norm": float(grad_norm) if grad_norm is not None else None, "skipped_steps": skipped}
                 log_row(row)
                 if good:
