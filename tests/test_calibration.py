@@ -111,3 +111,20 @@ def test_length_bias_shared_responses_and_empty_splits():
     assert lb.all.responses == 3 and lb.all.pairs == 2 and lb.all.equal_length == 2
     assert lb.all.chosen_longer.accuracy is None and lb.all.prefers_longer_rate is None
     assert lb.all.spearman_reward_length is None  # constant lengths
+
+
+def test_temperature_fit_leaves_out_non_finite_margins_and_keeps_t_without_information():
+    # a NaN margin made every slope NaN and the bisection slide to T = 1e8, reported as an interior optimum
+    fit = fit_temperature(torch.tensor([1.0, 2.0, float("nan"), 0.5, float("inf")]))
+    assert fit.non_finite == 2 and fit.n == 3 and fit.at_bound and fit.temperature < 1e-6  # all 3 finite are right
+    assert math.isfinite(fit.nll_before) and math.isfinite(fit.ece_before)
+    tie = fit_temperature(torch.zeros(4), temperature_before=0.05)  # every pair a tie: nothing to learn
+    assert not tie.informative and tie.temperature == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="finite rewards"):
+        fit_temperature(torch.tensor([float("nan")]))
+
+
+def test_length_bias_top_ignores_nan_rewards():
+    rewards = torch.tensor([float("nan"), 1.0, 0.0, 2.0])  # topk would put the NaN first
+    lb = length_bias(rewards, torch.tensor([5, 3, 4, 2]), torch.tensor([1, 3]), torch.tensor([0, 2]), top_fraction=0.25)
+    assert lb.top.responses == 1 and lb.top.mean_length == 2.0  # the response with reward 2, not the NaN one

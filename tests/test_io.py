@@ -43,3 +43,15 @@ def test_staged_dir_failure_removes_the_folder_it_created(tmp_path):
             (tmp / "model.safetensors").write_bytes(b"x")
             raise OSError(28, "No space left on device")
     assert not target.exists()
+
+
+def test_written_rows_are_strict_json(tmp_path):
+    """A NaN reward (a model that overflows) is written as null: `NaN` is not JSON, other readers refuse it."""
+    import json
+
+    from rewardkit.io import write_jsonl
+
+    write_jsonl(tmp_path / "o.jsonl", [{"margin": float("nan"), "r": [1.0, float("inf")], "ok": 2.5}])
+    line = (tmp_path / "o.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "margin": None, "r": [1.0, None], "ok": 2.5}

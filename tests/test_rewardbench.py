@@ -179,3 +179,25 @@ def test_hub_ids_use_the_official_splits(monkeypatch):
     assert data.kind == "rewardbench" and len(data.chosen_idx) == 19
     assert set(calls) == {("allenai/reward-bench", "filtered")}
     assert data.pair_source[0] == "allenai/reward-bench[filtered]:row 1"
+
+
+def test_best_of_n_with_a_nan_reward_scores_zero():
+    # max() over NaN depends on the order: a NaN chosen raised ZeroDivisionError, a NaN rejected counted as a win
+    assert best_of_n([math.nan], [1.0, 0.0, 0.0]) == 0.0
+    assert best_of_n([1.0], [math.nan, 0.0, 0.0]) == 0.0
+    assert best_of_n([1.0], [0.0, 0.5, 0.0]) == 1.0
+
+
+def test_pairwise_judges_get_best_of_n_ties_not_the_weighted_formula():
+    """A judge without rewards (pairrm, generative): Ties rows count as won when every chosen beats every
+    rejected; RewardBench 2's weighted Ties formula needs rewards, and the margins are not rewards."""
+    from rewardkit.eval.evaluate import BestOfNGroup, EvalData, Judged
+
+    groups = [BestOfNGroup("Ties", "ref:0", "f:1", [0], [1, 2]), BestOfNGroup("Ties", "tied:0", "f:2", [3, 4, 5], [6, 7])]
+    ci = [c for g in groups for c in g.chosen for _ in g.rejected]
+    ri = [r for g in groups for _ in g.chosen for r in g.rejected]
+    data = EvalData("rewardbench2", [("p", f"r{i}") for i in range(8)], ci, ri, ["f"] * len(ci), ["Ties"] * len(ci),
+                    groups)
+    margins = torch.tensor([2.0, 3.0, 1.0, 1.5, 4.0, 5.0, 0.5, 0.7], dtype=torch.float64)  # every chosen wins
+    rb2 = analyze(data, Judged(margins, torch.full((8,), 5), torch.zeros(8, dtype=torch.bool), None)).stats
+    assert rb2["rewardbench2"]["subsets"]["Ties"]["score"] == 1.0 and rb2["rewardbench2"]["ties"] is None

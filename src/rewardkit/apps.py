@@ -35,7 +35,7 @@ import torch
 
 from rewardkit.config import Columns
 from rewardkit.data import DataError, fields, read_rows
-from rewardkit.io import atomic_write, write_jsonl
+from rewardkit.io import atomic_write, json_line, write_jsonl
 
 STRATEGIES = ("max_min", "max_random", "all")
 
@@ -138,7 +138,7 @@ def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool) -> list[Scored
 
 
 def _write_line(fh, row: dict[str, Any]) -> None:
-    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fh.write(json_line(row, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- score

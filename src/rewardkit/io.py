@@ -12,6 +12,23 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def strict(v: Any) -> Any:
+    """`v` with every NaN and infinity (in nested dicts and lists too) as None: Python's json writes `NaN`,
+    which is not JSON, and a reader in another language refuses the line."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {k: strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [strict(x) for x in v]
+    return v
+
+
+def json_line(obj: Any, **kw: Any) -> str:
+    """One line of strict JSON (no newline): non-finite numbers as null."""
+    return json.dumps(strict(obj), allow_nan=False, **kw)
+
+
 def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -54,7 +71,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_write(path) as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json_line(row, ensure_ascii=False) + "\n")
             n += 1
     return n
 

@@ -224,7 +224,7 @@ def length_bias(rewards: torch.Tensor, lengths: torch.Tensor, chosen_idx: torch.
     ci, ri = chosen_idx.long(), rejected_idx.long()
     used = torch.unique(torch.cat([ci, ri]))
     k = max(1, math.ceil(top_fraction * used.numel()))
-    top = used[torch.topk(rewards[used], k).indices]
+    top = used[torch.topk(rewards[used].nan_to_num(nan=float("-inf")), k).indices]  # topk puts NaN first
     in_top = torch.zeros(rewards.numel(), dtype=torch.bool)
     in_top[top] = True
     # A pair is "top" when the response the model ranks higher (either one on a tie) is a top response.

@@ -4,27 +4,14 @@ each command, so `rewardkit --help` stays fast."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-from typing import Any
 
 from rewardkit.config import ConfigError
+from rewardkit.io import json_line
 
 log = logging.getLogger("rewardkit")
 
-
-def json_line(obj: Any) -> str:
-    """One strict-JSON line: NaN and infinities become null (Python's json writes `NaN`, which is not JSON)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(obj), allow_nan=False)
 
 # --------------------------------------------------------------------------- commands: config -> library call
 

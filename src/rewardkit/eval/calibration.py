@@ -50,7 +50,7 @@ class Calibration:
 class TemperatureFit:
     """Result of `fit_temperature`: the NLL-optimal T and what it changes against the T in use before.
     `saved` and `kept` are filled by `rewardkit calibrate` (eval.evaluate.calibrate): whether T was written,
-    and if not why the old one was kept ("at_bound", "ece_worse", "save=false")."""
+    and if not why the old one was kept ("at_bound", "no_information", "ece_worse", "save=false")."""
 
     temperature: float
     n: int
@@ -62,6 +62,8 @@ class TemperatureFit:
     temperature_before: float = 1.0
     saved: bool = False
     kept: str | None = None
+    non_finite: int = 0  # pairs left out of the fit: a NaN or infinite reward
+    informative: bool = True  # False when every margin is 0: any T fits as well (log 2), nothing to learn
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,17 +131,21 @@ def fit_temperature(margins: torch.Tensor, *, n_bins: int = N_BINS, iters: int =
     (`at_bound`); if the model is worse than chance it stops at T = 1e8 (probabilities near 0.5).
     """
     m = margins.double().flatten()
+    finite = torch.isfinite(m)
+    non_finite = int((~finite).sum())
+    m = m[finite]  # a NaN margin makes every slope NaN and the bisection slide to T = 1e8 unnoticed
     if m.numel() == 0:
-        raise ValueError("fit_temperature needs at least one pair")
+        raise ValueError("fit_temperature needs at least one pair with finite rewards"
+                         + (f" ({non_finite} had a NaN or infinite reward)" if non_finite else ""))
 
     def slope(log_beta: float) -> float:
         beta = math.exp(log_beta)
         return float((-m * torch.sigmoid(-beta * m)).mean())
 
     lo, hi = math.log(1e-8), math.log(1e8)
-    at_bound = False
-    if bool((m == 0).all()):  # no information: any T gives log 2
-        log_beta = 0.0
+    at_bound, informative = False, not bool((m == 0).all())
+    if not informative:  # every T gives log 2
+        log_beta = math.log(1.0 / temperature_before)
     elif slope(hi) <= 0:
         log_beta, at_bound = hi, True
     elif slope(lo) >= 0:
@@ -153,4 +159,5 @@ def fit_temperature(margins: torch.Tensor, *, n_bins: int = N_BINS, iters: int =
     before, after = calibration(m, temperature_before, n_bins), calibration(m, t, n_bins)
     return TemperatureFit(temperature=t, n=int(m.numel()), nll_before=before.nll, nll_after=after.nll,
                           ece_before=before.ece, ece_after=after.ece, at_bound=at_bound,
-                          temperature_before=float(temperature_before))
+                          temperature_before=float(temperature_before), non_finite=non_finite,
+                          informative=informative)

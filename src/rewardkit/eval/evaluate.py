@@ -203,8 +203,13 @@ def analyze(data: EvalData, judged: Judged | ScoreDetails, *, temperature: float
     stats.update(data.report.summary())  # skipped_rows (+ by reason), empty_responses, identical_pairs
     stats["truncated_pairs"] = int((judged.truncated[ci] | judged.truncated[ri]).sum())
     stats["benchmark"] = data.kind
-    cal = calibration(margins, temperature)
-    raw = cal if temperature == 1.0 else calibration(margins)  # T=1: what the raw rewards say
+    finite = torch.isfinite(margins)
+    stats["non_finite_pairs"] = int((~finite).sum())  # counted wrong in accuracy, left out of calibration
+    if stats["non_finite_pairs"]:
+        log.warning("%d of %d pairs have a NaN or infinite reward: counted wrong, left out of calibration",
+                    stats["non_finite_pairs"], len(margins))
+    cal = calibration(margins[finite], temperature)
+    raw = cal if temperature == 1.0 else calibration(margins[finite])  # T=1: what the raw rewards say
     stats["calibration"] = {**cal.to_dict(), "ece_t1": raw.ece, "nll_t1": raw.nll}
     stats["length_bias"] = lb
     rows = None
@@ -241,7 +246,7 @@ def _row_values(g: BestOfNGroup, judged: Judged,
         r = judged.details.rewards.double()
         return r[g.chosen].tolist(), r[g.rejected].tolist(), g.id
     worst = [min(by_pair[(c, r)] for r in g.rejected) for c in g.chosen]
-    return worst, [0.0] * len(g.rejected), g.id
+    return worst, [0.0] * len(g.rejected), None  # no id: the Ties weighting needs rewards, not margins
 
 
 # --------------------------------------------------------------------------- entry points
@@ -304,7 +309,13 @@ def calibrate(cfg: CalibrateRunConfig | EvalRunConfig, *, save: bool = True, for
     judge = load_scorer(cfg)
     fit = fit_temperature(judge_eval_data(judge, data).margins, temperature_before=judge.temperature)
     kept = None
-    if fit.at_bound:  # T -> 0 or T -> inf is no calibration; keep whatever the config holds
+    if fit.non_finite:
+        log.warning("%d of %d dev pairs have a NaN or infinite reward: left out of the fit", fit.non_finite,
+                    fit.n + fit.non_finite)
+    if not fit.informative:  # every margin 0 (all ties): the data says nothing about T
+        kept = "no_information"
+        log.warning("every dev pair is a tie (margin 0): any T fits as well; keeping T=%.4g", fit.temperature_before)
+    elif fit.at_bound:  # T -> 0 or T -> inf is no calibration; keep whatever the config holds
         kept = "at_bound"
         log.warning("temperature fit hit its bound (T=%.3g): the dev pairs are all right, or the model is no better "
                     "than chance; not saving it. Use more, or harder, dev data", fit.temperature)

@@ -275,7 +275,10 @@ def score_rewardbench(subsets: Sequence[str], chosen: Sequence[float], rejected:
 
 def best_of_n(chosen: Sequence[float], rejected: Sequence[float]) -> float:
     """(#chosen at the max) / (#completions at the max): 1 if a chosen completion is the unique max,
-    1/k if it shares the max with k-1 others, 0 if no chosen completion is at the max."""
+    1/k if it shares the max with k-1 others, 0 if no chosen completion is at the max. A row with a NaN
+    reward scores 0: its order is unknown (NaN compares false, and max() would depend on the order)."""
+    if any(math.isnan(x) for x in (*chosen, *rejected)):
+        return 0.0
     top = max(max(chosen), max(rejected))
     n_chosen = sum(c == top for c in chosen)
     return n_chosen / (n_chosen + sum(r == top for r in rejected))

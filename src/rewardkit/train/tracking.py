@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from rewardkit.config import ConfigError, TrainRunConfig, to_dict
-from rewardkit.io import atomic_write
+from rewardkit.io import atomic_write, json_line
 from rewardkit.metrics import reward_stats
 from rewardkit.objectives import StepWindow
 
@@ -78,17 +78,12 @@ def trim_metrics(path: Path, resumed_step: int | None) -> None:
             fh.write("".join(r + "\n" for r in rows))
 
 
-def _strict(v: Any) -> Any:
-    """NaN and infinities as null: metrics.jsonl stays strict JSON (a skipped step's loss is not finite)."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 def write_row(row: dict, *, path: Path, accelerator: Accelerator, trackers: list[str], main: bool) -> None:
     """Append `row` ({"split", "step", name: value}) to metrics.jsonl (main process) and send its numbers to
     the trackers as <split>/<name> at its step."""
     if main:
         with path.open("a") as fh:
-            fh.write(json.dumps({k: _strict(v) for k, v in row.items()}, allow_nan=False) + "\n")
+            fh.write(json_line(row) + "\n")  # strict JSON: a skipped step's loss is not finite
     if trackers:  # accelerator.log writes on the main process only
         accelerator.log({f"{row['split']}/{k}": v for k, v in row.items()
                          if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)},
