@@ -119,6 +119,20 @@ def test_plain_transformers_cuts_a_long_text_as_rewardkit_does(tiny_models, tmp_
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
+def test_a_folder_with_only_top_level_mean_std_is_normalised_with_them(tiny_models, tmp_path):
+    """OpenRLHF's reward models keep their normalisation in config.json's top-level mean/std (no rewardkit block)."""
+    import json
+
+    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]), seed=1)
+    model.mean, model.std = 0.5, 4.0
+    model.save_pretrained(tmp_path / "rm", tok, max_length=32)
+    cfg = json.loads((tmp_path / "rm" / "config.json").read_text())
+    block = cfg.pop("rewardkit")  # the value head's weights stay where HF keeps them; only the block goes
+    (tmp_path / "rm" / "config.json").write_text(json.dumps(cfg))
+    again, _ = RewardModel.from_pretrained(str(tmp_path / "rm"))
+    assert block["mean"] == 0.5 and (again.mean, again.std) == (0.5, 4.0)
+
+
 def test_reload_keeps_head_and_readout(tiny_models, tmp_path):
     model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]), readout="mean", seed=1)
     model.save_pretrained(tmp_path / "rm", tok, max_length=32)

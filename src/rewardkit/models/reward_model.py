@@ -133,7 +133,9 @@ class RewardModel(nn.Module):
         elif wants_adapter:
             lora_mod.add_adapter(b.hf, lora, quantized=quantization != "none")
             state = lora_mod.LoraState(lora_mod.base_name(path), gguf_file, lora, quantization)
-        model = cls(b.hf, head, readout, saved.get("mean", 0.0), saved.get("std", 1.0), saved.get("temperature", 1.0))
+        # A folder rewardkit did not write (an OpenRLHF reward model) keeps its normalisation in top-level mean/std.
+        norm = saved if saved else {k: getattr(b.hf.config, k) for k in ("mean", "std") if _number(b.hf.config, k)}
+        model = cls(b.hf, head, readout, norm.get("mean", 0.0), norm.get("std", 1.0), saved.get("temperature", 1.0))
         model.saved_max_length = saved.get("max_length")
         model.objective_info = dict(saved.get("objective") or {})
         model.lora = state
@@ -306,6 +308,12 @@ def _right_align(batch: SequenceBatch):
     order = torch.sort(1 - mask, dim=1, stable=True).indices  # (N,T): real tokens first, order kept
     take = lambda t: None if t is None else t.gather(1, order)  # noqa: E731
     return take(batch.input_ids), take(mask), take(batch.response_mask), take(batch.token_type_ids)
+
+
+def _number(config: Any, key: str) -> bool:
+    """Whether `config.key` is a finite number (a usable top-level mean/std)."""
+    v = getattr(config, key, None)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def save_tokenizer(tokenizer, folder: str | Path, max_length: int | None) -> None:
