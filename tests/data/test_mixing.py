@@ -97,3 +97,21 @@ def test_training_on_a_mixture_reports_each_eval_set(tiny_models, tmp_path, capl
              if json.loads(line)["split"] == "eval"]
     assert evals[-1]["n"] == 11 and evals[-1]["ha/n"] == 6 and evals[-1]["hb/n"] == 5
     assert "ha/accuracy" in res.final_eval and "hb/loss" in res.final_eval
+
+
+def test_an_eval_set_that_reads_the_training_data_is_refused(tmp_path):
+    """data.eval naming the training file, or the same split of a DatasetDict folder (data.split serves both):
+    the "held-out" accuracy would be training accuracy."""
+    from rewardkit.data.mixing import check_held_out
+
+    def specs(*overrides):
+        d = load_config(TrainRunConfig, None, list(overrides)).data
+        return training_sources(d), eval_sources(d)
+
+    with pytest.raises(ValueError, match="data.eval: reads the same data as data.train"):
+        check_held_out(*specs(f"data.train={tmp_path}/dd", f"data.eval={tmp_path}/dd"))
+    with pytest.raises(ValueError, match="data.eval.dev: reads the same data"):
+        same = f"{tmp_path}/../{tmp_path.name}/p.jsonl"  # another spelling of the training file
+        check_held_out(*specs(f"data.train={tmp_path}/p.jsonl", f"data.eval={{dev: {same}}}"))
+    check_held_out(*specs(f"data.train={tmp_path}/dd", f"data.eval={{test: {{path: {tmp_path}/dd, split: test}}}}"))
+    check_held_out(*specs(f"data.train={tmp_path}/p.jsonl", f"data.eval={tmp_path}/q.jsonl"))

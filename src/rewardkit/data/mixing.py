@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import torch
 
@@ -67,6 +67,19 @@ def eval_sources(d: DataConfig) -> dict[str, SourceSpec]:
         return {"eval": _resolve(Source(path=d.eval), d, "eval", None)}
     return {name: _resolve(Source(path=s) if isinstance(s, str) else replace(s), d, name, None)
             for name, s in d.eval.items()}
+
+
+def check_held_out(train: Sequence[SourceSpec], held: dict[str, SourceSpec]) -> None:
+    """An eval set that reads the very data a training source reads (same file, or the same split of one
+    DatasetDict folder: `data.split` serves both unless a source names its own) would report training accuracy
+    as held-out accuracy."""
+    for name, e in held.items():
+        for t in train:
+            if Path(e.path).expanduser().resolve() == Path(t.path).expanduser().resolve() and e.split == t.split:
+                key = "data.eval" if name == "eval" else f"data.eval.{name}"
+                raise ValueError(f"{key}: reads the same data as data.train ({e.path}, split {e.split}): its accuracy "
+                                 f"would not be held out; name another split, e.g. {key}={{path: {e.path}, split: "
+                                 "test}, or set data.eval_size to hold out part of the training file")
 
 
 def mixture_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:

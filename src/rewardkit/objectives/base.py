@@ -18,7 +18,7 @@ from torch import nn
 
 from rewardkit.batches import StepOutput
 from rewardkit.config import DataConfig, TrainRunConfig
-from rewardkit.data.mixing import SourceSpec, eval_sources, mixture_counts, training_sources
+from rewardkit.data.mixing import SourceSpec, check_held_out, eval_sources, mixture_counts, training_sources
 from rewardkit.data.readers import LoadReport, load_examples
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.metrics import reward_stats
@@ -139,8 +139,10 @@ def load_sources(cfg: TrainRunConfig, load: Callable[[SourceSpec], tuple[list, L
         reports.append(report)
         return examples
 
-    parts = [(spec, read(spec)) for spec in training_sources(d)]
-    held = {name: read(spec) for name, spec in eval_sources(d).items()}
+    train_specs, eval_specs = training_sources(d), eval_sources(d)
+    check_held_out(train_specs, eval_specs)
+    parts = [(spec, read(spec)) for spec in train_specs]
+    held = {name: read(spec) for name, spec in eval_specs.items()}
     if not held and d.eval_size > 0:
         for i, (spec, examples) in enumerate(parts):
             kept, out = hold_out(examples, d, what)
