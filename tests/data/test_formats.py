@@ -60,8 +60,10 @@ def test_split_transcripts_responses_sharing_a_beginning():
 
 
 def test_split_transcripts_without_markers_cuts_at_whitespace():
+    # the space goes with the response, as after a marker: prompt + response tokenise as the whole text
     p, c, r = split_transcripts("The answer is yes", "The answer is no")
-    assert (p, c, r) == ("The answer is ", "yes", "no")
+    assert (p, c, r) == ("The answer is", " yes", " no")
+    assert split_transcripts("yes", "no") == ("", "yes", "no")
 
 
 def test_implicit_example():

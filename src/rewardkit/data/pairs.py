@@ -104,8 +104,9 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Split two transcripts sharing a history into (prompt, chosen response, rejected response).
 
     The cut is the end of the last assistant marker inside the common prefix, so the prompt ends with
-    "\\n\\nAssistant:" and each response is that turn's text. Without markers, the cut falls at the
-    last whitespace of the common prefix.
+    "\\n\\nAssistant:" and each response is that turn's text. Without markers, the cut falls before the
+    last whitespace of the common prefix: the response keeps its leading space, as it does after a marker, so
+    prompt and response tokenise as the whole transcript does (" four" is one BPE token, "four" after " " two).
     """
     n = 0
     limit = min(len(chosen), len(rejected))
@@ -118,7 +119,7 @@ def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
         if at >= 0:
             cut = max(cut, at + len(marker))
     if cut < 0:
-        cut = max(common.rfind(" "), common.rfind("\n")) + 1 if n < limit or n == 0 else 0
+        cut = max(common.rfind(" "), common.rfind("\n"), 0) if n < limit or n == 0 else 0
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
