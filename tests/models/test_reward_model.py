@@ -133,6 +133,19 @@ def test_a_folder_with_only_top_level_mean_std_is_normalised_with_them(tiny_mode
     assert block["mean"] == 0.5 and (again.mean, again.std) == (0.5, 4.0)
 
 
+def test_saving_over_another_model_leaves_none_of_its_tokenizer_files(tiny_models, tmp_path):
+    """A BERT reward model saved where a Llama one was must not keep the Llama chat template (chats would then
+    render with it) nor its BPE files."""
+    llama, ltok = RewardModel.from_pretrained(str(tiny_models["llama"]))
+    llama.save_pretrained(tmp_path / "rm", ltok, max_length=32)
+    assert ltok.chat_template and (tmp_path / "rm" / "chat_template.jinja").exists()
+    bert, btok = RewardModel.from_pretrained(str(tiny_models["bert"]))
+    bert.save_pretrained(tmp_path / "rm", btok, max_length=32)
+    assert not (tmp_path / "rm" / "chat_template.jinja").exists() and not (tmp_path / "rm" / "merges.txt").exists()
+    again, tok = RewardModel.from_pretrained(str(tmp_path / "rm"))
+    assert again.is_encoder and not tok.chat_template
+
+
 def test_reload_keeps_head_and_readout(tiny_models, tmp_path):
     model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]), readout="mean", seed=1)
     model.save_pretrained(tmp_path / "rm", tok, max_length=32)

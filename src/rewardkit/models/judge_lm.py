@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rewardkit.batches import SequenceBatch
-from rewardkit.io import staged_dir
+from rewardkit.io import TOKENIZER_FILES, staged_dir
 from rewardkit.models import causal_lm
 from rewardkit.models.backbone import CONFIG_KEY, resolve_path, set_attention
 from rewardkit.models.segment_attention import planless_attention
@@ -159,7 +159,7 @@ class JudgeLM(nn.Module):
         if self.lora is not None:
             block["lora"] = self.lora.block()
         setattr(self.hf.config, CONFIG_KEY, block)
-        with staged_dir(out) as tmp:  # a failed save leaves the folder as it was, never half-written
+        with staged_dir(out, owned=TOKENIZER_FILES) as tmp:  # a failed save leaves the folder as it was
             if self.lora is not None:
                 self.hf.config.save_pretrained(str(tmp))
                 self._save_adapter(tmp)

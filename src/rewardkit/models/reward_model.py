@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rewardkit.batches import PackedBatch, SequenceBatch, Sequences
-from rewardkit.io import atomic_write, staged_dir
+from rewardkit.io import TOKENIZER_FILES, atomic_write, staged_dir
 from rewardkit.models import kinds
 from rewardkit.models import lora as lora_mod
 from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encoder, load_backbone, resolve_path,
@@ -157,7 +157,7 @@ class RewardModel(nn.Module):
         cfg.mean, cfg.std = self.mean, self.std  # OpenRLHF reads these top-level keys for normalisation
         cfg.pad_token_id = tokenizer.pad_token_id
         out_dir = Path(out_dir)
-        with staged_dir(out_dir) as tmp:
+        with staged_dir(out_dir, owned=TOKENIZER_FILES) as tmp:
             block.update(self.head.save_extras(Path(tmp)))
             if self.lora is not None:
                 block["lora"] = self.lora.block()
