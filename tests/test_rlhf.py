@@ -68,3 +68,21 @@ def test_kl_penalized_rewards_puts_score_on_last_token():
     assert k3[0, 0] == pytest.approx(-(math.exp(-0.5) - 1 + 0.5), abs=1e-6)
     with pytest.raises(ValueError, match="shapes"):
         kl_penalized_rewards(score[:2], logp, ref, mask, beta=0.1)
+
+
+def test_low_precision_inputs_are_computed_in_float32():
+    # bf16 rounds 1 - 1e-6 to 1 (logit inf, whiten NaN for the whole batch) and 3.0 - 0.001 to 3.0
+    assert torch.isfinite(logit(torch.tensor([0.0, 1.0], dtype=torch.bfloat16))).all()
+    logp = torch.tensor([[-1.0, -2.0]], dtype=torch.bfloat16)
+    out = kl_penalized_rewards(torch.tensor([3.0]), logp, logp - 0.125, torch.ones(1, 2), beta=0.008)
+    assert out.dtype == torch.float32 and out[0, 1].item() == pytest.approx(3.0 - 0.001, abs=1e-6)
+
+
+def test_beta_per_row_masked_positions_and_empty_rows():
+    z = torch.zeros(2, 2)
+    per_row = kl_penalized_rewards(torch.zeros(2), z, z - 1.0, torch.ones(2, 2), beta=torch.tensor([0.1, 0.5]))
+    assert torch.allclose(per_row, torch.tensor([[-0.1, -0.1], [-0.5, -0.5]]))  # (B,) is per row, not per token
+    logp = torch.tensor([[-1.0, float("-inf")], [float("nan"), 0.0]])  # garbage where the mask is 0
+    out = kl_penalized_rewards(torch.tensor([1.0, float("inf")]), logp, torch.zeros(2, 2),
+                               torch.tensor([[1, 0], [0, 0]]), beta=0.1)
+    assert torch.allclose(out, torch.tensor([[1.0 + 0.1, 0.0], [0.0, 0.0]]))  # k1 = -1 here; the empty row: zeros

@@ -2,7 +2,9 @@
 
 Conventions: B = batch of responses, T = response tokens; `mask` is 1 on real response tokens.
 KL estimators follow Schulman, "Approximating KL Divergence" (2020): samples come from the policy and
-r = p_ref(x) / p_policy(x), so log r = ref_logp - logp.
+r = p_ref(x) / p_policy(x), so log r = ref_logp - logp. Everything computes in float32 at least (bf16 log-probs
+as vLLM returns them lose the KL penalty against a score of 3, and a bf16 1 - 1e-6 is 1), like OpenRLHF's
+`compute_approx_kl`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ __all__ = ["logit", "whiten", "llama2_select", "kl_k1", "kl_k2", "kl_k3", "kl_es
            "KL_ESTIMATORS"]
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """`x` in float32 at least (float64 stays)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def logit(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Inverse sigmoid, any shape; p is clamped to [eps, 1 - eps] so 0 and 1 stay finite."""
-    p = p.clamp(eps, 1 - eps)
+    """Inverse sigmoid, any shape, float32 at least; p is clamped to [eps, 1 - eps] so 0 and 1 stay finite."""
+    p = _wide(p).clamp(eps, 1 - eps)
     return torch.log(p) - torch.log1p(-p)
 
 
@@ -26,6 +33,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, *, shift_mean: boo
     The variance is unbiased (Bessel-corrected), as in TRL's `masked_whiten`. With shift_mean=False
     the mean is added back, so only the scale changes (what PPO does to advantages it must not shift).
     """
+    x = _wide(x)
     if mask is None:
         mask = torch.ones_like(x, dtype=torch.bool)
     mask = mask.bool()
@@ -35,7 +43,8 @@ def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, *, shift_mean: boo
     vals = x[mask]
     mean = vals.mean()
     var = ((vals - mean) ** 2).sum() / (n - 1)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    kept = torch.where(mask, x, mean)  # a NaN in a masked-out entry must not reach the others' gradients
+    out = (kept - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return torch.where(mask, out, x)
@@ -72,28 +81,33 @@ KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token KL(policy || ref) estimate, same shape as logp, e.g. (B, T)."""
+    """Per-token KL(policy || ref) estimate, same shape as logp, e.g. (B, T), in float32 at least."""
     try:
         fn = KL_ESTIMATORS[estimator]
     except KeyError:
         raise ValueError(f"unknown KL estimator {estimator!r}; choose from {', '.join(KL_ESTIMATORS)}") from None
-    return fn(logp, ref_logp)
+    return fn(_wide(logp), _wide(ref_logp))
 
 
 def kl_penalized_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                         beta: float, estimator: str = "k1") -> torch.Tensor:
-    """Per-token PPO rewards (B, T): -beta * KL on every response token, plus `score` (B,) on the last one.
+                         beta: float | torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token PPO rewards (B, T), float32 at least: -beta * KL on every response token, plus `score` (B,)
+    on the last one. `beta`: a number, or one per row (B,).
 
     The last token is each row's last mask-1 position (any padding side), as OpenRLHF's `compute_reward`
-    and TRL place it. Rows with an empty mask get all zeros.
+    and TRL place it. Rows with an empty mask get all zeros, and masked-out positions are 0 whatever their
+    log-probs hold (a -inf on a pad token would otherwise give NaN).
     """
     if score.shape != logp.shape[:1] or logp.shape != ref_logp.shape or logp.shape != mask.shape:
         raise ValueError(f"shapes: score {tuple(score.shape)} must be (B,), logp {tuple(logp.shape)}, "
                          f"ref_logp {tuple(ref_logp.shape)} and mask {tuple(mask.shape)} must be (B, T)")
-    m = mask.to(logp.dtype)
-    rewards = -beta * kl_estimate(logp, ref_logp, estimator) * m
+    if isinstance(beta, torch.Tensor) and beta.dim() == 1:
+        if beta.shape != score.shape:
+            raise ValueError(f"beta per row must be (B,) = {tuple(score.shape)}, got {tuple(beta.shape)}")
+        beta = beta[:, None]  # (B,) would broadcast over tokens, not rows
+    on = mask.bool()
+    rewards = torch.where(on, -beta * kl_estimate(logp, ref_logp, estimator), 0.0)
     t = mask.shape[1]
     last = t - 1 - mask.long().fliplr().argmax(dim=1)  # (B,) index of the last mask-1 token
-    has_tokens = mask.bool().any(dim=1)
-    bonus = torch.zeros_like(rewards).scatter_(1, last[:, None], (score.to(rewards.dtype) * has_tokens)[:, None])
-    return rewards + bonus
+    bonus = torch.where(on.any(dim=1), score.to(rewards.dtype), 0.0)
+    return rewards.scatter_add(1, last[:, None], bonus[:, None])
