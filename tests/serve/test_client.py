@@ -76,3 +76,12 @@ def test_async_client_retries():
 def test_env_api_key(monkeypatch):
     monkeypatch.setenv("REWARDKIT_API_KEY", "from-env")
     assert RewardClient("http://rm").headers == {"Authorization": "Bearer from-env"}
+
+
+def test_a_malformed_retry_after_falls_back_to_the_backoff_and_a_bad_answer_is_a_client_error():
+    c = RewardClient("http://rm", backoff=0.5, max_backoff=3.0)
+    for bad in ("-1", "nan", "inf", "Wed, 21 Oct 2026 07:28:00 GMT"):  # -1 made sleep raise, nan hung asyncio
+        assert c._delay(1, httpx.Response(503, headers={"Retry-After": bad})) == 1.0, bad
+    handle, _ = scripted({"rewards": [1.0]})  # an old server's answer: no scores, no extra_logs
+    with pytest.raises(RewardClientError, match="unexpected answer"):
+        RewardClient("http://rm", transport=httpx.MockTransport(handle)).get_reward(["q"])

@@ -192,3 +192,23 @@ def test_async_client_spreads_and_fails_over():
     with pytest.raises(RewardClientError, match="every server failed") as e:
         asyncio.run(dead())
     assert e.value.tried == [A, B]
+
+
+def test_a_server_that_timed_out_goes_last_in_the_next_round_of_the_same_call(sleeps):
+    """A hung, B busy once: round 1 tries A (timeout: cooldown) then B (503); round 2 must start with B, not
+    spend another timeout on A."""
+    seen, b_answers = [], iter([503])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        seen.append(host)
+        if host == "rm-a":
+            raise httpx.ReadTimeout("hung")
+        status = next(b_answers, 200)
+        return httpx.Response(status, json={"rewards": [1.0], "scores": [1.0], "extra_logs": {host: [1.0]}}
+                              if status == 200 else {"detail": "busy"})
+
+    c = RewardClient([A, B], transport=httpx.MockTransport(handle), cooldown=30.0, backoff=0.0)
+    c._turn = iter([0])  # this call starts at A
+    assert served_by(c.get_reward(["q"])) == "rm-b"
+    assert seen == ["rm-a", "rm-b", "rm-b"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -131,17 +132,24 @@ class _Base:
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after is not None:
             try:
-                return min(float(retry_after), self.max_backoff)
-            except ValueError:
-                pass
+                wait = float(retry_after)
+            except ValueError:  # an HTTP date, or garbage: the backoff
+                wait = math.nan
+            if math.isfinite(wait) and wait >= 0:  # -1 made time.sleep raise, NaN made asyncio.sleep hang
+                return min(wait, self.max_backoff)
         return min(self.backoff * 2 ** attempt, self.max_backoff)
 
     def _outcome(self, call: _Call, response: httpx.Response) -> Any:
         """The parsed result, or raise RewardClientError for an answer that retrying cannot fix."""
         if response.status_code >= 400:
             raise RewardClientError(response.status_code, _detail(response))
-        data = response.json()
-        return call.result(**{k: data[k] for k in call.result.__dataclass_fields__ if k in data}) if call.result else data
+        try:
+            data = response.json()
+            if call.result is None:
+                return data
+            return call.result(**{k: data[k] for k in call.result.__dataclass_fields__ if k in data})
+        except (ValueError, TypeError) as e:  # not JSON, or an answer without the fields this call reads
+            raise RewardClientError(response.status_code, f"unexpected answer from {response.url}: {e}") from None
 
 
 def _server_urls(base_url: str | Sequence[str] | None, base_urls: Sequence[str] | None) -> list[str]:
@@ -175,13 +183,20 @@ class _Tries:
         n = len(client.base_urls)
         start = next(client._turn) % n
         now = client._clock()
-        # sorted() is stable: the servers out of cooldown keep their round-robin order
-        order = sorted(((start + k) % n for k in range(n)), key=lambda i: max(client._down.get(i, now), now))
-        self.client, self.order = client, order
+        self.client, self.order = client, [(start + k) % n for k in range(n)]
+        self.round_order(now)
         self.why: dict[int, str] = {}  # server index -> its last failure
         self.last: tuple[int, int | None, str] | None = None  # (server, status, detail) of the latest failure
+        self.answer: tuple[int, int | None, str] | None = None  # ... of the latest one that was an answer (503)
         self.exc: Exception | None = None
         self.hint: httpx.Response | None = None  # a failed answer of this round that carries Retry-After
+
+    def round_order(self, now: float | None = None) -> list[int]:
+        """This round's order: servers in their cooldown last (one that timed out in the previous round of this
+        very call too), the soonest to end first; sorted() is stable, so the rest keep their round-robin order."""
+        now = self.client._clock() if now is None else now
+        self.order = sorted(self.order, key=lambda i: max(self.client._down.get(i, now), now))
+        return self.order
 
     def failed(self, i: int, failure: httpx.Response | Exception) -> None:
         if isinstance(failure, httpx.Response):
@@ -195,6 +210,8 @@ class _Tries:
             if self.client.cooldown:
                 self.client._down[i] = self.client._clock() + self.client.cooldown
         self.last = (i, status, detail)
+        if status is not None:
+            self.answer = self.last
 
     def answered(self, i: int) -> None:
         """Server i answered (even busy): it is reachable, so its cooldown ends."""
@@ -205,7 +222,8 @@ class _Tries:
         return self.client._delay(finished_round, hint)
 
     def error(self) -> RewardClientError:
-        urls, (i, status, detail) = self.client.base_urls, self.last
+        # a server that answered (busy: 503) says more than one that could not be reached
+        urls, (i, status, detail) = self.client.base_urls, self.answer or self.last
         rounds = self.client.retries + 1
         times = f"{rounds} time{'s' if rounds > 1 else ''}"
         if len(urls) == 1:
@@ -231,7 +249,7 @@ class RewardClient(_Base):
         for rnd in range(self.retries + 1):
             if rnd:
                 time.sleep(tries.pause(rnd - 1))
-            for i in tries.order:
+            for i in tries.round_order():
                 try:
                     response = self._https[i].request(call.method, call.path, json=call.body)
                 except httpx.TransportError as e:  # connection refused/reset, timeouts
@@ -286,7 +304,7 @@ class AsyncRewardClient(_Base):
         for rnd in range(self.retries + 1):
             if rnd:
                 await asyncio.sleep(tries.pause(rnd - 1))
-            for i in tries.order:
+            for i in tries.round_order():
                 try:
                     response = await self._https[i].request(call.method, call.path, json=call.body)
                 except httpx.TransportError as e:
