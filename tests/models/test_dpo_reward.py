@@ -154,3 +154,34 @@ def test_smollm2_gguf_policy_equal_to_reference():
     d = judge.score_details(prompts, responses)
     assert d.rewards.tolist() == [0.0, 0.0]
     assert torch.isfinite(d.extras["logp"]).all() and (d.extras["logp"][:, 0] < 0).all()
+
+
+@pytest.mark.parametrize("arch", ["granite", "cohere"])
+def test_log_probs_follow_the_models_own_logit_scaling(tmp_path, arch):
+    """Granite divides its head's output by logits_scaling, Cohere multiplies it by logit_scale: the DPO reward
+    must use the model's own distribution (the head's raw output gave -332 for a true -133)."""
+    import torch.nn.functional as F
+    import transformers as tf
+
+    from conftest import gpt2_tokenizer
+    from rewardkit.scoring import load_judge
+
+    tok = gpt2_tokenizer(chat=True)
+    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, hidden_size=64,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                  max_position_embeddings=512, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    lm = (tf.GraniteForCausalLM(tf.GraniteConfig(logits_scaling=8.0, **common)) if arch == "granite"
+          else tf.CohereForCausalLM(tf.CohereConfig(logit_scale=0.0625, **common)))
+    with torch.no_grad():
+        lm.get_output_embeddings().weight.mul_(40.0)  # peaked logits, as in a trained model
+    lm.save_pretrained(tmp_path / arch)
+    tok.save_pretrained(tmp_path / arch)
+    prompt, response = "Tell me about cats.", "Cats are small felines that sleep a lot."
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+    with torch.no_grad():
+        logp = F.log_softmax(lm.eval()(ids).logits[0].double(), -1)
+    want = sum(logp[t - 1, ids[0, t]].item() for t in range(len(p_ids), ids.shape[1]))
+    judge = load_judge(tmp_path / arch, kind="dpo", options={"reference_free": True, "beta": 1.0})
+    assert judge.score([prompt], [response])[0] == pytest.approx(want, abs=1e-3)

@@ -61,6 +61,22 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
+def model_logits(config, logits: torch.Tensor) -> torch.Tensor:
+    """What the model's own forward makes of its LM head's output (any shape): the steps some architectures
+    add after the head. Granite divides by `logits_scaling`, Cohere multiplies by `logit_scale`, Gemma 2/3
+    squash with `final_logit_softcapping`; without them log-probs are not the model's (Granite: -332 vs -133)."""
+    scaling = getattr(config, "logits_scaling", None)
+    if scaling:
+        logits = logits / scaling
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 1:
+        logits = logits * scale
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def response_logprobs(lm: nn.Module, batch: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_t log p(y_t | x, y_<t) over each sequence's response tokens and how many were scored, (N,) each
     (float64: long responses sum hundreds of terms; long). A response token is predicted by the state
@@ -77,12 +93,9 @@ def response_logprobs(lm: nn.Module, batch: Sequences) -> tuple[torch.Tensor, to
     keep = pred < pos
     pos, owner, pred = pos[keep], owner[keep], pred[keep]
     head = lm.get_output_embeddings()
-    cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2 squashes its logits
     out = torch.empty(pos.shape[0], dtype=torch.float64, device=flat.device)
     for s in range(0, pos.shape[0], LOGIT_CHUNK):
-        logits = head(flat[pred[s:s + LOGIT_CHUNK]]).float()  # (k, V)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = model_logits(lm.config, head(flat[pred[s:s + LOGIT_CHUNK]]).float())  # (k, V)
         target = idx["ids"][pos[s:s + LOGIT_CHUNK]].unsqueeze(1)
         out[s:s + LOGIT_CHUNK] = (logits.gather(1, target) - logits.logsumexp(1, keepdim=True)).squeeze(1)
     sums = torch.zeros(n, dtype=torch.float64, device=flat.device).index_add_(0, owner, out)
