@@ -196,3 +196,34 @@ def test_steps_cut_by_max_length_are_none(prm, tmp_path):
         pytest.approx(min(p for p in probs if p is not None))
     with pytest.raises(ValueError, match="has no steps"):
         judge.score(["Q"], ["\n\n"])
+
+
+def test_a_response_without_steps_is_the_requests_fault_and_rewardscorer_refuses_a_prm(prm, tmp_path):
+    """A blank response has no step to read: a 400 from the server (was a 500), one line from the CLI. And
+    RewardScorer would read a PRM at the EOS after an unsplit response, where it was never trained."""
+    from rewardkit.scoring import RewardScorer, UnscorableResponse
+
+    model, tok = prm
+    model.save_pretrained(tmp_path / "prm", tok, max_length=64)
+    judge = load_judge(tmp_path / "prm")
+    with pytest.raises(UnscorableResponse, match="response 2 of 2 has no steps"):
+        judge.score(["Q", "Q"], ["a\n\nb", " \n\n "])
+    with pytest.raises(ValueError, match="holds a 'prm' model"):
+        RewardScorer.load(tmp_path / "prm")
+
+
+def test_the_server_answers_400_for_a_response_without_steps(prm, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rewardkit.serve.app import create_app
+    from rewardkit.serve.combine import Single
+    from rewardkit.serve.service import RewardService, ServeSettings
+
+    model, tok = prm
+    model.save_pretrained(tmp_path / "prm", tok, max_length=64)
+    settings = ServeSettings()
+    service = RewardService({"m": load_judge(tmp_path / "prm")}, Single("m"), settings)
+    with TestClient(create_app(service, settings), raise_server_exceptions=False) as client:
+        r = client.post("/v1/score", json={"items": [{"prompt": "Q", "response": "\n\n"}]})
+    assert r.status_code == 400 and "has no steps" in r.json()["detail"]

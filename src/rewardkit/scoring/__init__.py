@@ -10,7 +10,7 @@ implement it, and the one batched forward of value-head models.
 """
 
 from rewardkit.scoring.base import (RANK_STRATEGIES, Comparison, Judge, NoScores, PairwiseJudge, PointwiseJudge,
-                                    Ranking, ScoreDetails, Scorer, comparisons, rank_scores)
+                                    Ranking, ScoreDetails, Scorer, UnscorableResponse, comparisons, rank_scores)
 from rewardkit.scoring.judges import JUDGES, judge_from_config, load_judge, saved_kind
 from rewardkit.scoring.reward import RewardScorer
 from rewardkit.scoring.run import (EvalShard, current_shard, length_batches, pair_rewards, run_model,
@@ -19,4 +19,4 @@ from rewardkit.scoring.run import (EvalShard, current_shard, length_batches, pai
 __all__ = ["JUDGES", "RANK_STRATEGIES", "Comparison", "EvalShard", "Judge", "NoScores", "PairwiseJudge",
            "PointwiseJudge", "Ranking", "RewardScorer", "ScoreDetails", "Scorer", "comparisons", "current_shard",
            "judge_from_config", "length_batches", "load_judge", "pair_rewards", "rank_scores", "run_model",
-           "saved_kind", "score_sequences", "sharded_scoring"]
+           "saved_kind", "score_sequences", "sharded_scoring", "UnscorableResponse"]

@@ -18,6 +18,11 @@ from rewardkit.metrics import check_temperature, preference_prob
 from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 
 
+class UnscorableResponse(ValueError):
+    """A response this judge cannot read at all (a process reward model's response with no step): the
+    request's fault, a 400 from the server, exit 2 from the CLI."""
+
+
 class NoScores(ValueError):
     """Raised where a consumer needs a number per response from a kind that only compares responses."""
 

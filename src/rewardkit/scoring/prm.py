@@ -28,7 +28,7 @@ from rewardkit.models.packed_linear import pack_for_inference
 from rewardkit.models.positions import fit_max_length
 from rewardkit.models.prm import step_logits
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
+from rewardkit.scoring.base import PointwiseJudge, ScoreDetails, UnscorableResponse
 from rewardkit.scoring.run import length_batches
 
 AGGREGATES = ("min", "product", "last")
@@ -139,7 +139,8 @@ class StepScorer(PointwiseJudge):
         lists = [split_steps(r, self.separator) for r in responses]
         empty = [i for i, s in enumerate(lists) if not s]
         if empty:
-            raise ValueError(f"response {empty[0]} has no steps (nothing but separators or whitespace)")
+            raise UnscorableResponse(f"response {empty[0] + 1} of {len(lists)} has no steps (nothing but separators "
+                                     "or whitespace): a process reward model scores steps")
         return lists
 
     def _probs(self, prompts: Sequence[Text], step_lists: Sequence[Sequence[str]]

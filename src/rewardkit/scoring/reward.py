@@ -41,6 +41,9 @@ class RewardScorer(PointwiseJudge):
         head would be random and its scores noise. `packed` (CPU, bf16): the model's linears keep a
         oneDNN-packed bf16 copy of their weights for inference (`models.packed_linear`; same scores, faster)."""
         model, tok = RewardModel.from_pretrained(str(path))
+        if model.kind in ("prm", "pairrm"):  # their heads read other positions than prompt + response + EOS
+            raise ValueError(f"{path} holds a {model.kind!r} model, which RewardScorer would read at the wrong "
+                             "token; load it with rewardkit.scoring.load_judge(path)")
         if model.new_head and not allow_random_head:
             raise ValueError(f"{path}: not a reward model (no value head saved: a plain backbone?); its scores would "
                              "come from a random head. Train one with `rewardkit train`, or set "

@@ -28,7 +28,7 @@ from pydantic.json_schema import models_json_schema
 
 from rewardkit.config import ConfigError
 from rewardkit.precision import precision_name
-from rewardkit.scoring import NoScores
+from rewardkit.scoring import NoScores, UnscorableResponse
 from rewardkit.serve.batcher import QueueFull, ShuttingDown
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
 from rewardkit.serve.guard import Guard
@@ -78,6 +78,7 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(NoScores)
+    @app.exception_handler(UnscorableResponse)
     @app.exception_handler(NotServable)
     async def _unservable(request: Request, exc: ValueError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
