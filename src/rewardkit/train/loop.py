@@ -242,10 +242,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     # ---- loop
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and main), desc="train", dynamic_ncols=True)
     window = StepWindow()  # the good steps since the last row
-    recent = RecentRewards()  # the last epoch's training rewards: the saved mean/std without an eval set
-    own_rewards = f"recent_rewards_{rank}.pt"  # in each checkpoint, per process
-    if resume is not None and not recent.load(resume / own_rewards):  # an older version's checkpoint
-        log.warning("%s holds no training rewards: mean/std will come from the steps after it", resume)
+    recent = RecentRewards.resumed(resume, rank)  # the last epoch's training rewards: mean/std without eval data
     totals = StepWindow()  # whole-run throughput for TrainResult
     micro: list = []  # (StepOutput, tokens, processed) of this optimiser step's micro-batches
     losses_finite = True
@@ -259,7 +256,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
             return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
                                    extra={"config": flat_cfg, "bad_in_a_row": in_a_row,
                                           "pack_layout": layout},
-                                   write_own=lambda d: recent.save(d / own_rewards))
+                                   write_own=lambda d: recent.save(d, rank))
 
     def stop(batch_in_epoch: int, n_batches: int) -> TrainResult:
         """A stop signal reached some process: save where the run stands (unless a checkpoint of this very

@@ -126,16 +126,23 @@ class RecentRewards:
     def add(self, rewards: torch.Tensor) -> None:
         self.parts.append(rewards.detach().float().cpu())
 
-    def save(self, path: Path) -> None:
-        """Into a checkpoint: a resumed run then saves the mean/std the uninterrupted run would."""
-        torch.save(list(self.parts), path)
+    @classmethod
+    def resumed(cls, checkpoint: Path | None, rank: int) -> "RecentRewards":
+        """Empty, or the rewards process `rank` kept in `checkpoint`: a resumed run then saves the mean/std
+        the uninterrupted run would."""
+        recent = cls()
+        if checkpoint is None:
+            return recent
+        path = checkpoint / f"recent_rewards_{rank}.pt"
+        if path.is_file():
+            recent.parts = collections.deque(torch.load(path, weights_only=True))
+        else:  # an older version's checkpoint
+            log.warning("%s holds no training rewards: mean/std will come from the steps after it", checkpoint)
+        return recent
 
-    def load(self, path: Path) -> bool:
-        """From a checkpoint; False where it has none (saved by an older version)."""
-        if not path.is_file():
-            return False
-        self.parts = collections.deque(torch.load(path, weights_only=True), maxlen=self.parts.maxlen)
-        return True
+    def save(self, checkpoint: Path, rank: int) -> None:
+        """Into a checkpoint folder, one file per process."""
+        torch.save(list(self.parts), checkpoint / f"recent_rewards_{rank}.pt")
 
     def stats(self, accelerator: Accelerator) -> dict[str, float]:
         """reward_mean and (population) reward_std over every process's kept rewards; NaN when none. A
