@@ -128,3 +128,10 @@ def test_length_bias_top_ignores_nan_rewards():
     rewards = torch.tensor([float("nan"), 1.0, 0.0, 2.0])  # topk would put the NaN first
     lb = length_bias(rewards, torch.tensor([5, 3, 4, 2]), torch.tensor([1, 3]), torch.tensor([0, 2]), top_fraction=0.25)
     assert lb.top.responses == 1 and lb.top.mean_length == 2.0  # the response with reward 2, not the NaN one
+
+
+def test_values_on_inner_bin_edges_go_to_the_upper_bin():
+    for b in range(1, 15):  # floor() of the float quotient put 8 of these 14 edges one bin low
+        edge = 0.5 + b * (0.5 / 15)
+        _, bins = expected_calibration_error(torch.tensor([edge], dtype=torch.float64), torch.tensor([1.0]))
+        assert [i for i, x in enumerate(bins) if x.count] == [b], edge

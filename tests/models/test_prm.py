@@ -227,3 +227,13 @@ def test_the_server_answers_400_for_a_response_without_steps(prm, tmp_path):
     with TestClient(create_app(service, settings), raise_server_exceptions=False) as client:
         r = client.post("/v1/score", json={"items": [{"prompt": "Q", "response": "\n\n"}]})
     assert r.status_code == 400 and "has no steps" in r.json()["detail"]
+
+
+def test_a_step_without_tokens_names_its_row(tiny_models):
+    from rewardkit.data.steps import StepExample, tokenize_steps
+
+    _, tok = RewardModel.from_pretrained(str(tiny_models["bert"]), kind="prm", seed=0)
+    enc = StepEncoder(SequenceEncoder(tok, 64, True))  # WordPiece keeps nothing of "\u200b" and drops "\n"
+    ex = StepExample("start at 2", ("two plus three is five", "\u200b"), (1.0, 0.0), "steps.jsonl:line 4")
+    with pytest.raises(DataError, match=r"steps.jsonl:line 4: step 2 \('\\u200b'\) has no tokens"):
+        tokenize_steps(enc, [ex])

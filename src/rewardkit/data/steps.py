@@ -125,7 +125,8 @@ class StepEncoder:
         for i, s in enumerate(steps):
             ids = enc._ids(s) + self.sep_ids
             if not ids:
-                raise ValueError(f"step {i} ({s!r}) has no tokens")
+                raise EmptyStep(f"step {i + 1} ({s!r}) has no tokens (nothing the tokenizer keeps, e.g. only "
+                                "zero-width characters)")
             segs.append(ids)
         budget = self.max_length - len(prefix) - len(end)
         total = sum(map(len, segs))
@@ -155,5 +156,16 @@ class StepEncoder:
         return TokenizedSteps(seq, tuple(positions), tuple(labels[:len(positions)]), len(steps))
 
 
+class EmptyStep(ValueError):
+    """A step with no token to read its score from."""
+
+
 def tokenize_steps(encoder: StepEncoder, examples: list[StepExample]) -> list[TokenizedSteps]:
-    return [encoder.encode(ex.prompt, ex.steps, ex.labels) for ex in examples]
+    """Each example's steps, tokenised; a step that tokenises to nothing names its row."""
+    out = []
+    for ex in examples:
+        try:
+            out.append(encoder.encode(ex.prompt, ex.steps, ex.labels))
+        except EmptyStep as e:
+            raise DataError(ex.source or "a stepwise row", None, str(e)) from None
+    return out

@@ -92,7 +92,8 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
         raise ValueError("expected_calibration_error needs at least one prediction")
     conf, corr = confidence.double(), correct.double()
     width = (hi - lo) / n_bins
-    idx = ((conf - lo) / width).floor().long().clamp(0, n_bins - 1)
+    # + 1e-9: (0.6 - 0.5) / (0.5 / 15) is 2.9999999999999996 in floats, and 0.6 belongs to bin 3
+    idx = ((conf - lo) / width + 1e-9).floor().long().clamp(0, n_bins - 1)
     n = conf.numel()
     ece, bins = 0.0, []
     for b in range(n_bins):
