@@ -113,3 +113,11 @@ def test_an_output_named_as_another_format_is_refused(bert_rm, rows, tmp_path, c
             else ["eval", str(bert_rm), str(rows), "--output", str(out)])
     assert main(argv) == 2
     assert f"output: {out}: the output is JSON lines" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_empty_step_separator_is_refused(capsys):
+    """A newline typed on the command line arrives stripped to "": a PRM would never split string responses."""
+    assert main(["train", "model=m", "data.train=d.jsonl", "loss=prm", "loss.step_separator=\n"]) == 2
+    assert "loss.step_separator: is empty; quote whitespace as YAML" in capsys.readouterr().err
+    cfg = load_config(COMMANDS["train"], None, ["model=m", "data.train=d", r'loss.step_separator="\n\n"'])
+    assert cfg.loss.step_separator == "\n\n"

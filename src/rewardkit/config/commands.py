@@ -128,6 +128,9 @@ class LossConfig:
         _at_least(self, 0, "gamma", "penalty_weight")
         _check(0 <= self.verbosity_threshold <= 1, "verbosity_threshold",
                f"must be in [0, 1], got {self.verbosity_threshold}")
+        # a bare newline given as key=value arrives stripped to "": string responses would never split
+        _check(self.step_separator != "", "step_separator",
+               'is empty; quote whitespace as YAML: loss.step_separator="\\n\\n" (or " ки")')
 
 
 @dataclass
