@@ -76,17 +76,10 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-# Files a tokenizer's save_pretrained may write: a save replaces the whole set, so that a folder that held
-# another model keeps none of its files (a stale chat_template.jinja would change how chats render).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "spm.model")
-
-
 @contextmanager
 def staged_dir(target: str | Path, last: str = "config.json", owned: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a temp folder; on success its files are moved into `target` one atomic rename each, and the
-    files named in `owned` that this save did not write are removed from `target`.
+    files matching the glob patterns in `owned` that this save did not write are removed from `target`.
 
     `last` (config.json) moves last so a reader never sees a config that points at missing weights. On
     failure nothing moves, and a `target` this call created is removed again (when still empty).
@@ -106,8 +99,10 @@ def staged_dir(target: str | Path, last: str = "config.json", owned: Iterable[st
             elif (tmp / name).is_file():  # safetensors writes 0600; a saved model should be readable like any file
                 os.chmod(tmp / name, _default_mode())
             os.replace(tmp / name, dest)
-        for stale in set(owned) - set(names):
-            (target / stale).unlink(missing_ok=True)
+        for pattern in owned:
+            for stale in target.glob(pattern):
+                if stale.name not in names and stale.is_file():
+                    stale.unlink(missing_ok=True)
         ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

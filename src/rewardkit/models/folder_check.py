@@ -18,6 +18,13 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "tf_model.h5", "flax_model.msgpack")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
                    "spiece.model", "sentencepiece.bpe.model", "merges.txt", "tekken.json")
+# What a model save owns (globs): saving into a folder that held another model, or the other form of this one
+# (full weights vs LoRA adapter), removes those it did not write. Stale weights would be found by transformers or
+# peft; a stale chat_template.jinja would change how chats render.
+SAVED_FILES = (*TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+               "chat_template.json", "spm.model", "model*.safetensors", "model.safetensors.index.json",
+               "pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_config.json",
+               "adapter_model.safetensors")
 MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses headers above 100 MB too
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 

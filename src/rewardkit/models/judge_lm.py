@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from rewardkit.batches import SequenceBatch
-from rewardkit.io import TOKENIZER_FILES, staged_dir
+from rewardkit.io import staged_dir
 from rewardkit.models import causal_lm
 from rewardkit.models.backbone import CONFIG_KEY, resolve_path, set_attention
+from rewardkit.models.folder_check import SAVED_FILES
 from rewardkit.models.segment_attention import planless_attention
 from rewardkit.models.lora import (ADAPTER_WEIGHTS, ALL_LINEAR, LoraSpec, LoraState, base_name, is_adapter_param,
-                                   remove_stale_files, require_peft, saved_block)
+                                   require_peft, saved_block)
 
 KIND = "generative"
 PEFT_PREFIX = "base_model.model."  # peft's key prefix for a PeftModel around the LM
@@ -159,14 +160,13 @@ class JudgeLM(nn.Module):
         if self.lora is not None:
             block["lora"] = self.lora.block()
         setattr(self.hf.config, CONFIG_KEY, block)
-        with staged_dir(out, owned=TOKENIZER_FILES) as tmp:  # a failed save leaves the folder as it was
+        with staged_dir(out, owned=SAVED_FILES) as tmp:  # a failed save leaves the folder as it was
             if self.lora is not None:
                 self.hf.config.save_pretrained(str(tmp))
                 self._save_adapter(tmp)
             else:
                 self.hf.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-        remove_stale_files(out, self.lora is not None)
 
     # ------------------------------------------------------------------ the forward
 

@@ -292,13 +292,3 @@ def merge_adapter(hf: nn.Module) -> int:
     return n
 
 
-def remove_stale_files(out_dir: Path, lora: bool) -> None:
-    """After saving one form into a folder that held the other: drop the other form's weight files, so that
-    neither transformers nor peft find stale weights there (config.json decides for rewardkit anyway)."""
-    if lora:
-        stale = [*out_dir.glob("model*.safetensors"), *out_dir.glob("model.safetensors.index.json"),
-                 *out_dir.glob("pytorch_model*.bin"), *out_dir.glob("pytorch_model.bin.index.json")]
-    else:
-        stale = [out_dir / ADAPTER_CONFIG, out_dir / ADAPTER_WEIGHTS]
-    for p in stale:
-        p.unlink(missing_ok=True)

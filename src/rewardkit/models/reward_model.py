@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from rewardkit.batches import PackedBatch, SequenceBatch, Sequences
-from rewardkit.io import TOKENIZER_FILES, atomic_write, staged_dir
+from rewardkit.io import atomic_write, staged_dir
 from rewardkit.models import kinds
 from rewardkit.models import lora as lora_mod
 from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encoder, load_backbone, resolve_path,
                                        set_attention, varlen_attention)
-from rewardkit.models.folder_check import check_model_folder
+from rewardkit.models.folder_check import SAVED_FILES, check_model_folder
 from rewardkit.models.heads import READOUTS, Features, HeadOutput, pool
 from rewardkit.models.lora import LoraSpec
 from rewardkit.models.segment_attention import NAME as SEGMENTS, planless_attention, use_segment_attention
@@ -157,7 +157,7 @@ class RewardModel(nn.Module):
         cfg.mean, cfg.std = self.mean, self.std  # OpenRLHF reads these top-level keys for normalisation
         cfg.pad_token_id = tokenizer.pad_token_id
         out_dir = Path(out_dir)
-        with staged_dir(out_dir, owned=TOKENIZER_FILES) as tmp:
+        with staged_dir(out_dir, owned=SAVED_FILES) as tmp:
             block.update(self.head.save_extras(Path(tmp)))
             if self.lora is not None:
                 block["lora"] = self.lora.block()
@@ -169,7 +169,6 @@ class RewardModel(nn.Module):
             else:
                 self.hf.save_pretrained(tmp, safe_serialization=True)
             save_tokenizer(tokenizer, tmp, max_length)
-        lora_mod.remove_stale_files(out_dir, lora=self.lora is not None)
 
     def merge_lora(self) -> int:
         """Fold the LoRA adapter into the backbone's weights (the model then saves as a plain HF model);
