@@ -93,6 +93,15 @@ def tiny_model(request, tiny_models) -> Path:
     return tiny_models[request.param]
 
 
+def saved_reward_model(backbone: Path, out: Path, max_length: int = 64) -> Path:
+    """`backbone` with a new (random) value head, saved as a reward model folder at `out`."""
+    from rewardkit.models.reward_model import RewardModel
+
+    model, tok = RewardModel.from_pretrained(str(backbone))
+    model.save_pretrained(out, tok, max_length=max_length)
+    return out
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

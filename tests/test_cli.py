@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import synthetic_pairs, write_jsonl
+from conftest import saved_reward_model, synthetic_pairs, write_jsonl
 from rewardkit.cli import _parsers, command_config, main, parse_command
 from rewardkit.config import COMMANDS, ConfigError, TrainRunConfig, all_keys, load_config, to_dict
 
@@ -180,12 +180,7 @@ def test_python_dash_m():
 
 @pytest.fixture(scope="module")
 def rm_dir(tiny_models, tmp_path_factory):
-    from rewardkit.models.reward_model import RewardModel
-
-    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]))
-    out = tmp_path_factory.mktemp("cli") / "rm"
-    model.save_pretrained(out, tok, max_length=64)
-    return out
+    return saved_reward_model(tiny_models["llama"], tmp_path_factory.mktemp("cli") / "rm")
 
 
 def test_eval_forms_give_the_same_numbers(rm_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import synthetic_pairs, write_jsonl
+from conftest import saved_reward_model, synthetic_pairs, write_jsonl
 from rewardkit.cli import main
 from rewardkit.config import COMMANDS, load_config
 from rewardkit.models.positions import fit_max_length, position_limit
@@ -17,10 +17,7 @@ from rewardkit.models.reward_model import RewardModel
 
 @pytest.fixture(scope="module")
 def bert_rm(tiny_models, tmp_path_factory):
-    model, tok = RewardModel.from_pretrained(str(tiny_models["bert"]))
-    out = tmp_path_factory.mktemp("guards") / "rm"
-    model.save_pretrained(out, tok, max_length=64)
-    return out
+    return saved_reward_model(tiny_models["bert"], tmp_path_factory.mktemp("guards") / "rm")
 
 
 @pytest.fixture()
