@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from rewardkit.data import DataError
 
-    previous = _stop_on_sigterm() if name not in OWN_SIGNALS else None
+    previous = _stop_on_sigterm() if name not in OWN_SIGNALS else _UNSET
     try:
         return COMMANDS[name].run(command_config(name, args))
     except (KeyboardInterrupt, Terminated) as e:  # outputs were written to temp files; those are gone now
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewardkit {name}: error: {message}", file=sys.stderr)
         return code
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not _UNSET:  # None: a handler installed outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class Terminated(BaseException):
@@ -105,9 +105,12 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+_UNSET = object()  # main() left SIGTERM alone
+
+
 def _stop_on_sigterm() -> Any:
-    """Make SIGTERM raise `Terminated`; returns the handler to restore (None where signals can't be set)."""
+    """Make SIGTERM raise `Terminated`; returns the handler to restore (`_UNSET` where signals can't be set)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return _UNSET
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
