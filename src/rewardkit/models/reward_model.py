@@ -28,6 +28,7 @@ from rewardkit.models.backbone import (CONFIG_KEY, check_quantization, is_encode
 from rewardkit.models.folder_check import SAVED_FILES, check_model_folder
 from rewardkit.models.heads import READOUTS, Features, HeadOutput, pool
 from rewardkit.models.lora import LoraSpec
+from rewardkit.models.readout_layer import readout_rows
 from rewardkit.models.segment_attention import NAME as SEGMENTS, planless_attention, use_segment_attention
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,12 @@ class RewardModel(nn.Module):
 
     def features(self, batch: Sequences) -> Features:
         """Readout and last-prompt-token states, (N, H) each, for a padded or packed batch."""
-        flat, idx = backbone_hidden(self.hf, batch)
+        rows = None
+        if self.readout != "mean" and isinstance(batch, PackedBatch) and batch.units is not None \
+                and not torch.is_grad_enabled():  # only these rows of the last layer are read
+            rows = readout_rows(self.hf, batch.last_index if self.readout == "last" else batch.first_index,
+                                batch.prompt_end_index)
+        flat, idx = backbone_hidden(self.hf, batch, rows=rows)
         n = int(idx["last"].shape[0])
         pooled = pool(flat, self.readout, last=idx["last"], first=idx["first"], response_seq=idx["response_seq"], n=n)
         return Features(pooled, flat[idx["prompt_end"]])
@@ -253,12 +259,15 @@ def _drop_quantization_config(path: Path) -> None:
         path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def backbone_hidden(hf: nn.Module, batch: Sequences) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def backbone_hidden(hf: nn.Module, batch: Sequences, *, rows: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one backbone forward of every batch layout: (M, H) last hidden states of `hf.base_model` and flat
     indices into them: last, first, prompt_end (N,), response_seq (M,) and the token ids `ids` (M,).
-    On CUDA without cuDNN attention, whatever attention the model uses (segment_attention.PLANLESS_BACKENDS)."""
+    On CUDA without cuDNN attention, whatever attention the model uses (segment_attention.PLANLESS_BACKENDS).
+    rows (flat packed batches, from `readout_rows`): the last layer runs at these flat rows only, and only
+    they hold last-layer states."""
     with planless_attention(batch.input_ids.device):
-        return packed_hidden(hf, batch) if isinstance(batch, PackedBatch) else padded_hidden(hf, batch)
+        return packed_hidden(hf, batch, rows) if isinstance(batch, PackedBatch) else padded_hidden(hf, batch)
 
 
 def padded_hidden(hf: nn.Module, batch: SequenceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -275,7 +284,8 @@ def padded_hidden(hf: nn.Module, batch: SequenceBatch) -> tuple[torch.Tensor, di
     return hidden.reshape(n * t, -1), idx
 
 
-def packed_hidden(hf: nn.Module, b: PackedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def packed_hidden(hf: nn.Module, b: PackedBatch, rows: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(R*L, H) states of a packed batch (one forward over its rows) and its sequence indices."""
     mask = b.attention_mask
     impl = hf.config._attn_implementation or "sdpa"
@@ -288,6 +298,8 @@ def packed_hidden(hf: nn.Module, b: PackedBatch) -> tuple[torch.Tensor, dict[str
         if impl != SEGMENTS:
             use_segment_attention(hf.config)  # stays: padded batches then run as plain SDPA
         kw["rk_units"] = b.units
+        if rows is not None:
+            kw["rk_rows"] = rows
         mask = torch.ones(b.input_ids.shape, dtype=torch.long, device=b.input_ids.device)  # no (T, T) mask built
     elif impl == "eager":  # eager wants an additive float mask
         mask = torch.zeros(mask.shape, dtype=hf.dtype, device=mask.device).masked_fill(

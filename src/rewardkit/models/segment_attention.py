@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import contextlib
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+if TYPE_CHECKING:
+    from rewardkit.models.readout_layer import ReadoutKeys
 
 NAME = "rewardkit_segments"  # the name transformers' attention registry knows this function by
 _registered = False
@@ -42,13 +47,16 @@ def planless_attention(device: torch.device) -> contextlib.AbstractContextManage
 
 def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      rk_units: list[tuple[int, int, torch.Tensor | None]] | None = None, **kwargs,
-                      ) -> tuple[torch.Tensor, None]:
+                      rk_units: list[tuple[int, int, torch.Tensor | None]] | None = None,
+                      rk_keys: "ReadoutKeys | None" = None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers attention interface. query (B, Hq, T, D), key/value (B, Hkv, T, D) -> (B, T, Hq, D).
 
     rk_units (flat batches, B = 1): (start, end, mask) per unit along T; mask (n, n) bool (True = may attend)
     or None for the module's own pattern (causal for decoders, full for encoders). Without rk_units this is
-    plain SDPA with transformers' usual masks, so padded batches (eval, scoring) work unchanged."""
+    plain SDPA with transformers' usual masks, so padded batches (eval, scoring) work unchanged. rk_keys: the
+    last layer at readout rows only (`readout_layer`): those rows' queries against every token's keys."""
+    if rk_keys is not None:
+        return rk_keys.attend(query, scaling, compute_dtype(query)), None
     if rk_units is None:
         with planless_attention(query.device):
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
