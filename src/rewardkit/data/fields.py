@@ -75,6 +75,30 @@ def messages(value: Any, key: str, where: str, role_key: str = "role", content_k
     return out
 
 
+def api_text(value: Any, name: str) -> Text:
+    """A prompt or response handed to the Python API, checked as rows and the server check theirs: a string,
+    or chat messages (a list of {role, content} dicts, or one such dict) whose content may be OpenAI-style text
+    parts, joined with newlines as the server (and vLLM) join them. TypeError/ValueError name `name`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise TypeError(f"{name}: expected a string or a list of chat messages, got {type(value).__name__}")
+    value = [{**m, "content": _text_parts(m["content"], f"{name}[{j}].content")}
+             if isinstance(m, dict) and isinstance(m.get("content"), list) else m for j, m in enumerate(value)]
+    try:
+        return messages(value, name, "")
+    except DataError as e:
+        raise ValueError(f"{e.field}: {e.problem}") from None
+
+
+def _text_parts(parts: list, name: str) -> str:
+    if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+        raise ValueError(f'{name}: only text parts ({{"type": "text", "text": ...}}) can be scored')
+    return "\n".join(p["text"] for p in parts)
+
+
 def margin(row: dict[str, Any], key: str, where: str) -> float | None:
     """The optional per-pair margin: None when absent or empty, else a finite number."""
     value = row.get(key)

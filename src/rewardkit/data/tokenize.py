@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rewardkit.data.fields import Message, Text
+from rewardkit.data.fields import Message, Text, api_text
 from rewardkit.data.pairs import PreferenceExample
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str]:
     """
     if isinstance(prompt, str) and isinstance(response, str):
         return prompt, response
+    prompt, response = api_text(prompt, "prompt"), api_text(response, "response")
     p_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else (prompt or [])
     r_msgs = [{"role": "assistant", "content": response}] if isinstance(response, str) else response
     if getattr(tokenizer, "chat_template", None):

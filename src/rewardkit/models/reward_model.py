@@ -223,7 +223,12 @@ class RewardModel(nn.Module):
         return torch.zeros_like(values).scatter_(1, order, values)
 
     def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
-        return (rewards - self.mean) / (self.std if self.std > 0 and math.isfinite(self.std) else 1.0)
+        if not (self.std > 0 and math.isfinite(self.std) and math.isfinite(self.mean)):
+            # dividing by 1 instead (as before) would return rewards that only look normalised
+            raise ValueError(f"cannot normalise: this model's saved mean/std are {self.mean}/{self.std} (std must be "
+                             "a finite number > 0); score without normalize, or set `mean` and `std` in the "
+                             "rewardkit block of its config.json")
+        return (rewards - self.mean) / self.std
 
 
 def write_temperature(model_dir: str | Path, temperature: float, *, kind: str | None = None) -> Path:

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from rewardkit.data.fields import Text
+from rewardkit.data.fields import Text, api_text
 from rewardkit.metrics import check_temperature, preference_prob
 from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 
@@ -122,18 +122,57 @@ def response_lengths(judge: Any, responses: Sequence[Text]) -> torch.Tensor:
     return torch.tensor([count(text(r)) for r in responses], dtype=torch.long)
 
 
-def _check_triples(prompts: Sequence[Text], a: Sequence[Text], b: Sequence[Text]) -> int:
-    n = len(prompts)
-    if not len(a) == len(b) == n:
-        raise ValueError(f"got {n} prompts, {len(a)} responses_a and {len(b)} responses_b")
-    return n
+def texts(value: Any, name: str) -> list[Text]:
+    """The Python API's list arguments: one prompt or response per item, each a string or chat messages
+    (`fields.api_text`) or a list of step strings. A lone string is refused: iterated, it would score one
+    character per item."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name}: expected a list with one text per item, got {type(value).__name__}"
+                        + ("; put a single text in a list" if isinstance(value, (str, dict)) else ""))
+    # a list of strings is a process reward model's explicit steps: the judge that reads it checks it
+    return [v if isinstance(v, list) and all(isinstance(x, str) for x in v) and v else api_text(v, f"{name}[{i}]")
+            for i, v in enumerate(value)]
 
 
-def _check_lists(prompts: Sequence[Text], candidates: Sequence[Sequence[Text]]) -> None:
+def plain_texts(value: Any, name: str) -> list[str]:
+    """A list of full texts (strings only), refusing a lone string as `texts` does."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name}: expected a list of strings, got {type(value).__name__}"
+                        + ("; put a single text in a list" if isinstance(value, str) else ""))
+    value = list(value)
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}]: expected a string, got {type(v).__name__}")
+    return value
+
+
+def _check_triples(prompts: Sequence[Text], a: Sequence[Text], b: Sequence[Text],
+                   ) -> tuple[list[Text], list[Text], list[Text]]:
+    prompts, a, b = texts(prompts, "prompts"), texts(a, "responses_a"), texts(b, "responses_b")
+    if not len(a) == len(b) == len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts, {len(a)} responses_a and {len(b)} responses_b")
+    return prompts, a, b
+
+
+def _check_lists(prompts: Sequence[Text], candidates: Sequence[Sequence[Text]],
+                 ) -> tuple[list[Text], list[list[Text]]]:
+    prompts = texts(prompts, "prompts")
+    if isinstance(candidates, (str, bytes, dict)) or not hasattr(candidates, "__iter__"):
+        raise TypeError(f"candidates: expected one list of candidates per prompt, got {type(candidates).__name__}")
+    candidates = [texts(c, f"candidates[{k}]") for k, c in enumerate(candidates)]
     if len(prompts) != len(candidates):
         raise ValueError(f"got {len(prompts)} prompts but {len(candidates)} candidate lists")
     if any(len(c) == 0 for c in candidates):
         raise ValueError("rank needs at least one candidate per prompt")
+    return prompts, candidates
+
+
+def check_pairs(prompts: Sequence[Text], responses: Sequence[Text]) -> tuple[list[Text], list[Text]]:
+    """`prompts` and `responses` checked (`texts`) and of one length."""
+    prompts, responses = texts(prompts, "prompts"), texts(responses, "responses")
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    return prompts, responses
 
 
 def comparisons(margins: torch.Tensor, temperature: float, rewards_a: torch.Tensor | None = None,
@@ -163,7 +202,7 @@ class PointwiseJudge:
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> list[float]:
         """Rewards as floats, one per (prompt, response)."""
-        return self.score_texts(prompts, responses, normalize=normalize).tolist()
+        return self.score_texts(*check_pairs(prompts, responses), normalize=normalize).tolist()
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Identity: a kind without saved reward statistics has nothing to normalise with."""
@@ -178,8 +217,9 @@ class PointwiseJudge:
     def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
                 temperature: float | None = None) -> list[Comparison]:
         """For each prompt, P(a ≻ b) = sigmoid((r_a − r_b) / T); T defaults to the model's (one scoring pass)."""
-        n = _check_triples(prompts, responses_a, responses_b)
-        r = self.score_texts(list(prompts) * 2, list(responses_a) + list(responses_b)).double()  # (2n,)
+        prompts, responses_a, responses_b = _check_triples(prompts, responses_a, responses_b)
+        n = len(prompts)
+        r = self.score_texts(prompts * 2, responses_a + responses_b).double()  # (2n,)
         t = self.temperature if temperature is None else temperature
         return comparisons(r[:n] - r[n:], t, r[:n], r[n:])
 
@@ -190,12 +230,12 @@ class PointwiseJudge:
 
     def rank(self, prompt: Text, candidates: Sequence[Text], *, normalize: bool = False) -> Ranking:
         """Candidates for one prompt, best first (one scoring pass; ties keep input order)."""
-        return self.rank_many([prompt], [candidates], normalize=normalize)[0]
+        return self.rank_many([api_text(prompt, "prompt")], [texts(candidates, "candidates")], normalize=normalize)[0]
 
     def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], *,
                   normalize: bool = False) -> list[Ranking]:
         """`rank` for many prompts at once: one scoring pass over every candidate of every prompt."""
-        _check_lists(prompts, candidates)
+        prompts, candidates = _check_lists(prompts, candidates)
         flat = self.score([p for p, c in zip(prompts, candidates) for _ in c], [x for c in candidates for x in c],
                           normalize=normalize)
         out, start = [], 0
@@ -235,7 +275,7 @@ class PairwiseJudge:
     def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
                 temperature: float | None = None) -> list[Comparison]:
         """For each prompt, P(a ≻ b) = sigmoid(margin / T); T defaults to the model's."""
-        _check_triples(prompts, responses_a, responses_b)
+        prompts, responses_a, responses_b = _check_triples(prompts, responses_a, responses_b)
         m = self.margins(prompts, responses_a, responses_b)
         return comparisons(m, self.temperature if temperature is None else temperature)
 
@@ -247,7 +287,7 @@ class PairwiseJudge:
              strategy: str | None = None) -> Ranking:
         """Candidates best first. matrix: every pair judged once (N(N−1)/2), score_i = mean_j (P[i,j] − P[j,i]);
         knockout: single elimination, N − 1 judgements, score = rounds won (a bye counts as won)."""
-        return self.rank_many([prompt], [candidates], strategy=strategy)[0]
+        return self.rank_many([api_text(prompt, "prompt")], [texts(candidates, "candidates")], strategy=strategy)[0]
 
     def rank_many(self, prompts: Sequence[Text], candidates: Sequence[Sequence[Text]], *, normalize: bool = False,
                   strategy: str | None = None) -> list[Ranking]:
@@ -258,7 +298,7 @@ class PairwiseJudge:
         strategy = strategy or self.rank_strategy
         if strategy not in RANK_STRATEGIES:
             raise ValueError(f"unknown rank strategy {strategy!r}; choose from {', '.join(RANK_STRATEGIES)}")
-        _check_lists(prompts, candidates)
+        prompts, candidates = _check_lists(prompts, candidates)
         if strategy == "matrix":  # P[i,j] − P[j,i] = 2σ(m) − 1 = tanh(m / 2): exactly antisymmetric
             jobs = [(k, i, j) for k, c in enumerate(candidates) for i in range(len(c)) for j in range(i + 1, len(c))]
             m = self._judge(prompts, candidates, jobs)

@@ -89,14 +89,15 @@ class GenerativeJudge(PairwiseJudge):
 
     def order_logodds(self, prompts: Sequence[Text], first: Sequence[Text], second: Sequence[Text]) -> torch.Tensor:
         """(N,) l_A − l_B with `first` shown as A: one order only, position bias included."""
-        _check_triples(prompts, first, second)
+        prompts, first, second = _check_triples(prompts, first, second)
         s = self.label_scores([self.encode(p, a, b) for p, a, b in zip(prompts, first, second)])
         return s[:, 0] - s[:, 1]
 
     def margins(self, prompts: Sequence[Text], responses_a: Sequence[Text],
                 responses_b: Sequence[Text]) -> torch.Tensor:
         """(N,) float64 log-odds of a ≻ b, (d(a, b) − d(b, a)) / 2, exactly antisymmetric."""
-        n = _check_triples(prompts, responses_a, responses_b)
+        prompts, responses_a, responses_b = _check_triples(prompts, responses_a, responses_b)
+        n = len(prompts)
         if n == 0:
             return torch.zeros(0, dtype=torch.float64)
         swap = [repr(a) > repr(b) for a, b in zip(responses_a, responses_b)]  # canonical order per pair

@@ -9,21 +9,24 @@ from typing import Any
 import torch
 
 from rewardkit.config import SCORE_MAX_TOKENS
-from rewardkit.data.fields import Message, Text
+from rewardkit.data.fields import Message, Text, api_text
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.heads import HeadOutput
 from rewardkit.models.packed_linear import pack_for_inference
 from rewardkit.models.positions import fit_max_length
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
+from rewardkit.scoring.base import PointwiseJudge, ScoreDetails, check_pairs, plain_texts
 from rewardkit.scoring.run import run_model
 
 
 class RewardScorer(PointwiseJudge):
     """A loaded value-head reward model plus its tokenizer and sequence layout; implements `Judge`."""
 
-    def __init__(self, model: RewardModel, tokenizer, *, max_length: int = 2048, batch_size: int = 32,
+    def __init__(self, model: RewardModel, tokenizer, *, max_length: int | None = None, batch_size: int = 32,
                  device: torch.device | str = "cpu", max_tokens: int | None = SCORE_MAX_TOKENS, bf16: bool = False):
+        """max_length: None = the one the model was trained with (2048 where unknown), capped by its position
+        table; `load` builds the scorer the same way."""
+        max_length = fit_max_length(model, max_length, model.saved_max_length or 2048)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.encoder = SequenceEncoder(tokenizer, max_length, model.is_encoder, model.token_types)
@@ -48,7 +51,7 @@ class RewardScorer(PointwiseJudge):
             raise ValueError(f"{path}: not a reward model (no value head saved: a plain backbone?); its scores would "
                              "come from a random head. Train one with `rewardkit train`, or set "
                              "model.allow_random_head=true to score with a random head anyway")
-        scorer = cls(model, tok, max_length=fit_max_length(model, max_length, model.saved_max_length or 2048),
+        scorer = cls(model, tok, max_length=max_length,
                      batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
         if packed:  # a model this scorer owns (never training's, whose weights change)
             pack_for_inference(model, device, bf16)
@@ -92,8 +95,7 @@ class RewardScorer(PointwiseJudge):
 
     def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
         """Raw rewards, token lengths and the head's published extras of N (prompt, response) pairs."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        prompts, responses = check_pairs(prompts, responses)
         seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
         out = self.run(seqs)
         names = self.model.head.published
@@ -103,19 +105,30 @@ class RewardScorer(PointwiseJudge):
 
     def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N (prompt, response) pairs; each may be a string or chat messages."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        prompts, responses = check_pairs(prompts, responses)
         raw = self.run([self.encode(p, r) for p, r in zip(prompts, responses)]).score
         return self.normalize(raw) if normalize else raw
 
     def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries)."""
+        texts = plain_texts(texts, "texts")
         raw = self.run(self.encode_texts(texts)).score
         return self.normalize(raw) if normalize else raw
 
     def score_messages(self, conversations: Sequence[list[Message]], *, normalize: bool = False) -> list[float]:
         """Rewards for whole chats: the last message is the response, the rest the prompt."""
-        return self.score([c[:-1] for c in conversations], [c[-1:] for c in conversations], normalize=normalize)
+        if isinstance(conversations, (str, dict)) or not hasattr(conversations, "__iter__"):
+            raise TypeError(f"conversations: expected a list of chats (each a list of messages), got "
+                            f"{type(conversations).__name__}")
+        chats = []
+        for i, c in enumerate(conversations):
+            if not isinstance(c, list):
+                raise TypeError(f"conversations[{i}]: expected a chat (a list of messages), got {type(c).__name__}"
+                                + ("; pass a list of chats" if isinstance(c, dict) else ""))
+            if not c:
+                raise ValueError(f"conversations[{i}]: empty chat (nothing to score)")
+            chats.append(api_text(c, f"conversations[{i}]"))
+        return self.score([c[:-1] for c in chats], [c[-1:] for c in chats], normalize=normalize)
 
     @property
     def temperature(self) -> float:

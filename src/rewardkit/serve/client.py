@@ -81,16 +81,25 @@ class _Call:
     result: type | None
 
 
+def _list(value: Any, name: str) -> list:
+    """A list argument; a lone string (or message) is refused: iterated, it would send one text per character."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name}: expected a list with one item per text, got {type(value).__name__}"
+                        + ("; put a single text in a list" if isinstance(value, (str, dict)) else ""))
+    return list(value)
+
+
 def _get_reward(queries, prompts, labels) -> _Call:
-    body: dict[str, Any] = {"query": list(queries)}
+    body: dict[str, Any] = {"query": _list(queries, "queries")}
     if prompts is not None:
-        body["prompts"] = list(prompts)
+        body["prompts"] = _list(prompts, "prompts")
     if labels is not None:
-        body["labels"] = list(labels)
+        body["labels"] = _list(labels, "labels")
     return _Call("POST", "/get_reward", body, RewardResult)
 
 
 def _score(prompts, responses, normalize) -> _Call:
+    prompts, responses = _list(prompts, "prompts"), _list(responses, "responses")
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
@@ -98,6 +107,7 @@ def _score(prompts, responses, normalize) -> _Call:
 
 
 def _compare(prompts, a, b) -> _Call:
+    prompts, a, b = _list(prompts, "prompts"), _list(a, "a"), _list(b, "b")
     if not len(prompts) == len(a) == len(b):
         raise ValueError(f"prompts, a and b must have the same length, got {len(prompts)}, {len(a)}, {len(b)}")
     items = [{"prompt": p, "a": x, "b": y} for p, x, y in zip(prompts, a, b)]
@@ -105,7 +115,8 @@ def _compare(prompts, a, b) -> _Call:
 
 
 def _rank(prompt, candidates, normalize) -> _Call:
-    return _Call("POST", "/v1/rank", {"prompt": prompt, "candidates": list(candidates), "normalize": normalize},
+    return _Call("POST", "/v1/rank", {"prompt": prompt, "candidates": _list(candidates, "candidates"),
+                                     "normalize": normalize},
                  RankResult)
 
 
@@ -159,10 +170,16 @@ def _server_urls(base_url: str | Sequence[str] | None, base_urls: Sequence[str] 
     items = given.split(",") if isinstance(given, str) else list(given)  # "http://a,http://b" as OpenRLHF
     if not all(isinstance(u, str) for u in items):
         raise TypeError(f"server URLs must be strings, got {items!r}")
-    urls = [u.strip().rstrip("/") for u in items if u.strip()]
+    # OpenRLHF's --remote_rm_url names the endpoint itself (http://host:5000/get_reward): take its server
+    urls = [_server_root(u.strip()) for u in items if u.strip()]
     if not urls:
         raise ValueError("no server URL given")
     return urls
+
+
+def _server_root(url: str) -> str:
+    url = url.rstrip("/")
+    return url[:-len("/get_reward")] if url.endswith("/get_reward") else url
 
 
 def _detail(response: httpx.Response) -> str:

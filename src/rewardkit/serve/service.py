@@ -116,6 +116,8 @@ class RewardService:
         self.models: dict[str, ServedModel] = {}
         for name, scorer in scorers.items():
             norm = (normalize or {}).get(name)
+            if (settings.normalize if norm is None else norm) and scorer.pointwise:
+                scorer.normalize(torch.zeros(1))  # a saved std that cannot normalise fails here, not per request
             self.models[name] = ServedModel(
                 name, scorer, settings.normalize if norm is None else norm,
                 DynamicBatcher(name, _runner(scorer, settings.batch.max_batch_size), settings.batch, self.metrics)

@@ -26,6 +26,9 @@ kept going non-finite (TrainingDiverged); 128+N a second signal N, or a first on
 
 from __future__ import annotations
 
+import sys
+import types
+
 from rewardkit.train.faults import SaveError, TrainingDiverged, TrainingInterrupted
 from rewardkit.precision import bf16_native
 from rewardkit.train.launch import LaunchError, check_launch
@@ -37,3 +40,14 @@ from rewardkit.train.tracking import TRACKERS, reduce_window, resolve_trackers
 __all__ = ["TRACKERS", "LaunchError", "SaveError", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
            "bf16_native", "check_launch", "fill_weights", "full_params", "reduce_window", "resolve_batching",
            "resolve_trackers", "sharded_weights", "structure_copy", "train"]
+
+
+class _CallablePackage(types.ModuleType):
+    """`rewardkit.train` is both this package and the function `rewardkit` exports: once the package is
+    imported, Python sets `rewardkit.train` to it, so calling it must still run the training."""
+
+    def __call__(self, *args, **kwargs) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
