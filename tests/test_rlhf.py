@@ -86,3 +86,14 @@ def test_beta_per_row_masked_positions_and_empty_rows():
     out = kl_penalized_rewards(torch.tensor([1.0, float("inf")]), logp, torch.zeros(2, 2),
                                torch.tensor([[1, 0], [0, 0]]), beta=0.1)
     assert torch.allclose(out, torch.tensor([[1.0 + 0.1, 0.0], [0.0, 0.0]]))  # k1 = -1 here; the empty row: zeros
+
+
+def test_soft_mask_places_the_score_where_the_kl_ends_and_lists_are_taken():
+    """A float mask (0.5 weights) counts a token as a response token for the KL; the score must go on the last
+    such token too (it went on the last exactly-1 position, or on position 0)."""
+    logp, ref = torch.zeros(1, 4), torch.full((1, 4), -1.0)
+    soft = torch.tensor([[1.0, 1.0, 0.5, 0.0]])
+    r = kl_penalized_rewards(torch.tensor([3.0]), logp, ref, soft, beta=0.1)
+    assert r[0, 2] == pytest.approx(3.0 - 0.1) and r[0, 3] == 0
+    as_lists = kl_penalized_rewards([3.0], logp.tolist(), ref.tolist(), [[1, 1, 1, 0]], beta=[0.1])
+    torch.testing.assert_close(as_lists, r)

@@ -98,6 +98,9 @@ def kl_penalized_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torc
     and TRL place it. Rows with an empty mask get all zeros, and masked-out positions are 0 whatever their
     log-probs hold (a -inf on a pad token would otherwise give NaN).
     """
+    score, logp, ref_logp, mask = (torch.as_tensor(x) for x in (score, logp, ref_logp, mask))
+    if isinstance(beta, (list, tuple)):
+        beta = torch.tensor(beta, dtype=torch.float32)
     if score.shape != logp.shape[:1] or logp.shape != ref_logp.shape or logp.shape != mask.shape:
         raise ValueError(f"shapes: score {tuple(score.shape)} must be (B,), logp {tuple(logp.shape)}, "
                          f"ref_logp {tuple(ref_logp.shape)} and mask {tuple(mask.shape)} must be (B, T)")
@@ -108,6 +111,6 @@ def kl_penalized_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torc
     on = mask.bool()
     rewards = torch.where(on, -beta * kl_estimate(logp, ref_logp, estimator), 0.0)
     t = mask.shape[1]
-    last = t - 1 - mask.long().fliplr().argmax(dim=1)  # (B,) index of the last mask-1 token
+    last = t - 1 - on.long().fliplr().argmax(dim=1)  # (B,) the last token the mask keeps (any non-zero)
     bonus = torch.where(on.any(dim=1), score.to(rewards.dtype), 0.0)
     return rewards.scatter_add(1, last[:, None], bonus[:, None])
