@@ -52,8 +52,11 @@ def test_position_limits_of_learned_and_rotary_positions(tiny_models):
 def test_max_length_beyond_the_position_table_is_one_line(bert_rm, tiny_models, rows, tmp_path, capsys):
     out = tmp_path / "o.jsonl"
     assert main(["score", str(bert_rm), "--input", str(rows), "--output", str(out), "data.max_length=600"]) == 2
-    assert "exceeds the 512 positions" in capsys.readouterr().err and not out.exists()
+    # the key the user typed, not the loader's parameter name
+    assert "error: data.max_length: 600 exceeds the 512 positions" in capsys.readouterr().err and not out.exists()
     train = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(4))
+    assert main(["eval", str(bert_rm), str(train), "--max-length", "600"]) == 2
+    assert "error: data.max_length: 600 exceeds the 512 positions" in capsys.readouterr().err
     run = tmp_path / "run"
     assert main(["train", f"model={tiny_models['bert']}", f"data.train={train}", "data.max_length=1000",
                  f"output_dir={run}", "train.progress=false"]) == 2

@@ -143,3 +143,17 @@ def test_decoders_and_pair_margins_are_config_errors(tiny_models, rps, tmp_path)
         make_objective(cfg).build_model(cfg)
     with pytest.raises(ConfigError, match="loss=pairrm does not use data.margin_table"):
         make_objective(_cfg(tiny_models["bert"], train_file, tmp_path / "y", "pairrm", "data.margin_table=small"))
+
+
+@pytest.mark.parametrize("loss", ["pairrm", "judge"])
+def test_a_margin_column_is_refused_where_no_margin_applies(tiny_models, tmp_path, loss):
+    """pairrm and judge label each order 1 or 0: the margin column was read and then silently ignored."""
+    from rewardkit.data import DataError
+
+    rows = [{"prompt": "p", "chosen": "a b", "rejected": "b a"}] * 3 + [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.5}]
+    f = write_jsonl(tmp_path / "m.jsonl", rows)
+    model = tiny_models["bert" if loss == "pairrm" else "llama"]
+    with pytest.raises(DataError, match=rf"m.jsonl:line 4: field `margin`: loss={loss} takes no margins"):
+        train(_cfg(model, f, tmp_path / "out", loss))
+    assert not (tmp_path / "out" / "config.json").exists()

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     name, args, debug = parse_command(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from rewardkit.data import DataError
+    from rewardkit.models.positions import PositionLimit
 
     previous = _stop_on_sigterm() if name not in OWN_SIGNALS else _UNSET
     try:
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             code = EXIT_BAD_INPUT
         if debug or code is None:
             raise
+        if isinstance(e, PositionLimit):  # the loaders name their parameter; the user typed this key
+            e = e.for_key("data.max_length")
         message = " ".join(x.strip() for x in str(e).splitlines() if x.strip())  # one line, always
         print(f"rewardkit {name}: error: {message}", file=sys.stderr)
         return code

@@ -31,13 +31,24 @@ def _offset(table: nn.Embedding) -> int:
     return table.padding_idx + 1 if table.padding_idx is not None else 0
 
 
+class PositionLimit(ValueError):
+    """A max_length beyond the model's learned position table; `for_key` restates it for a config key."""
+
+    def __init__(self, key: str, requested: int, limit: int):
+        self.requested, self.limit = requested, limit
+        super().__init__(f"{key}: {requested} exceeds the {limit} positions this model has (a learned position "
+                         f"table); use at most {limit}")
+
+    def for_key(self, key: str) -> "PositionLimit":
+        return PositionLimit(key, self.requested, self.limit)
+
+
 def fit_max_length(model: nn.Module, requested: int | None, fallback: int, *, key: str = "max_length") -> int:
     """The max_length to encode with: `requested` (an error naming `key` when the model's position table is
     shorter), else `fallback` (the trained value or a default) capped at the table's length."""
     limit = position_limit(model)
     if requested is not None:
         if limit is not None and requested > limit:
-            raise ValueError(f"{key}: {requested} exceeds the {limit} positions this model has (a learned "
-                             f"position table); use at most {limit}")
+            raise PositionLimit(key, requested, limit)
         return requested
     return min(fallback, limit) if limit is not None else fallback

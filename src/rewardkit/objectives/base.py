@@ -19,7 +19,7 @@ from torch import nn
 from rewardkit.batches import StepOutput
 from rewardkit.config import DataConfig, TrainRunConfig
 from rewardkit.data.mixing import SourceSpec, check_held_out, eval_sources, mixture_counts, training_sources
-from rewardkit.data.readers import LoadReport, load_examples
+from rewardkit.data.readers import DataError, LoadReport, load_examples
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.metrics import reward_stats
 from rewardkit.models.lora import LoraSpec
@@ -114,6 +114,16 @@ class BaseObjective:
     def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:
         model.objective_info = {"loss": self.name}  # saved in config.json (rewardkit.objective)
+
+
+def no_margins(loaded: tuple[list, LoadReport], spec: SourceSpec, loss: str) -> tuple[list, LoadReport]:
+    """`loaded` as it is, or a DataError at the first pair with a margin: `loss` has no margin to apply, and
+    training on as if the column were not there would hide it."""
+    ex = next((e for e in loaded[0] if getattr(e, "margin", None) is not None), None)
+    if ex is not None:
+        raise DataError(ex.source, spec.columns.margin, f"loss={loss} takes no margins (each order of a pair is "
+                                                       "labelled 1 or 0); drop the column, or train with loss=bt")
+    return loaded
 
 
 def hold_out(train: list, d: DataConfig, what: str) -> tuple[list, list]:

@@ -27,7 +27,7 @@ from rewardkit.metrics import reward_stats
 from rewardkit.models.causal_lm import pad_id
 from rewardkit.models.judge_lm import JudgeLM
 from rewardkit.models.lora import LoraSpec
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_sources
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_sources, no_margins
 from rewardkit.scoring.judge_prompt import LABELS, JudgePrompt
 
 
@@ -99,8 +99,8 @@ class JudgeObjective(BaseObjective):
             self.prompt = JudgePrompt(encoder.tok, None, d.max_length)
 
         def load(spec: SourceSpec) -> tuple[list, LoadReport]:
-            return load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
-                                    split=spec.split, max_samples=spec.max_samples)
+            return no_margins(load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
+                                               split=spec.split, max_samples=spec.max_samples), spec, "judge")
 
         return load_sources(cfg, load, lambda examples, name: self._items(examples), "pairs")
 

@@ -25,7 +25,7 @@ from rewardkit.data.triples import TripleEncoder, tokenize_triple_pairs
 from rewardkit.losses import pairrm_bce
 from rewardkit.metrics import reward_stats
 from rewardkit.models.reward_model import RewardModel
-from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_sources
+from rewardkit.objectives.base import BaseObjective, ObjectiveData, load_sources, no_margins
 from rewardkit.scoring.pairrm import both_orders
 
 
@@ -59,8 +59,8 @@ class PairRMObjective(BaseObjective):
         d = cfg.data
 
         def load(spec: SourceSpec) -> tuple[list, LoadReport]:
-            return load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
-                                    split=spec.split, max_samples=spec.max_samples)
+            return no_margins(load_preferences(spec.path, fmt=spec.format, columns=spec.columns, on_error=d.on_error,
+                                               split=spec.split, max_samples=spec.max_samples), spec, "pairrm")
 
         return load_sources(cfg, load, lambda examples, name: tokenize_triple_pairs(triples, examples, name), "pairs")
 
