@@ -33,6 +33,21 @@ def _texts(rows: list[dict]) -> list[str]:
     return [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
 
 
+def _prunes(model, device: str) -> bool:
+    """Whether scoring runs the last layer at the readout rows only (models/readout_layer.py; CPU flat batches)."""
+    from rewardkit.models.readout_layer import last_layer
+
+    return device == "cpu" and model.readout != "mean" and last_layer(model.hf) is not None
+
+
+def _pruned(seqs) -> dict:
+    """What the last layer computed when pruned: its rows (the readout token and, where there is a prompt, the
+    last prompt token), the query-key pairs of those rows, and all tokens (keys and values still run on them)."""
+    rows = [1 + (s.response_start > 1) for s in seqs]
+    return {"rows": sum(rows), "row_keys": sum(r * len(s.input_ids) for r, s in zip(rows, seqs)),
+            "tokens": sum(len(s.input_ids) for s in seqs)}
+
+
 def worker_texts(spec: dict) -> dict:
     """pipeline / rewardkit-texts: the same texts in, one score out per text; tokenisation is timed."""
     init, texts, n, device = spec["init"], _texts(spec["rows"]), len(spec["rows"]), spec["device"]
@@ -50,7 +65,8 @@ def worker_texts(spec: dict) -> dict:
         tok = AutoTokenizer.from_pretrained(init)
         lengths = [len(x) for x in tok(texts, truncation=True, max_length=spec["max_length"])["input_ids"]]
         processed = sum(len(lengths[i:i + 16]) * max(lengths[i:i + 16]) for i in range(0, len(lengths), 16))
-        name, bf16 = "transformers pipeline (fp32, batch 16)", False
+        name, bf16, pruned = "transformers pipeline (fp32, batch 16)", False, False
+        seqs = []
     else:
         from rewardkit.precision import precision_name, resolve_bf16
         from rewardkit.scoring import RewardScorer
@@ -64,11 +80,12 @@ def worker_texts(spec: dict) -> dict:
             times.append(time.perf_counter() - t0)
         lengths = [len(s.input_ids) for s in seqs]
         processed = sum(lengths)  # one padding-free row per forward on CPU (on a GPU: not counted)
+        pruned = _prunes(scorer.model, device)
         name, bf16 = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})", scorer.bf16
     acc = sum(c > r for c, r in zip(scores[:n], scores[n:])) / n
     return {"engine": name, "seconds": statistics.median(times), "times": times, "pairs": n,
             "tokens": sum(lengths), "processed": processed, "accuracy": acc, "bf16": bool(bf16),
-            "qk": sum(x * x for x in lengths)}
+            "qk": sum(x * x for x in lengths), "pruned": _pruned(seqs) if pruned else None}
 
 
 def worker(spec: dict) -> dict:
@@ -130,7 +147,7 @@ def worker(spec: dict) -> dict:
     return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})",
             "seconds": statistics.median(times), "times": times,
             "pairs": len(pairs), "tokens": real, "processed": processed, "accuracy": float((rc > rr).double().mean()),
-            "bf16": bool(bf16), "qk": qk}
+            "bf16": bool(bf16), "qk": qk, "pruned": _pruned(seqs) if _prunes(model, device) else None}
 
 
 def main() -> None:
@@ -175,11 +192,21 @@ def main() -> None:
     from rewardkit.models.reward_model import RewardModel
 
     hf_cfg = AutoConfig.from_pretrained(init)
-    n_params = matmul_params(RewardModel.from_pretrained(str(init))[0])
+    init_model = RewardModel.from_pretrained(str(init))[0]
+    n_params = matmul_params(init_model)
+    from rewardkit.models.readout_layer import last_layer
+
+    layer = last_layer(init_model.hf)  # its parameters other than the key and value projections
+    last_saved = 0 if layer is None else sum(p.numel() for n, p in layer.named_parameters()
+                                             if not n.startswith(("attention.self.key", "attention.self.value")))
     peaks = dtype_peaks({r["bf16"] for r in results}, a.device, fp32_before)
     for r in results:
-        flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r["tokens"], r.pop("qk"),
-                            backward=False)
+        qk = r.pop("qk")
+        flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, r["tokens"], qk, backward=False)
+        pruned = r.pop("pruned", None)
+        if pruned:  # less work done: the last layer's query, output and MLP at its readout rows only
+            flops -= (2 * last_saved * (pruned["tokens"] - pruned["rows"])
+                      + 4 * hf_cfg.hidden_size * (qk - pruned["row_keys"]))
         r["mfu"] = flops / r["seconds"] / peaks[r["bf16"]]
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
