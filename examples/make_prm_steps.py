@@ -4,8 +4,8 @@ TRL's stepwise format, one row per worked answer: {"prompt", "completions": [ste
 A prompt asks for a chain of 2-4 arithmetic operations; each step does one. A wrong step is a guess that
 says so ("I guess 7 * 2 = 15.", the marker the model learns to flag) and is off by 1-3; later steps carry on
 from it correctly, so each label says whether THAT step is right (the first false label is the first wrong
-step). About a third of the
-answers have no wrong step. Deterministic (one seeded `random.Random`): re-running it reproduces the file.
+step). A third of the answers are drawn all-correct and others come out so by chance: 54% of the
+generated file's answers have no wrong step. Deterministic (one seeded `random.Random`): re-running it reproduces the file.
 
     python examples/make_prm_steps.py [--output PATH] [--n 400] [--seed 0]
 """
