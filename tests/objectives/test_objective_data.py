@@ -152,4 +152,3 @@ def test_verbosity_lambdas_pick_the_smallest_that_decorrelates():
     assert lam[1] == 0 and lam[2] <= 0.05 and 0.3 < lam[0] < 0.9
     assert abs(spearman(attrs[:, 0] - lam[0] * v, v)) <= 0.03
     assert abs(spearman(attrs[:, 0] - (lam[0] - 0.01) * v, v)) > 0.03  # smallest on the 0.01 grid
-
