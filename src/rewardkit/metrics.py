@@ -131,19 +131,25 @@ def first_wrong(bad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(bad.any(1), bad.int().argmax(1), -1)  # argmax: the first of equal maxima
 
 
-def step_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+def step_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+               wrong_cut: torch.Tensor | None = None) -> dict[str, float]:
     """Process reward models on N responses of up to S steps: logits (N, S) (a step is predicted correct
-    when its logit > 0, i.e. P > 0.5), labels (N, S) 1 = correct, mask (N, S) bool, True for real steps.
+    when its logit > 0, i.e. P > 0.5), labels (N, S) 1 = correct, mask (N, S) bool, True for real steps;
+    wrong_cut (N,) bool: the response's first wrong step was cut by max_length (no scored step is wrong).
 
     step_accuracy: right steps / steps; first_wrong_accuracy: responses whose first wrong step (or "none
-    wrong") is predicted exactly; step_auc: ROC AUC of the logits for the correct-step label (NaN when one
-    class is absent); wrong_step_rate: share of steps labelled wrong; n_steps: steps scored; n: responses."""
+    wrong") is predicted exactly (a cut first wrong step can never be: "none wrong" is not the answer);
+    step_auc: ROC AUC of the logits for the correct-step label (NaN when one class is absent);
+    wrong_step_rate: share of steps labelled wrong; n_steps: steps scored; n: responses."""
     m = mask.bool()
     y = labels.bool()
     pred_ok = logits > 0
     n_steps = int(m.sum())
     right = (pred_ok == y) & m
-    fw = first_wrong(~pred_ok, m) == first_wrong(~y, m)
+    truth = first_wrong(~y, m)
+    if wrong_cut is not None:
+        truth = torch.where(wrong_cut.bool(), m.shape[1], truth)  # an index no prediction takes
+    fw = first_wrong(~pred_ok, m) == truth
     return {"step_accuracy": float(right.sum()) / max(n_steps, 1),
             "first_wrong_accuracy": float(fw.double().mean()) if fw.numel() else float("nan"),
             "step_auc": auc(logits[m], y[m].float()),

@@ -237,3 +237,26 @@ def test_a_step_without_tokens_names_its_row(tiny_models):
     ex = StepExample("start at 2", ("two plus three is five", "\u200b"), (1.0, 0.0), "steps.jsonl:line 4")
     with pytest.raises(DataError, match=r"steps.jsonl:line 4: step 2 \('\\u200b'\) has no tokens"):
         tokenize_steps(enc, [ex])
+
+
+def test_a_first_wrong_step_cut_by_max_length_is_not_credited(prm):
+    """A response whose first wrong step was cut: "none wrong" among the scored steps is not its answer, so
+    first_wrong_accuracy must not count it right (it did), in `rewardkit eval` and in training's eval alike."""
+    from rewardkit.data.steps import StepExample
+    from rewardkit.eval.prm import evaluate_steps
+    from rewardkit.metrics import step_stats
+
+    model, tok = prm
+    steps = ["one two three", "four five six", "seven eight nine"]
+    judge = StepScorer(model, tok, max_length=12)  # keeps the first step only (test above)
+    examples = [StepExample("Q", tuple(steps), (1.0, 1.0, 0.0), "f:line 1"),
+                StepExample("Q", tuple(steps), (1.0, 1.0, 1.0), "f:line 2")]
+    stats, rows = evaluate_steps(judge, examples)
+    assert stats["first_wrong_cut"] == 1 and rows[0]["first_wrong"] == 2 and rows[1]["first_wrong"] == -1
+    assert stats["first_wrong_accuracy"] <= 0.5  # row 1 can never be right
+    it = StepEncoder(SequenceEncoder(tok, 8, False)).encode("Q", steps, (1.0, 1.0, 0.0))  # 2 steps kept
+    assert it.wrong_cut and len(it.positions) < 3
+    assert not StepEncoder(SequenceEncoder(tok, 512, False)).encode("Q", steps, (1.0, 1.0, 0.0)).wrong_cut
+    ok = torch.ones(2, 1)  # every scored step predicted and labelled correct
+    assert step_stats(ok, ok, ok.bool())["first_wrong_accuracy"] == 1.0
+    assert step_stats(ok, ok, ok.bool(), torch.tensor([True, False]))["first_wrong_accuracy"] == 0.5

@@ -89,6 +89,7 @@ class TokenizedSteps:
     positions: tuple[int, ...]
     labels: tuple[float, ...] = ()
     steps: int = 0
+    wrong_cut: bool = False  # labelled, and its first wrong step was cut by max_length (`metrics.step_stats`)
 
     @property
     def truncated(self) -> bool:
@@ -153,7 +154,9 @@ class StepEncoder:
         if enc.use_token_types:
             types = [0] * len(head) + [1 if prompt_ids else 0] * (len(ids) - len(head))
         seq = TokenizedSequence(ids, len(head), types, truncated)
-        return TokenizedSteps(seq, tuple(positions), tuple(labels[:len(positions)]), len(steps))
+        kept = len(positions)
+        wrong_cut = all(labels[:kept]) and not all(labels[kept:])  # the first wrong step is not scored
+        return TokenizedSteps(seq, tuple(positions), tuple(labels[:kept]), len(steps), wrong_cut)
 
 
 class EmptyStep(ValueError):

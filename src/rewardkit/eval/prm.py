@@ -57,9 +57,15 @@ def evaluate_steps(judge: Judge, examples: list[StepExample]) -> tuple[dict[str,
         for k, q in enumerate(ps):
             if q is not None:
                 p[i, k], mask[i, k] = q, True
-    stats: dict[str, Any] = step_stats(p - 0.5, labels, mask)  # logit > 0 <=> p > 0.5; AUC is shift-free
+    labelled = torch.zeros_like(mask)  # every step given, scored or cut by max_length
+    for i, ex in enumerate(examples):
+        labelled[i, :len(ex.labels)] = True
+    true_fw = first_wrong(~labels.bool(), labelled)  # the truth, wherever the first wrong step is
+    wrong_cut = (true_fw >= 0) & ~mask.gather(1, true_fw.clamp(min=0)[:, None])[:, 0]
+    stats: dict[str, Any] = step_stats(p - 0.5, labels, mask, wrong_cut)  # logit > 0 <=> p > 0.5 (AUC: shift-free)
     stats["steps_cut"] = sum(q is None for ps in probs for q in ps)
-    true_fw = first_wrong(~labels.bool(), mask).tolist()
+    stats["first_wrong_cut"] = int(wrong_cut.sum())
+    true_fw = true_fw.tolist()
     pred_fw = first_wrong(p <= 0.5, mask).tolist()
     rows = [{"source": ex.source, "steps": ps, "labels": [bool(y) for y in ex.labels], "first_wrong": t,
              "predicted_first_wrong": q} for ex, ps, t, q in zip(examples, probs, true_fw, pred_fw)]

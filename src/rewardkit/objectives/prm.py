@@ -80,6 +80,6 @@ class PRMObjective(BaseObjective):
         for i, (x, it) in enumerate(zip(per_item, items)):
             logits[i, :len(x)], mask[i, :len(x)] = x, True
             labels[i, :len(x)] = torch.tensor(it.labels)
-        stats = step_stats(logits, labels, mask)
+        stats = step_stats(logits, labels, mask, torch.tensor([it.wrong_cut for it in items], dtype=torch.bool))
         stats["loss"] = float(step_bce(logits, labels, mask).sum() / mask.sum().clamp(min=1))
         return {**stats, **reward_stats(_min_prob(logits, mask))}
