@@ -65,10 +65,13 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
     """Spearman rank correlation of x, y (N,): Pearson correlation of average ranks.
 
-    None when it is undefined (fewer than 2 values, or one side constant).
+    None when it is undefined (fewer than 2 values, or one side constant). Pairs with a NaN/inf on either side
+    are left out (ranked, a NaN would sit above every number), as pair eval leaves them out of calibration.
     """
     if x.numel() != y.numel():
         raise ValueError(f"spearman: x has {x.numel()} values, y has {y.numel()}")
+    keep = torch.isfinite(x.flatten()) & torch.isfinite(y.flatten())
+    x, y = x.flatten()[keep], y.flatten()[keep]
     if x.numel() < 2:
         return None
     rx, ry = average_ranks(x), average_ranks(y)
@@ -90,8 +93,8 @@ def ranking_stats(rewards: torch.Tensor, preference: torch.Tensor, mask: torch.T
     per_prompt, n_right = pairs.sum((1, 2)), right.sum((1, 2))
     has = per_prompt > 0
     return {
-        "accuracy": float((n_right[has] / per_prompt[has]).mean()) if has.any() else float("nan"),
-        "pair_accuracy": float(n_right.sum() / per_prompt.sum()) if has.any() else float("nan"),
+        "accuracy": float((n_right[has].double() / per_prompt[has]).mean()) if has.any() else float("nan"),
+        "pair_accuracy": float(n_right.sum().double() / per_prompt.sum()) if has.any() else float("nan"),
         "prompts": int(has.sum()),
         "pairs": int(per_prompt.sum()),
     }
@@ -107,7 +110,10 @@ def regression_stats(pred: torch.Tensor, target: torch.Tensor) -> dict[str, floa
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC of scores (N,) for 0/1 labels (N,) (Mann-Whitney U; tied scores count one half)."""
+    """ROC AUC of scores (N,) for 0/1 labels (N,) (Mann-Whitney U; tied scores count one half). NaN/inf scores
+    are left out (ranked, a NaN would sit above every number); NaN when a class has no finite score."""
+    keep = torch.isfinite(scores.flatten())
+    scores, labels = scores.flatten()[keep], labels.flatten()[keep]
     y = labels.bool()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
