@@ -144,3 +144,40 @@ def test_resume_on_another_device_kind_keeps_the_checkpoints_pack_layout(tiny_mo
         caplog.clear()
         _train(tiny_models["llama"], data, tmp_path / "fresh", "train.max_steps=1")
     assert "pack layout: batch_rows" in caplog.text
+
+
+def test_a_resume_between_two_log_rows_logs_the_rows_of_the_uninterrupted_run(tiny_models, data, tmp_path):
+    """Rows average the steps since the previous row; a resume from step 4 (rows every 5) started that window
+    empty, so its step-5 row covered step 5 only (the loss differed by 2x in the audit)."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    opts = ("train.max_steps=10", "train.batch_size=16")
+    _train(tiny_models["llama"], data, full, *opts, "train.save_every=4", held_out=False)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
+    _train(tiny_models["llama"], data, resumed, *opts, "train.resume=auto", held_out=False)
+
+    def rows(d):
+        out = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r for r in out if r.get("split") == "train"}
+
+    a, b = rows(full), rows(resumed)
+    assert 5 in b and 10 in b
+    for step in (5, 10):
+        for key in ("loss", "accuracy", "margin_mean", "reward_mean", "reward_std", "lr", "skipped_steps"):
+            assert b[step][key] == pytest.approx(a[step][key], abs=1e-6), (step, key)
+
+
+def test_a_resume_where_bf16_auto_picks_otherwise_is_refused(tiny_models, data, tmp_path, monkeypatch, capsys):
+    import rewardkit.train.loop as loop
+
+    train, _ = data
+    argv = ["train", f"model={tiny_models['llama']}", f"data.train={train}", "data.max_length=64",
+            "train.batch_size=32", "train.progress=false", "train.max_steps=4", "train.save_every=2",
+            f"output_dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(loop, "bf16_native", lambda *a, **k: False)  # the first machine: fp32
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "checkpoints" / "step-2").is_dir()
+    monkeypatch.setattr(loop, "bf16_native", lambda *a, **k: True)  # the second: bf16 native
+    capsys.readouterr()
+    assert main([*argv, "train.resume=auto"]) == 2
+    assert "train.bf16=auto chose fp32 where the run started and picks bf16 here" in capsys.readouterr().err

@@ -41,8 +41,8 @@ from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
 from rewardkit.train.plan import run_pack_layout, train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
-from rewardkit.train.tracking import (RecentRewards, hparams, reduce_window, resolve_trackers, trim_metrics,
-                                      write_row)
+from rewardkit.train.tracking import (RecentRewards, check_resumed_precision, hparams, reduce_window,
+                                      resolve_trackers, resumed_log_window, save_log_window, trim_metrics, write_row)
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
 log = logging.getLogger("rewardkit.train")
@@ -141,6 +141,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     t = cfg.train
     flat_cfg = hparams(cfg)  # saved in every checkpoint; a resume with a run-changing difference is refused
     resume, state = resume_point(out, t.resume, n_proc, flat_cfg)
+    check_resumed_precision(state, bf16, t.bf16 is None, resume)
     # ---- model and data
     model, tok = objective.build_model(cfg)
     fit_max_length(model, cfg.data.max_length, 0, key="data.max_length")  # longer than its position table?
@@ -241,13 +242,12 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
 
     # ---- loop
     bar = tqdm(total=total_steps, initial=step, disable=not (t.progress and main), desc="train", dynamic_ncols=True)
-    window = StepWindow()  # the good steps since the last row
+    window, skipped, good = resumed_log_window(resume, rank)  # the good steps since the last row, their counts
     recent = RecentRewards.resumed(resume, rank)  # the last epoch's training rewards: mean/std without eval data
     totals = StepWindow()  # whole-run throughput for TrainResult
     micro: list = []  # (StepOutput, tokens, processed) of this optimiser step's micro-batches
     losses_finite = True
     in_a_row = state.get("bad_in_a_row", 0)  # consecutive skipped steps (a checkpoint carries the count)
-    skipped = good = 0  # skipped and good steps since the last row
     ga = t.grad_accum
 
     def save(batch_in_epoch: int, n_batches: int) -> Path:
@@ -255,8 +255,9 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         with saving("checkpoint", path, "the previous checkpoints are untouched"):
             return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
                                    extra={"config": flat_cfg, "bad_in_a_row": in_a_row,
-                                          "pack_layout": layout},
-                                   write_own=lambda d: recent.save(d, rank))
+                                          "pack_layout": layout, "bf16": bf16},
+                                   write_own=lambda d: (recent.save(d, rank),
+                                                        save_log_window(d, rank, window, skipped, good)))
 
     def stop(batch_in_epoch: int, n_batches: int) -> TrainResult:
         """A stop signal reached some process: save where the run stands (unless a checkpoint of this very

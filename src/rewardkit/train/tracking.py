@@ -159,3 +159,34 @@ class RecentRewards:
         sq = accelerator.reduce(torch.tensor([float(((r - mean) ** 2).sum())], dtype=torch.float64,
                                              device=accelerator.device), "sum").item()
         return {"reward_mean": mean, "reward_std": math.sqrt(sq / n)}
+
+
+def save_log_window(checkpoint: Path, rank: int, window: StepWindow, skipped: int, good: int) -> None:
+    """The steps since the last metrics row (sums, rewards, skipped and good counts), one file per process:
+    a run resumed between two rows then logs the row the uninterrupted run would (timings aside)."""
+    torch.save({"loss": window.loss, "n": window.n, "tokens": window.tokens, "processed": window.processed,
+                "sums": dict(window.sums), "rewards": list(window.rewards), "skipped": skipped, "good": good},
+               checkpoint / f"log_window_{rank}.pt")
+
+
+def resumed_log_window(checkpoint: Path | None, rank: int) -> tuple[StepWindow, int, int]:
+    """(window, skipped, good) as `save_log_window` left them in `checkpoint`; empty for a fresh run or an
+    older checkpoint without the file."""
+    window = StepWindow()
+    path = None if checkpoint is None else checkpoint / f"log_window_{rank}.pt"
+    if path is None or not path.is_file():
+        return window, 0, 0
+    d = torch.load(path, weights_only=True)
+    window.loss, window.n, window.tokens, window.processed = d["loss"], d["n"], d["tokens"], d["processed"]
+    window.sums, window.rewards = dict(d["sums"]), list(d["rewards"])
+    return window, int(d["skipped"]), int(d["good"])
+
+
+def check_resumed_precision(state: dict[str, Any], bf16: bool, auto: bool, checkpoint: Path | None) -> None:
+    """`train.bf16=auto` resolves from the machine; a run resumed where it resolves otherwise than where the
+    run started would finish in another precision (weights and mean/std then differ): refused."""
+    started = state.get("bf16")
+    if checkpoint is not None and auto and started is not None and bool(started) != bf16:
+        raise ConfigError(f"cannot resume from {checkpoint}: train.bf16=auto chose {'bf16' if started else 'fp32'} "
+                          f"where the run started and picks {'bf16' if bf16 else 'fp32'} here, so the rest would "
+                          "train in another precision; resume it on a machine like the first, or start a fresh run")
