@@ -31,6 +31,17 @@ def _train(model, data, out, *extra, held_out=True):
     assert main(argv) == 0
 
 
+def _straight_and_resumed(model, data, tmp_path, step: int, *opts):
+    """Two runs without an eval set: `full` straight through, saving every `step` steps, and `resumed` from a copy
+    of full's step-`step` checkpoint; returns both folders."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _train(model, data, full, *opts, f"train.save_every={step}", held_out=False)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / f"step-{step}", resumed / "checkpoints" / f"step-{step}")
+    _train(model, data, resumed, *opts, "train.resume=auto", held_out=False)
+    return full, resumed
+
+
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_train_eval_score(tiny_models, data, tmp_path, capsys, kind):
     out = tmp_path / "rm"
@@ -81,12 +92,8 @@ def test_resume_is_exact(tiny_models, data, tmp_path):
 def test_resume_without_an_eval_set_saves_the_same_mean_std(tiny_models, data, tmp_path):
     """Without an eval set the saved mean/std come from the loop's own rewards over the last epoch: a resume
     (here from step 3 of 7, across an epoch boundary at step 5) must keep the rewards its checkpoint recorded."""
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    opts = ("train.max_steps=7", "train.batch_size=32")
-    _train(tiny_models["llama"], data, full, *opts, "train.save_every=3", held_out=False)
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
-    _train(tiny_models["llama"], data, resumed, *opts, "train.resume=auto", held_out=False)
+    full, resumed = _straight_and_resumed(tiny_models["llama"], data, tmp_path, 3,
+                                          "train.max_steps=7", "train.batch_size=32")
     a, b = (json.loads((d / "config.json").read_text())["rewardkit"] for d in (full, resumed))
     assert a["mean"] == pytest.approx(b["mean"], abs=1e-6) and a["std"] == pytest.approx(b["std"], abs=1e-6)
     assert a["std"] > 0
@@ -149,12 +156,8 @@ def test_resume_on_another_device_kind_keeps_the_checkpoints_pack_layout(tiny_mo
 def test_a_resume_between_two_log_rows_logs_the_rows_of_the_uninterrupted_run(tiny_models, data, tmp_path):
     """Rows average the steps since the previous row; a resume from step 4 (rows every 5) started that window
     empty, so its step-5 row covered step 5 only (the loss differed by 2x in the audit)."""
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    opts = ("train.max_steps=10", "train.batch_size=16")
-    _train(tiny_models["llama"], data, full, *opts, "train.save_every=4", held_out=False)
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
-    _train(tiny_models["llama"], data, resumed, *opts, "train.resume=auto", held_out=False)
+    full, resumed = _straight_and_resumed(tiny_models["llama"], data, tmp_path, 4,
+                                          "train.max_steps=10", "train.batch_size=16")
 
     def rows(d):
         out = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
