@@ -184,3 +184,19 @@ def test_a_resume_where_bf16_auto_picks_otherwise_is_refused(tiny_models, data, 
     capsys.readouterr()
     assert main([*argv, "train.resume=auto"]) == 2
     assert "train.bf16=auto chose fp32 where the run started and picks bf16 here" in capsys.readouterr().err
+
+
+def test_a_resume_on_edited_data_is_refused(tiny_models, tmp_path, capsys):
+    """The audit cut the file from 48 to 30 rows between stop and resume: the run went on with the new step
+    count and schedule without a word."""
+    train = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(48))
+    run = tmp_path / "run"
+    argv = ["train", f"model={tiny_models['llama']}", f"data.train={train}", "data.max_length=64", "train.bf16=false",
+            "train.batch_size=8", "train.progress=false", "train.save_every=2", "train.max_steps=4", f"output_dir={run}"]
+    assert main(argv) == 0
+    write_jsonl(train, synthetic_pairs(30))
+    capsys.readouterr()
+    assert main([*argv, "train.resume=auto"]) == 2
+    assert "the data changed since it was written (training items 48 -> 30" in capsys.readouterr().err
+    write_jsonl(train, synthetic_pairs(48))
+    assert main([*argv, "train.resume=auto"]) == 0  # the same file again: resumes

@@ -73,6 +73,17 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if k not in RUN_INDEPENDENT and saved[k] != now[k]]
 
 
+def check_resumed_data(state: dict[str, Any], fingerprint: list[int], checkpoint: Path | None) -> None:
+    """A checkpoint's data (`plan.data_fingerprint`) against this run's: an edited file would change the step
+    count and schedule under the resumed optimiser without a word. Older checkpoints record none."""
+    saved = state.get("data")
+    if checkpoint is not None and saved is not None and list(saved) != list(fingerprint):
+        what = ", ".join(f"{k} {a} -> {b}" for k, a, b in zip(("training items", "their tokens", "eval items"),
+                                                               saved, fingerprint) if a != b)
+        raise ConfigError(f"cannot resume from {checkpoint}: the data changed since it was written ({what}); "
+                          "resume with the same files, or start a fresh run")
+
+
 def resume_point(out: Path, resume: str | None, n_proc: int, config: dict[str, Any] | None = None
                  ) -> tuple[Path | None, dict[str, Any]]:
     """(checkpoint to resume from or None, its trainer_state.json): `resume` is "auto" (the newest complete one

@@ -33,13 +33,14 @@ from rewardkit.models.shared_casts import share_input_casts
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
 from rewardkit.scoring.judges import judge_class
-from rewardkit.train.checkpoints import latest_checkpoint, remove_partial, restore, resume_point, save_checkpoint
+from rewardkit.train.checkpoints import (check_resumed_data, latest_checkpoint, remove_partial, restore, resume_point,
+                                         save_checkpoint)
 from rewardkit.train.host_memory import release_freed_memory
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
                                     clean_failed_run, diverged_message, grads_finite, saving)
 from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
-from rewardkit.train.plan import run_pack_layout, train_batches
+from rewardkit.train.plan import data_fingerprint, run_pack_layout, train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
 from rewardkit.train.tracking import (RecentRewards, check_resumed_precision, hparams, reduce_window,
                                       resolve_trackers, resumed_log_window, save_log_window, trim_metrics, write_row)
@@ -152,6 +153,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     data = objective.load_data(cfg, encoder)
     log.info("%s: %d training %s, %d eval %s", objective.name, len(data.train), objective.unit, len(data.eval),
              objective.unit)
+    fingerprint = data_fingerprint(data.train, data.eval)
+    check_resumed_data(state, fingerprint, resume)
     model.to(accelerator.device)  # prepare() may run the model (verbosity debiasing)
     objective.prepare(model, data.train, pad_id=tok.pad_token_id, batch_size=t.eval_batch_size,
                       device=accelerator.device)  # e.g. label statistics, debiasing lambdas
@@ -255,7 +258,8 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         with saving("checkpoint", path, "the previous checkpoints are untouched"):
             return save_checkpoint(accelerator, out, step, epoch, batch_in_epoch, n_batches,
                                    extra={"config": flat_cfg, "bad_in_a_row": in_a_row,
-                                          "pack_layout": layout, "bf16": bf16},
+                                          "pack_layout": layout, "bf16": bf16,
+                                          "data": fingerprint},
                                    write_own=lambda d: (recent.save(d, rank),
                                                         save_log_window(d, rank, window, skipped, good)))
 

@@ -61,6 +61,11 @@ def _item_tokens(item: Any) -> int:
     return 1
 
 
+def data_fingerprint(train: list, held_out: list) -> list[int]:
+    """[training items, their tokens, eval items]: what a checkpoint records of the data it was trained on."""
+    return [len(train), sum(_item_tokens(x) for x in train), len(held_out)]
+
+
 def resolve_packing(packing: str, is_encoder: bool) -> str:
     """`train.packing` as the loop applies it: `auto` = plain for encoders, shared_prompt for decoders."""
     if packing == "auto":
