@@ -104,37 +104,32 @@ def test_models_file(tmp_path, rm_dirs):  # noqa: F811
         assert r.status_code == 422 and "`labels`" in r.json()["detail"]
 
 
+TWO = "models: {a: x, b: y}\ncombine: "  # two models and the combination under test
+
+
 @pytest.mark.parametrize("text,msg", [
-    ("combine: {rule: llama2, safety: a, helpfulness: b, threshold: high}",
+    (TWO + "{rule: llama2, safety: a, helpfulness: b, threshold: high}",
      "combine.threshold: expected a finite number, got 'high'"),
-    ("combine: {rule: llama2, safety: a, helpfulness: b, threshold: 1.5}", r"combine.threshold: must be in \[0, 1\]"),
-    ("combine: {rule: llama2, safety: a, helpfulness: b, is_safety_classifier: b, classifier_threshold: .nan}",
+    (TWO + "{rule: llama2, safety: a, helpfulness: b, threshold: 1.5}", r"combine.threshold: must be in \[0, 1\]"),
+    (TWO + "{rule: llama2, safety: a, helpfulness: b, is_safety_classifier: b, classifier_threshold: .nan}",
      "combine.classifier_threshold: expected a finite number, got nan"),
-    ("combine: {rule: llama2, safety: [a], helpfulness: b}", r"combine.safety: expected a name, got \['a'\]"),
-    ("combine: {rule: weighted_sum, weights: {a: .nan, b: .inf}}", "combine.weights.a: expected a finite number"),
-    ("combine: {rule: weighted_sum, weights: {a: 1, b: -.inf}}", "combine.weights.b: expected a finite number"),
-    ("combine: {rule: weighted_sum, weights: {a: true}}", "combine.weights.a: expected a finite number, got True"),
-    ("combine: {rule: weighted_sum, weights: {a: null}}", "combine.weights.a: expected a finite number, got None"),
-    ("combine: {rule: weighted_sum, weights: [a, b]}", "combine.weights: expected a mapping"),
+    (TWO + "{rule: llama2, safety: [a], helpfulness: b}", r"combine.safety: expected a name, got \['a'\]"),
+    (TWO + "{rule: weighted_sum, weights: {a: .nan, b: .inf}}", "combine.weights.a: expected a finite number"),
+    (TWO + "{rule: weighted_sum, weights: {a: 1, b: -.inf}}", "combine.weights.b: expected a finite number"),
+    (TWO + "{rule: weighted_sum, weights: {a: true}}", "combine.weights.a: expected a finite number, got True"),
+    (TWO + "{rule: weighted_sum, weights: {a: null}}", "combine.weights.a: expected a finite number, got None"),
+    (TWO + "{rule: weighted_sum, weights: [a, b]}", "combine.weights: expected a mapping"),
+    ("models: {a: {path: x, beta: .nan}}", "models.a.beta: must be a finite number"),
+    ("models: {a: {path: x, beta: -1}}", "models.a.beta: must be > 0"),
+    ("models: {a: {path: x, max_length: lots}}", "models.a.max_length: expected int, got 'lots'"),
+    ("models: {a: {path: x, max_length: 2}}", "models.a.max_length: must be at least 8"),
+    ("models: {a: {path: x, normalize: 'yes'}}", "models.a.normalize: expected true or false, got 'yes'"),
+    ("models: {a: {path: x, reference_free: 1}}", "models.a.reference_free: expected bool"),
 ])
-def test_models_file_numbers_and_names_are_checked(tmp_path, text, msg):
+def test_models_file_numbers_names_and_entries_are_checked(tmp_path, text, msg):
+    """Combination numbers and names, and each model entry checked as that model's keys, naming the file."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("models: {a: x, b: y}\n" + text)
-    with pytest.raises(ConfigError, match=f"^{bad}: {msg}"):
-        load_models_config(bad)
-
-
-@pytest.mark.parametrize("entry,msg", [
-    ("{path: x, beta: .nan}", "models.a.beta: must be a finite number"),
-    ("{path: x, beta: -1}", "models.a.beta: must be > 0"),
-    ("{path: x, max_length: lots}", "models.a.max_length: expected int, got 'lots'"),
-    ("{path: x, max_length: 2}", "models.a.max_length: must be at least 8"),
-    ("{path: x, normalize: 'yes'}", "models.a.normalize: expected true or false, got 'yes'"),
-    ("{path: x, reference_free: 1}", "models.a.reference_free: expected bool"),
-])
-def test_models_file_entries_are_checked_as_model_keys(tmp_path, entry, msg):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(f"models: {{a: {entry}}}\n")
+    bad.write_text(text + "\n")
     with pytest.raises(ConfigError, match=f"^{bad}: {msg}"):
         load_models_config(bad)
 

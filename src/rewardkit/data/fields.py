@@ -85,7 +85,7 @@ def api_text(value: Any, name: str) -> Text:
         value = [value]
     if not isinstance(value, list):
         raise TypeError(f"{name}: expected a string or a list of chat messages, got {type(value).__name__}")
-    value = [{**m, "content": _text_parts(m["content"], f"{name}[{j}].content")}
+    value = [{**m, "content": join_text_parts(m["content"], f"{name}[{j}].content")}
              if isinstance(m, dict) and isinstance(m.get("content"), list) else m for j, m in enumerate(value)]
     try:
         return messages(value, name, "")
@@ -93,10 +93,20 @@ def api_text(value: Any, name: str) -> Text:
         raise ValueError(f"{e.field}: {e.problem}") from None
 
 
-def _text_parts(parts: list, name: str) -> str:
+def join_text_parts(parts: list, name: str) -> str:
+    """OpenAI-style content parts as one text, joined with newlines as vLLM joins them; only text parts."""
     if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
         raise ValueError(f'{name}: only text parts ({{"type": "text", "text": ...}}) can be scored')
     return "\n".join(p["text"] for p in parts)
+
+
+def list_arg(value: Any, name: str, what: str) -> list:
+    """A Python-API list argument as a list; a lone string (or message) is refused: iterated, it would give one
+    item per character. `what` says what was expected ("a list of strings")."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__}"
+                        + ("; put a single text in a list" if isinstance(value, (str, dict)) else ""))
+    return list(value)
 
 
 def margin(row: dict[str, Any], key: str, where: str) -> float | None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from rewardkit.data.fields import Text, api_text
+from rewardkit.data.fields import Text, api_text, list_arg
 from rewardkit.metrics import check_temperature, preference_prob
 from rewardkit.scoring.limits import cap_text, char_limit, model_max_length
 
@@ -126,9 +126,7 @@ def texts(value: Any, name: str) -> list[Text]:
     """The Python API's list arguments: one prompt or response per item, each a string or chat messages
     (`fields.api_text`) or a list of step strings. A lone string is refused: iterated, it would score one
     character per item."""
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name}: expected a list with one text per item, got {type(value).__name__}"
-                        + ("; put a single text in a list" if isinstance(value, (str, dict)) else ""))
+    value = list_arg(value, name, "a list with one text per item")
     # a list of strings is a process reward model's explicit steps: the judge that reads it checks it
     return [v if isinstance(v, list) and all(isinstance(x, str) for x in v) and v else api_text(v, f"{name}[{i}]")
             for i, v in enumerate(value)]
@@ -136,10 +134,7 @@ def texts(value: Any, name: str) -> list[Text]:
 
 def plain_texts(value: Any, name: str) -> list[str]:
     """A list of full texts (strings only), refusing a lone string as `texts` does."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name}: expected a list of strings, got {type(value).__name__}"
-                        + ("; put a single text in a list" if isinstance(value, str) else ""))
-    value = list(value)
+    value = list_arg(value, name, "a list of strings")
     for i, v in enumerate(value):
         if not isinstance(v, str):
             raise TypeError(f"{name}[{i}]: expected a string, got {type(v).__name__}")
@@ -157,9 +152,8 @@ def _check_triples(prompts: Sequence[Text], a: Sequence[Text], b: Sequence[Text]
 def _check_lists(prompts: Sequence[Text], candidates: Sequence[Sequence[Text]],
                  ) -> tuple[list[Text], list[list[Text]]]:
     prompts = texts(prompts, "prompts")
-    if isinstance(candidates, (str, bytes, dict)) or not hasattr(candidates, "__iter__"):
-        raise TypeError(f"candidates: expected one list of candidates per prompt, got {type(candidates).__name__}")
-    candidates = [texts(c, f"candidates[{k}]") for k, c in enumerate(candidates)]
+    candidates = [texts(c, f"candidates[{k}]")
+                  for k, c in enumerate(list_arg(candidates, "candidates", "one list of candidates per prompt"))]
     if len(prompts) != len(candidates):
         raise ValueError(f"got {len(prompts)} prompts but {len(candidates)} candidate lists")
     if any(len(c) == 0 for c in candidates):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from rewardkit.config import SCORE_MAX_TOKENS
-from rewardkit.data.fields import Message, Text, api_text
+from rewardkit.data.fields import Message, Text, api_text, list_arg
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.heads import HeadOutput
 from rewardkit.models.packed_linear import pack_for_inference
@@ -117,11 +117,8 @@ class RewardScorer(PointwiseJudge):
 
     def score_messages(self, conversations: Sequence[list[Message]], *, normalize: bool = False) -> list[float]:
         """Rewards for whole chats: the last message is the response, the rest the prompt."""
-        if isinstance(conversations, (str, dict)) or not hasattr(conversations, "__iter__"):
-            raise TypeError(f"conversations: expected a list of chats (each a list of messages), got "
-                            f"{type(conversations).__name__}")
         chats = []
-        for i, c in enumerate(conversations):
+        for i, c in enumerate(list_arg(conversations, "conversations", "a list of chats (each a list of messages)")):
             if not isinstance(c, list):
                 raise TypeError(f"conversations[{i}]: expected a chat (a list of messages), got {type(c).__name__}"
                                 + ("; pass a list of chats" if isinstance(c, dict) else ""))

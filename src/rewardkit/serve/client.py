@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from rewardkit.data.fields import list_arg
+
 Text = Any  # a string or a list of {"role", "content"} messages
 DEFAULT_URL = "http://127.0.0.1:5000"
 # 500 too: with several servers another one may well answer, and a model worker's failed batch (e.g. out of
@@ -82,11 +84,7 @@ class _Call:
 
 
 def _list(value: Any, name: str) -> list:
-    """A list argument; a lone string (or message) is refused: iterated, it would send one text per character."""
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name}: expected a list with one item per text, got {type(value).__name__}"
-                        + ("; put a single text in a list" if isinstance(value, (str, dict)) else ""))
-    return list(value)
+    return list_arg(value, name, "a list with one item per text")
 
 
 def _get_reward(queries, prompts, labels) -> _Call:

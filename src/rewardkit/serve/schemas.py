@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rewardkit.data.fields import CHAT_ROLES
+from rewardkit.data.fields import CHAT_ROLES, join_text_parts
 
 Role = Literal[CHAT_ROLES]  # the roles chat templates know; others are 422 (as in data files)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -170,11 +170,7 @@ class VllmMessage(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _join_text_parts(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
-                raise ValueError("only text parts ({\"type\": \"text\", \"text\": ...}) can be scored")
-            return "\n".join(p["text"] for p in v)  # vLLM joins text parts with newlines too
-        return v
+        return join_text_parts(v, "content") if isinstance(v, list) else v
 
 
 class _Activation(BaseModel):

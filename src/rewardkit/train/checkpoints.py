@@ -73,6 +73,16 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if k not in RUN_INDEPENDENT and saved[k] != now[k]]
 
 
+def check_resumed_precision(state: dict[str, Any], bf16: bool, auto: bool, checkpoint: Path | None) -> None:
+    """`train.bf16=auto` resolves from the machine; a run resumed where it resolves otherwise than where the
+    run started would finish in another precision (weights and mean/std then differ): refused."""
+    started = state.get("bf16")
+    if checkpoint is not None and auto and started is not None and bool(started) != bf16:
+        raise ConfigError(f"cannot resume from {checkpoint}: train.bf16=auto chose {'bf16' if started else 'fp32'} "
+                          f"where the run started and picks {'bf16' if bf16 else 'fp32'} here, so the rest would "
+                          "train in another precision; resume it on a machine like the first, or start a fresh run")
+
+
 def check_resumed_data(state: dict[str, Any], fingerprint: list[int], checkpoint: Path | None) -> None:
     """A checkpoint's data (`plan.data_fingerprint`) against this run's: an edited file would change the step
     count and schedule under the resumed optimiser without a word. Older checkpoints record none."""

@@ -33,8 +33,8 @@ from rewardkit.models.shared_casts import share_input_casts
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
 from rewardkit.scoring.judges import judge_class
-from rewardkit.train.checkpoints import (check_resumed_data, latest_checkpoint, remove_partial, restore, resume_point,
-                                         save_checkpoint)
+from rewardkit.train.checkpoints import (check_resumed_data, check_resumed_precision, latest_checkpoint,
+                                         remove_partial, restore, resume_point, save_checkpoint)
 from rewardkit.train.host_memory import release_freed_memory
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
                                     clean_failed_run, diverged_message, grads_finite, saving)
@@ -42,8 +42,8 @@ from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
 from rewardkit.train.plan import data_fingerprint, run_pack_layout, train_batches
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
-from rewardkit.train.tracking import (RecentRewards, check_resumed_precision, hparams, reduce_window,
-                                      resolve_trackers, resumed_log_window, save_log_window, trim_metrics, write_row)
+from rewardkit.train.tracking import (RecentRewards, hparams, reduce_window, resolve_trackers, resumed_log_window,
+                                      save_log_window, trim_metrics, write_row)
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
 log = logging.getLogger("rewardkit.train")

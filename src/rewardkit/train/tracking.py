@@ -181,12 +181,3 @@ def resumed_log_window(checkpoint: Path | None, rank: int) -> tuple[StepWindow, 
     window.sums, window.rewards = dict(d["sums"]), list(d["rewards"])
     return window, int(d["skipped"]), int(d["good"])
 
-
-def check_resumed_precision(state: dict[str, Any], bf16: bool, auto: bool, checkpoint: Path | None) -> None:
-    """`train.bf16=auto` resolves from the machine; a run resumed where it resolves otherwise than where the
-    run started would finish in another precision (weights and mean/std then differ): refused."""
-    started = state.get("bf16")
-    if checkpoint is not None and auto and started is not None and bool(started) != bf16:
-        raise ConfigError(f"cannot resume from {checkpoint}: train.bf16=auto chose {'bf16' if started else 'fp32'} "
-                          f"where the run started and picks {'bf16' if bf16 else 'fp32'} here, so the rest would "
-                          "train in another precision; resume it on a machine like the first, or start a fresh run")
