@@ -66,3 +66,27 @@ def test_encode_texts_in_one_call_equals_one_at_a_time(kind):
     assert enc.encode_texts(texts) == one
     assert enc.encode_texts([]) == []
     assert any(s.truncated for s in one)
+
+
+@pytest.mark.parametrize("kind", ["chat", "gpt2", "bert"])
+def test_a_query_that_starts_with_its_prompt_is_read_as_the_training_pair(kind):
+    """OpenRLHF sends each query's prompt: such a query gets exactly `encode(prompt, response)` (encoders: the
+    [SEP] between them), whatever end-of-turn, EOS or padding the decoded text ends with; a query that does not
+    start with its prompt, a non-string or empty prompt, or no prompts at all keep the full-text reading."""
+    tok = bert_tokenizer() if kind == "bert" else gpt2_tokenizer(chat=kind == "chat")
+    ensure_pad_token(tok)
+    enc = SequenceEncoder(tok, 48, is_encoder=kind == "bert")
+    prompt = PROMPT if kind == "chat" else "Human: What is the capital of France?\n\nAssistant:"
+    p, r = render(tok, prompt, " Paris, of course.")
+    tails = ["", "\n"] if kind == "bert" else [tok.eos_token, tok.eos_token + "\n" + tok.pad_token * 2]
+    queries = [p + r + t for t in tails] + [p + r, "unrelated text", p + r]
+    prompts = [p] * len(tails) + ["Tell me about rain.", p, 7]
+    got = enc.encode_queries(queries, prompts)
+    pair = enc.encode(prompt, " Paris, of course.")
+    assert got[:len(tails)] == [pair] * len(tails) and got[len(tails)] == enc.encode_text(p + r)
+    assert got[-2:] == [enc.encode_text("unrelated text"), enc.encode_text(p + r)]
+    assert enc.encode_queries(queries) == enc.encode_texts(queries)
+    assert enc.encode_queries([p + r], [""]) == enc.encode_texts([p + r])
+    if kind == "bert":  # the encoder's full text lacks the middle [SEP] its training layout has
+        assert pair.input_ids.count(tok.sep_token_id) == 2 and enc.encode_text(p + r).input_ids.count(
+            tok.sep_token_id) == 1

@@ -157,8 +157,8 @@ def test_huge_texts_are_cut_before_tokenising_and_score_as_documented(rm_dirs): 
     limit = service.char_limit
     assert limit == 2 * CHARS_PER_TOKEN * 64 == 8192  # the tiny model was saved with max_length 64
     scorer, seen = service.models["reward"].scorer, []
-    encode_texts = scorer.encode_texts  # what the tokenizer is given (a request's full texts go in one call)
-    scorer.encode_texts = lambda ts: (seen.extend(len(t) for t in ts), encode_texts(ts))[1]
+    encode_texts = scorer.encoder.encode_texts  # what the tokenizer is given (a request's full texts: one call)
+    scorer.encoder.encode_texts = lambda ts: (seen.extend(len(t) for t in ts), encode_texts(ts))[1]
     rng = random.Random(0)
     words = "rain cats bread math music trees boats stars tea chess clouds".split()
     huge = " ".join(rng.choice(words) for _ in range(200_000))[:1_000_000]

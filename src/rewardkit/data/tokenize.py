@@ -84,6 +84,15 @@ def render(tokenizer, prompt: Text, response: Text) -> tuple[str, str]:
     return p_text, full[len(p_text):].rstrip()
 
 
+def split_queries(texts: Sequence[str], prompts: Sequence[Any] | None) -> list[tuple[str, str] | None]:
+    """(prompt, response) for each full text that starts with its (non-empty, string) prompt, else None.
+    A prompt the text does not start with (cut for length, or not decoded back verbatim) leaves the text
+    whole: it is then read as a full text, never split at a guess."""
+    if prompts is None or len(prompts) != len(texts):
+        return [None] * len(texts)
+    return [(p, t[len(p):]) if isinstance(p, str) and p and t.startswith(p) else None for t, p in zip(texts, prompts)]
+
+
 class SequenceEncoder:
     """Encodes (prompt, response) into token ids for one tokenizer and layout."""
 
@@ -192,6 +201,14 @@ class SequenceEncoder:
         nonempty = [t for t in cut if t]
         ids = iter(self.tok(nonempty, add_special_tokens=False, verbose=False)["input_ids"] if nonempty else [])
         return [self._finish_text(next(ids) if t else [], len(c) > self.max_chars) for t, c in zip(cut, cleaned)]
+
+    def encode_queries(self, texts: Sequence[str], prompts: Sequence[Any] | None = None) -> list[TokenizedSequence]:
+        """Full texts as `encode_texts`, except that a text which starts with its prompt (OpenRLHF sends the
+        prompt of each query) is encoded as the (prompt, rest) pair, the layout training used: encoders get
+        the [SEP] between prompt and response, and decoders the prompt/response token boundary."""
+        splits = split_queries(texts, prompts)
+        whole = iter(self.encode_texts([t for t, s in zip(texts, splits) if s is None]))
+        return [next(whole) if s is None else self.encode(s[0], self._strip_text(s[1])) for s in splits]
 
     def _strip_text(self, text: str) -> str:
         """Trailing EOS/padding and leading padding of a decoded text removed (see `encode_text`)."""

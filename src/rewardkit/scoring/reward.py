@@ -80,6 +80,10 @@ class RewardScorer(PointwiseJudge):
         """`encode_text` for many texts in one tokenizer call."""
         return self.encoder.encode_texts(texts)
 
+    def encode_queries(self, texts: Sequence[str], prompts: Sequence[Any] | None = None) -> list[TokenizedSequence]:
+        """Full texts, each split at its prompt where it starts with it (`SequenceEncoder.encode_queries`)."""
+        return self.encoder.encode_queries(texts, prompts)
+
     def run(self, seqs: Sequence[TokenizedSequence], **overrides: Any) -> HeadOutput:
         """The model's outputs for tokenised sequences, (N,) score plus extras, in input order; `overrides`
         replace this scorer's `run_model` settings (batch_size, max_tokens, bf16)."""
@@ -109,10 +113,17 @@ class RewardScorer(PointwiseJudge):
         raw = self.run([self.encode(p, r) for p, r in zip(prompts, responses)]).score
         return self.normalize(raw) if normalize else raw
 
-    def score_full_texts(self, texts: Sequence[str], *, normalize: bool = False) -> torch.Tensor:
-        """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries)."""
+    def score_full_texts(self, texts: Sequence[str], *, prompts: Sequence[str] | None = None,
+                         normalize: bool = False) -> torch.Tensor:
+        """Rewards (N,) for N full prompt+response texts (OpenRLHF's remote-RM queries). With `prompts` (one
+        per text), a text that starts with its prompt is scored as that (prompt, response) pair, exactly as
+        `score` and training read it; the others as whole texts."""
         texts = plain_texts(texts, "texts")
-        raw = self.run(self.encode_texts(texts)).score
+        if prompts is not None:
+            prompts = plain_texts(prompts, "prompts")
+            if len(prompts) != len(texts):
+                raise ValueError(f"got {len(texts)} texts but {len(prompts)} prompts")
+        raw = self.run(self.encode_queries(texts, prompts)).score
         return self.normalize(raw) if normalize else raw
 
     def score_messages(self, conversations: Sequence[list[Message]], *, normalize: bool = False) -> list[float]:

@@ -108,7 +108,8 @@ def create_app(service: RewardService, settings: ServeSettings) -> FastAPI:
     @app.post("/get_reward", dependencies=auth, response_model=GetRewardResponse, responses=post_errors)
     async def get_reward(req: GetRewardRequest) -> GetRewardResponse:
         check_count(len(req.query), "queries")
-        scored = await service.score_full_texts(req.query, _checked_fields(req.fields(), len(req.query)))
+        scored = await service.score_full_texts(req.query, _checked_fields(req.fields(), len(req.query)),
+                                                prompts=req.prompts)
         rewards = scored.reward.tolist()
         return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=scored.extra)
 

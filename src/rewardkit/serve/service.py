@@ -2,7 +2,7 @@
 
 Per request: tokenise on the model's tokenizer thread (off the event loop), queue the sequences on the
 model's batcher, await the raw rewards, then normalise, combine and clip on the event loop (cheap).
-Judges that do not expose token-level batching (`encode`/`encode_texts`/`run`: pairwise rankers, generative
+Judges that do not expose token-level batching (`encode`/`encode_queries`/`run`: pairwise rankers, generative
 judges, DPO and process rewards) run whole calls on that model's one worker thread instead; compare and rank
 go to the judge itself when one such model is served, and kinds without per-text scores refuse the
 score routes with `NoScores`.
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from jinja2 import TemplateError
 
-from rewardkit.data.tokenize import TokenizedSequence
+from rewardkit.data.tokenize import TokenizedSequence, split_queries
 from rewardkit.scoring import Comparison, Judge, NoScores, Ranking, comparisons, load_judge, rank_scores
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown
 from rewardkit.serve.combine import ModelsConfig, Rule
@@ -88,7 +88,7 @@ def _rendered(fn: Callable[[], Any]) -> Any:
 
 def batchable(judge: Judge) -> bool:
     """Whether `judge` exposes token-level batching (value-head models): requests then share forwards."""
-    return all(callable(getattr(judge, a, None)) for a in ("encode", "encode_texts", "run"))
+    return all(callable(getattr(judge, a, None)) for a in ("encode", "encode_queries", "run"))
 
 
 @dataclass
@@ -218,16 +218,23 @@ class RewardService:
         return rank_scores(scored.reward.tolist(), scored.raw.tolist()), scored.raw.tolist()
 
     async def score_full_texts(self, texts: Sequence[str], fields: Mapping[str, Sequence[Any]] | None = None,
-                               normalize: bool | None = None) -> Scored:
-        """Full prompt+response texts (OpenRLHF's queries)."""
+                               normalize: bool | None = None, prompts: Sequence[Any] | None = None) -> Scored:
+        """Full prompt+response texts (OpenRLHF's queries). With `prompts` (OpenRLHF sends each query's),
+        a text that starts with its prompt is read as that (prompt, response) pair, as training read it."""
+        texts = self._capped(texts)
+        splits = split_queries(texts, prompts)
+
         def whole(j: Judge) -> torch.Tensor:
             if not j.pointwise:
                 raise NoScores(j.kind, "a reward per text")
-            raise NotServable(f"a {j.kind!r} model needs the prompt and the response apart; send them to "
+            if all(splits):  # the kinds that need the prompt apart can read the split pairs
+                return torch.tensor(j.score([s[0] for s in splits], [s[1].rstrip() for s in splits]),
+                                    dtype=torch.float32)
+            raise NotServable(f"a {j.kind!r} model needs the prompt and the response apart; send each query's "
+                              "prompt in `prompts` (the query must start with it), or send the pairs to "
                               "/v1/score (items) or /classify (messages) instead of full texts")
 
-        texts = self._capped(texts)
-        return await self._score(lambda s: s.encode_texts(texts), len(texts), fields, normalize, whole)
+        return await self._score(lambda s: s.encode_queries(texts, prompts), len(texts), fields, normalize, whole)
 
     async def score_pairs(self, prompts: Sequence[Any], responses: Sequence[Any],
                           fields: Mapping[str, Sequence[Any]] | None = None, normalize: bool | None = None) -> Scored:
