@@ -90,3 +90,31 @@ def test_a_query_that_starts_with_its_prompt_is_read_as_the_training_pair(kind):
     if kind == "bert":  # the encoder's full text lacks the middle [SEP] its training layout has
         assert pair.input_ids.count(tok.sep_token_id) == 2 and enc.encode_text(p + r).input_ids.count(
             tok.sep_token_id) == 1
+
+
+@pytest.mark.parametrize("kind", ["chat", "gpt2", "bert"])
+def test_left_padding_is_dropped_whatever_the_policy_pads_with(kind):
+    """A decoded left-padded batch starts with the policy's pad token, often its EOS (GPT-2: EOS == BOS; the chat
+    tokenizer here: pad == BOS): the full text scores as without them, BOS handling included."""
+    tok = bert_tokenizer() if kind == "bert" else gpt2_tokenizer(chat=kind == "chat")
+    ensure_pad_token(tok)
+    enc = SequenceEncoder(tok, 48, is_encoder=kind == "bert")
+    p, r = render(tok, PROMPT, "Paris.")
+    for pad in {t for t in (tok.pad_token, tok.eos_token) if t}:
+        for n in (1, 3):
+            assert enc.encode_text(pad * n + p + r) == enc.encode_text(p + r), (pad, n)
+    if tok.eos_token and tok.pad_token:
+        assert enc.encode_text(tok.eos_token + tok.pad_token * 2 + p + r) == enc.encode_text(p + r)
+
+
+def test_left_padding_equal_to_bos_keeps_the_bos_the_template_writes():
+    tok = gpt2_tokenizer(chat=True)  # pad == BOS here
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    ensure_pad_token(tok)
+    enc = SequenceEncoder(tok, 48, is_encoder=False)
+    p, r = render(tok, PROMPT, "Paris.")
+    assert p.startswith(tok.bos_token) and tok.pad_token == tok.bos_token
+    want = enc.encode(PROMPT, "Paris.")
+    assert want.input_ids[:2] == [tok.bos_token_id, *tok(p[len(tok.bos_token):])["input_ids"][:1]]
+    for n in (0, 2):
+        assert enc.encode_text(tok.pad_token * n + p + r).input_ids == want.input_ids

@@ -208,23 +208,36 @@ class SequenceEncoder:
         the [SEP] between prompt and response, and decoders the prompt/response token boundary."""
         splits = split_queries(texts, prompts)
         whole = iter(self.encode_texts([t for t, s in zip(texts, splits) if s is None]))
-        return [next(whole) if s is None else self.encode(s[0], self._strip_text(s[1])) for s in splits]
+        return [next(whole) if s is None else self.encode(s[0], self._strip_tail(s[1])) for s in splits]
 
     def _strip_text(self, text: str) -> str:
         """Trailing EOS/padding and leading padding of a decoded text removed (see `encode_text`)."""
         tok = self.tok
         pad, eos, bos = (getattr(tok, a, None) for a in ("pad_token", "eos_token", "bos_token"))
-        tails = [t for t in (eos, pad) if t]
-        while True:  # "...<eos>\n<pad><pad>" -> "..."; rstrip first, the template's newline would be the readout
+        text = self._strip_tail(text)
+        # Left padding kept in a decoded batch: the policy pads with its pad token, often its EOS, neither of
+        # which starts a real text. A BOS among them goes too unless the chat template writes one (training kept
+        # exactly one then); the tokenizer's own BOS comes back in `_finish_text`.
+        heads = [t for t in (pad, eos) if t]
+        start = 0
+        while (cut := next((t for t in heads if text.startswith(t, start)), None)) is not None:
+            start += len(cut)
+        if start:
+            template = str(getattr(tok, "chat_template", None) or "")  # a dict of named templates too
+            own_bos = bos and bos in heads and (bos in template or "bos_token" in template)
+            text = (bos if own_bos else "") + text[start:]
+        return text
+
+    def _strip_tail(self, text: str) -> str:
+        """Trailing whitespace, EOS and padding removed: "...<eos>\n<pad><pad>" -> "..." (rstrip first: the
+        template's newline after the end-of-turn would otherwise be the readout)."""
+        tails = [t for t in (self.tok.eos_token, self.tok.pad_token) if t]
+        while True:
             text = text.rstrip()
             cut = next((t for t in tails if text.endswith(t)), None)
             if cut is None:
-                break
+                return text
             text = text[:-len(cut)]
-        if pad and pad not in (bos, eos):  # left padding kept in a decoded batch
-            while text.startswith(pad):
-                text = text[len(pad):]
-        return text
 
     def _finish_text(self, ids: list[int], capped: bool) -> TokenizedSequence:
         """The layout's own tokens around a whole text's ids, truncated from the left (see `encode_text`)."""
