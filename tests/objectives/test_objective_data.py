@@ -122,7 +122,9 @@ def test_collators():
                                 TokenizedRanking((_seq(2), _seq(5)), (0.0, 1.0))])
     assert batch.sequences.input_ids.shape == (5, 5)
     assert batch.mask.tolist() == [[True, True, True], [True, True, False]]
-    assert batch.preference.tolist() == [[3.0, 2.0, 1.0], [0.0, 1.0, 0.0]]
+    assert batch.preference.tolist() == [[2.0, 1.0, 0.0], [0.0, 1.0, 0.0]]  # dense ranks, 0 = worst
+    big = RankingCollator(0)([TokenizedRanking((_seq(2), _seq(2), _seq(2)), (16777217.0, 16777216.0, 16777217.0))])
+    assert big.preference.tolist() == [[1.0, 0.0, 1.0]]  # as float32 scores all three would tie
     tb = TargetCollator(0)([TokenizedTarget(_seq(2), (1.0, math.nan)), TokenizedTarget(_seq(3), (0.5, 0.0))])
     assert tb.mask.tolist() == [[True, False], [True, True]] and tb.target.shape == (2, 2)
 

@@ -68,14 +68,23 @@ class RankingCollator:
     pad_id: int
 
     def __call__(self, items: list[TokenizedRanking]) -> RankingBatch:
-        k = max(len(it.sequences) for it in items)
-        pref = torch.zeros(len(items), k)
-        mask = torch.zeros(len(items), k, dtype=torch.bool)
-        for i, it in enumerate(items):
-            pref[i, :len(it.preference)] = torch.tensor(it.preference)
-            mask[i, :len(it.sequences)] = True
+        pref, mask = ranking_targets(items)
         seqs = [s for it in items for s in it.sequences]
         return RankingBatch(pad_sequences(seqs, self.pad_id), pref, mask)
+
+
+def ranking_targets(items: list[TokenizedRanking]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preferences (P, K) and the mask (P, K) bool of real completions, K the largest completion count.
+    Each prompt's preferences become their dense ranks (0 = worst): the same order and ties, exact in float32
+    whatever the scores (16777216 and 16777217 would tie as float32 scores) and on any device."""
+    k = max(len(it.sequences) for it in items)
+    pref = torch.zeros(len(items), k)
+    mask = torch.zeros(len(items), k, dtype=torch.bool)
+    for i, it in enumerate(items):
+        rank = {v: r for r, v in enumerate(sorted(set(it.preference)))}
+        pref[i, :len(it.preference)] = torch.tensor([float(rank[v]) for v in it.preference])
+        mask[i, :len(it.sequences)] = True
+    return pref, mask
 
 
 @dataclass

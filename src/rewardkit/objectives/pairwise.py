@@ -10,7 +10,7 @@ import torch
 
 from rewardkit.batches import PairBatch, RankingBatch, StepOutput
 from rewardkit.config import TrainRunConfig
-from rewardkit.data.collators import PairCollator, RankingCollator
+from rewardkit.data.collators import PairCollator, RankingCollator, ranking_targets
 from rewardkit.data.mixing import SourceSpec
 from rewardkit.data.pairs import load_preferences, margin_mapping
 from rewardkit.data.rankings import ranking_example, tokenize_rankings
@@ -161,12 +161,7 @@ class KwiseObjective(BaseObjective):
                  device: torch.device | str) -> dict[str, float]:
         seqs = [s for it in items for s in it.sequences]
         flat = score_sequences(model, seqs, pad_id=pad_id, batch_size=batch_size, device=device)
-        k = max(len(it.sequences) for it in items)
-        mask = torch.zeros(len(items), k, dtype=torch.bool)
-        pref = torch.zeros(len(items), k)
-        for i, it in enumerate(items):
-            mask[i, :len(it.sequences)] = True
-            pref[i, :len(it.preference)] = torch.tensor(it.preference)
+        pref, mask = ranking_targets(items)
         rewards = torch.zeros(mask.shape).masked_scatter(mask, flat)
         stats = ranking_stats(rewards, pref, mask)
         stats["loss"] = float(kwise_bt(rewards, pref, mask).mean())
