@@ -4,6 +4,7 @@ plugs in through the registry alone; every consumer reaches it through the one S
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -132,3 +133,22 @@ def test_flat_packed_scoring_equals_padded_for_every_kind(tiny_models):
         flat = model.outputs(pack_sequences(seqs, tok.pad_token_id, causal=True, flat=True))
         padded = model.outputs(pad_sequences(seqs, tok.pad_token_id, padding_side="left"))
     torch.testing.assert_close(flat.score, padded.score, atol=1e-4, rtol=1e-4)
+
+
+def test_attribute_eval_reports_an_attribute_with_one_labelled_row(tiny_models):
+    """An attribute labelled on one eval row still gets its error (its correlation is undefined: NaN)."""
+    from types import SimpleNamespace
+
+    from rewardkit.data.targets import TokenizedTarget
+    from rewardkit.objectives.multi_objective import AttributeObjective
+
+    model, tok = _multi_objective(tiny_models["llama"])
+    enc = SequenceEncoder(tok, 48, model.is_encoder)
+    cfg = SimpleNamespace(data=SimpleNamespace(columns=SimpleNamespace(attributes=["helpful", "verbosity"])),
+                          loss=SimpleNamespace(freeze_backbone=False))
+    items = [TokenizedTarget(enc.encode(e.prompt, e.chosen), (float(i), 1.0 if i == 0 else math.nan))
+             for i, e in enumerate(EXAMPLES)]
+    stats = AttributeObjective("attributes", cfg).evaluate(model, items, pad_id=tok.pad_token_id, batch_size=4,
+                                                           device="cpu")
+    assert math.isfinite(stats["mse/helpful"]) and math.isfinite(stats["pearson/helpful"])
+    assert math.isfinite(stats["mse/verbosity"]) and math.isnan(stats["pearson/verbosity"])
