@@ -278,7 +278,8 @@ class RewardClient(_Base):
 
     def get_reward(self, queries: Sequence[str], prompts: Sequence[Any] | None = None,
                    labels: Sequence[Any] | None = None) -> RewardResult:
-        """OpenRLHF's protocol: full prompt+response texts -> rewards."""
+        """OpenRLHF's protocol: full prompt+response texts -> rewards. With `prompts`, one per query, the server
+        scores a query that starts with its prompt as that (prompt, response) pair, as training read it."""
         return self._run(_get_reward(queries, prompts, labels))
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool | None = None) -> ScoreResult:
