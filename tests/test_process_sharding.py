@@ -23,7 +23,7 @@ def _epoch(num_processes: int, make, split: bool, epoch: int = 0) -> list[list]:
     out = []
     for rank in range(num_processes):
         rb = RankBatches(make(), num_processes=num_processes, process_index=rank, split=split,
-                         cost=LENGTHS.__getitem__, seed=5)
+                         cost=LENGTHS.__getitem__, units=lambda i: i % 3, seed=5)
         rb.set_epoch(epoch)
         out.append(list(rb))
     return out
@@ -51,6 +51,9 @@ def test_every_item_once_per_epoch_and_as_many_batches_on_every_process(kind, n)
         for step in zip(*per_rank):
             assert len({mb.global_size for mb in step}) == 1
             assert sum(mb.size for mb in step) == step[0].global_size
+            # loss units (here item i has i % 3): a share's own, the step's total on every process
+            assert [mb.units for mb in step] == [sum(i % 3 for i in _items(mb)) if mb.size else 0 for mb in step]
+            assert {mb.global_units for mb in step} == {sum(mb.units for mb in step)}
             assert all(mb.indices for mb in step)  # an empty share is a stand-in of size 0
             if split:  # equal counts (within one) per process
                 assert max(mb.size for mb in step) - min(mb.size for mb in step) <= 1

@@ -163,9 +163,12 @@ class StepOutput:
     loss: () tensor to back-propagate. rewards: (N,) detached scalar rewards of the batch's sequences
     (for reward mean/std). n: training examples in the batch (pairs, prompts or sequences).
     sums: metric name -> sum over the n examples (the window divides by n).
+    units: what `loss` is a mean over (`Objective.loss_units` summed over the batch: labelled values, steps);
+    None = the batch's items. The logged loss weighs each batch by it, as the step's gradient does.
     """
 
     loss: torch.Tensor
     rewards: torch.Tensor
     n: int
     sums: dict[str, float] = field(default_factory=dict)
+    units: float | None = None

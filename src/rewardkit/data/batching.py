@@ -142,12 +142,16 @@ class MicroBatch:
     indices: what to collate: item indices, or rows of item indices. Never empty: a process whose share is
       empty (fewer items than processes at the end of an epoch) gets a stand-in, one item of the global
       micro-batch, so that every process runs the same forwards and collectives; its `size` is 0.
-    size: items this process trains on (its loss weight). global_size: items of the whole global micro-batch.
+    size: items this process trains on. global_size: items of the whole global micro-batch.
+    units, global_units: the same in loss terms (`RankBatches` units: labelled values, steps; items by default),
+      what the loop weighs each share's loss by.
     """
 
     indices: Batch
     size: int
     global_size: int
+    units: int = 0
+    global_units: int = 0
 
 
 class RankBatches:
@@ -166,15 +170,18 @@ class RankBatches:
     With one process the sampler's batches pass through unchanged.
 
     cost(i): token cost of item i (e.g. its length); a packed row costs the sum of its items.
+    units(i): loss terms of item i (`Objective.loss_units`; default 1); a packed row counts its items'.
     """
 
     def __init__(self, sampler, *, num_processes: int = 1, process_index: int = 0, split: bool = True,
-                 cost: Callable[[int], int] | None = None, seed: int = 0):
+                 cost: Callable[[int], int] | None = None, units: Callable[[int], int] | None = None,
+                 seed: int = 0):
         if not 0 <= process_index < num_processes:
             raise ValueError(f"process_index {process_index} is not in [0, {num_processes})")
         self.sampler, self.num_processes, self.process_index = sampler, num_processes, process_index
         self.split, self.seed, self.epoch = split, seed, 0
         self._cost = cost or (lambda i: 1)
+        self._units = units or (lambda i: 1)
         self._cache: tuple[int, list[list[Batch]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -184,6 +191,9 @@ class RankBatches:
 
     def cost(self, x) -> int:
         return sum(self._cost(i) for i in x) if isinstance(x, tuple) else self._cost(x)
+
+    def units(self, batch: Batch) -> int:
+        return sum(self._units(i) for x in batch for i in (x if isinstance(x, tuple) else (x,)))
 
     def _split(self, batch: Batch, n: int) -> list[Batch]:
         """A global batch in n shares of equal count (within one) and similar cost: sorted longest first and
@@ -226,9 +236,9 @@ class RankBatches:
         """This process's micro-batches of the current epoch."""
         for shares in self.global_batches():
             mine = shares[self.process_index]
-            total = sum(batch_items(s) for s in shares)
+            total, total_units = sum(batch_items(s) for s in shares), sum(self.units(s) for s in shares)
             if mine:
-                yield MicroBatch(mine, batch_items(mine), total)
+                yield MicroBatch(mine, batch_items(mine), total, self.units(mine), total_units)
             else:
                 stand_in = next(s for s in shares if s)[:1]
-                yield MicroBatch(stand_in, 0, total)
+                yield MicroBatch(stand_in, 0, total, 0, total_units)

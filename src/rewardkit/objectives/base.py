@@ -76,6 +76,12 @@ class Objective(Protocol):
 
     def compute(self, model: RewardModel, batch: Any) -> StepOutput: ...
 
+    def loss_units(self, item: Any) -> int:
+        """How many terms `compute`'s loss averages over for this training item (1 when the loss is a mean over
+        items). The loop weighs each process's and micro-batch's loss by these, so that a step's gradient is
+        the mean over all its terms whatever the number of processes or of accumulation steps."""
+        ...
+
     def evaluate(self, model: RewardModel, items: list, *, pad_id: int, batch_size: int,
                  device: torch.device | str) -> dict[str, float]: ...
 
@@ -114,6 +120,9 @@ class BaseObjective:
     def prepare(self, model: RewardModel, train: list, *, pad_id: int, batch_size: int,
                 device: torch.device | str) -> None:
         model.objective_info = {"loss": self.name}  # saved in config.json (rewardkit.objective)
+
+    def loss_units(self, item: Any) -> int:
+        return 1  # the losses are means over items unless a family says otherwise
 
 
 def no_margins(loaded: tuple[list, LoadReport], spec: SourceSpec, loss: str) -> tuple[list, LoadReport]:
@@ -177,15 +186,17 @@ class StepWindow:
     """Sums of training metrics between two log rows."""
 
     def __init__(self) -> None:
-        self.loss, self.n, self.tokens, self.processed = 0.0, 0, 0, 0
+        self.loss, self.n, self.units, self.tokens, self.processed = 0.0, 0, 0.0, 0, 0
         self.sums: dict[str, float] = {}
         self.rewards: list[torch.Tensor] = []
         self.start = time.perf_counter()
 
     def add(self, out: StepOutput, tokens: int, processed: int | None = None) -> None:
         """tokens: real tokens of the batch; processed: tokens the forward computed (with padding)."""
-        self.loss += float(out.loss.detach()) * out.n
+        units = out.n if out.units is None else out.units
+        self.loss += float(out.loss.detach()) * units
         self.n += out.n
+        self.units += units
         self.tokens += tokens
         self.processed += processed if processed is not None else tokens
         for k, v in out.sums.items():
@@ -196,7 +207,7 @@ class StepWindow:
         """loss and every metric as means over the window's examples, reward stats and throughput."""
         dt = time.perf_counter() - self.start
         n = max(self.n, 1)
-        return {"loss": self.loss / n, **{k: v / n for k, v in self.sums.items()},
+        return {"loss": self.loss / (self.units or 1), **{k: v / n for k, v in self.sums.items()},
                 **reward_stats(torch.cat(self.rewards)), f"{unit}_per_s": self.n / dt, "tokens_per_s": self.tokens / dt,
                 "padding_fraction": 1 - self.tokens / max(self.processed, 1)}
 

@@ -68,8 +68,11 @@ class AttributeObjective(BaseObjective):
     def compute(self, model: RewardModel, batch: TargetBatch) -> StepOutput:
         out = model.outputs(batch.sequences)
         loss = attribute_regression(out.extras["attributes"], batch.target, batch.mask)
-        n = batch.target.shape[0]
-        return StepOutput(loss, out.score.detach(), n, {"mse": float(loss.detach()) * n})
+        units = int(batch.mask.sum())
+        return StepOutput(loss, out.score.detach(), batch.target.shape[0], {}, units)  # rows log the mse as loss
+
+    def loss_units(self, item: TokenizedTarget) -> int:
+        return sum(not math.isnan(v) for v in item.target)  # the loss averages the labelled values
 
     def evaluate(self, model: RewardModel, items: list[TokenizedTarget], *, pad_id: int,
                  batch_size: int, device: torch.device | str) -> dict[str, float]:

@@ -68,7 +68,10 @@ class PRMObjective(BaseObjective):
         per_row = right.sum(1) / m.sum(1).clamp(min=1)
         fw = first_wrong(x <= 0, m) == first_wrong(~batch.labels.bool(), m)
         sums = {"step_accuracy": float(per_row.sum()), "first_wrong_accuracy": float(fw.sum())}
-        return StepOutput(loss, _min_prob(x, m), int(m.shape[0]), sums)
+        return StepOutput(loss, _min_prob(x, m), int(m.shape[0]), sums, int(m.sum()))
+
+    def loss_units(self, item: TokenizedSteps) -> int:
+        return len(item.positions)  # the loss averages the scored steps
 
     def evaluate(self, model: RewardModel, items: list[TokenizedSteps], *, pad_id: int, batch_size: int,
                  device: torch.device | str) -> dict[str, float]:

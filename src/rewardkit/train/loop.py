@@ -293,19 +293,20 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 return stop(j, n_batches)
             group = epoch_batches[first:min(first + ga, n_batches)]  # the micro-batches of this optimiser step
             last = j == first + len(group) - 1
-            step_items = sum(m.global_size for m in group)
+            step_units = sum(m.global_units for m in group)
             batch = collate(fetch(mb.indices)).to(accelerator.device)
             accelerator.sync_gradients = last  # DeepSpeed steps on the last micro-batch only
             with contextlib.nullcontext() if last else accelerator.no_sync(net):
                 res = net(batch)  # StepOutput: loss, rewards, metric sums
                 losses_finite &= bool(torch.isfinite(res.loss.detach()))
-                # loss = mean over this share; weighted so that the step's gradient is the mean over all its
-                # items (accelerate divides by grad_accum, DDP averages over processes); a stand-in weighs 0.
+                # loss = mean over this share's loss terms (items, labelled values, steps); weighted so that the
+                # step's gradient is the mean over all its terms (accelerate divides by grad_accum, DDP averages
+                # over processes); a stand-in weighs 0.
                 with planless_attention(accelerator.device):  # checkpointed layers run attention again here
-                    accelerator.backward(res.loss * (mb.size * n_proc * ga / step_items))
+                    accelerator.backward(res.loss * (mb.units * n_proc * ga / max(step_units, 1)))
             tokens, processed = batch.sequences.num_tokens, batch.sequences.input_ids.numel()
             if mb.size == 0:  # a stand-in: keep the metric names, count nothing
-                res = type(res)(res.loss * 0, res.rewards[:0], 0, {k: 0.0 for k in res.sums})
+                res = type(res)(res.loss * 0, res.rewards[:0], 0, {k: 0.0 for k in res.sums}, 0)
                 tokens = processed = 0
             micro.append((res, tokens, processed))
             totals.add(res, tokens, processed)
@@ -347,7 +348,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 log_row(row)
                 if good:
                     bar.set_postfix(loss=f"{row['loss']:.4f}",
-                                    metric=f"{row.get(objective.metric, float('nan')):.3f}")
+                                    metric=f"{row.get(objective.metric, row['loss']):.3f}")  # attributes: mse = loss
                 window, skipped, good = StepWindow(), 0, 0
             if diverged:
                 raise TrainingDiverged(diverged_message(step, in_a_row, last_loss, row["grad_norm"], out,

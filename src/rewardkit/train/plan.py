@@ -86,7 +86,7 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     """
     t = cfg.train
     deal = dict(num_processes=num_processes, process_index=process_index, seed=cfg.seed,
-                cost=lambda i: _item_tokens(items[i]))
+                cost=lambda i: _item_tokens(items[i]), units=lambda i: objective.loss_units(items[i]))
     global_batch = t.batch_size * num_processes
 
     def fetch(indices: list) -> list:

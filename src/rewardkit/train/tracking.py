@@ -97,16 +97,17 @@ def reduce_window(accelerator: Accelerator, window: StepWindow, unit: str) -> di
         return window.row(unit)
     keys = sorted(window.sums)
     rewards = torch.cat(window.rewards).double() if window.rewards else torch.zeros(0, dtype=torch.float64)
-    local = torch.tensor([window.loss, window.n, window.tokens, window.processed, *(window.sums[k] for k in keys),
+    local = torch.tensor([window.loss, window.n, window.units, window.tokens, window.processed,
+                          *(window.sums[k] for k in keys),
                           float(rewards.sum()), float((rewards ** 2).sum()), rewards.numel()], dtype=torch.float64)
     total = accelerator.reduce(local.to(accelerator.device), "sum").cpu().tolist()
-    loss, n, tokens, processed, *rest = total
+    loss, n, units, tokens, processed, *rest = total
     sums, (rsum, rsq, rn) = dict(zip(keys, rest[:len(keys)])), rest[len(keys):]
     dt = time.perf_counter() - window.start
     mean = rsum / rn if rn else float("nan")
     stats = ({"reward_mean": mean, "reward_std": math.sqrt(max(rsq / rn - mean * mean, 0.0))} if rn
              else reward_stats(torch.zeros(0)))
-    return {"loss": loss / max(n, 1), **{k: v / max(n, 1) for k, v in sums.items()}, **stats,
+    return {"loss": loss / (units or 1), **{k: v / max(n, 1) for k, v in sums.items()}, **stats,
             f"{unit}_per_s": n / dt, "tokens_per_s": tokens / dt,
             "padding_fraction": 1 - tokens / max(processed, 1)}
 
@@ -164,7 +165,7 @@ class RecentRewards:
 def save_log_window(checkpoint: Path, rank: int, window: StepWindow, skipped: int, good: int) -> None:
     """The steps since the last metrics row (sums, rewards, skipped and good counts), one file per process:
     a run resumed between two rows then logs the row the uninterrupted run would (timings aside)."""
-    torch.save({"loss": window.loss, "n": window.n, "tokens": window.tokens, "processed": window.processed,
+    torch.save({"loss": window.loss, "n": window.n, "units": window.units, "tokens": window.tokens, "processed": window.processed,
                 "sums": dict(window.sums), "rewards": list(window.rewards), "skipped": skipped, "good": good},
                checkpoint / f"log_window_{rank}.pt")
 
@@ -178,6 +179,7 @@ def resumed_log_window(checkpoint: Path | None, rank: int) -> tuple[StepWindow, 
         return window, 0, 0
     d = torch.load(path, weights_only=True)
     window.loss, window.n, window.tokens, window.processed = d["loss"], d["n"], d["tokens"], d["processed"]
+    window.units = d.get("units", float(d["n"]))  # older checkpoints: every loss was a mean over items
     window.sums, window.rewards = dict(d["sums"]), list(d["rewards"])
     return window, int(d["skipped"]), int(d["good"])
 
