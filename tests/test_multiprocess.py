@@ -318,3 +318,42 @@ def test_a_nan_on_one_process_skips_the_step_on_both(tiny_models, data, tmp_path
     weights = load_file(out / "model.safetensors")
     assert all(bool(torch.isfinite(w).all()) for w in weights.values())
     assert len(_summary_lines(p.stdout)) == 1
+
+
+_FAIL_ON_RANK_1 = """
+import os, sys
+from rewardkit.train import loop
+
+class FailOnRank1(loop.ObjectiveModule):
+    calls = 0
+
+    def forward(self, batch):
+        FailOnRank1.calls += 1
+        if os.environ.get("RANK") == "1" and FailOnRank1.calls == 3:
+            raise ValueError("injected bad batch on rank 1")
+        return super().forward(batch)
+
+loop.ObjectiveModule = FailOnRank1
+from rewardkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.usefixtures("launchable")
+def test_a_process_that_fails_ends_the_other_with_one_line_each(tiny_models, data, tmp_path):
+    """Rank 1 fails (one line, exit 2); rank 0 loses it in the next collective and says so in one line instead
+    of gloo's traceback; nothing hangs and the run's folder is gone."""
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(_FAIL_ON_RANK_1)
+    out = tmp_path / "rm"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+           str(script), "train", *_args(tiny_models["llama"], data, out, "train.max_steps=6", "train.batch_size=4")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true"), timeout=180,
+                       cwd=ROOT)
+    assert p.returncode != 0
+    errors = [x for x in p.stderr.splitlines() if "rewardkit train: error:" in x]
+    assert any("injected bad batch on rank 1" in x for x in errors), p.stderr[-3000:]
+    assert any("another training process failed" in x for x in errors), p.stderr[-3000:]
+    assert "[rank0]: Traceback" not in p.stderr and "Connection closed by peer" not in p.stderr.split(
+        "another training process failed")[0][-200:]
+    assert not out.exists()

@@ -266,6 +266,7 @@ def test_full_disk_during_the_final_save_keeps_the_previous_model(run, tmp_path,
     code, _, err = run(out, "train.max_steps=2", "seed=1")
     line = _one_line_error(err)
     assert code == 2 and f"cannot write the model into {out} (model.safetensors: [Errno 28]" in line
+    assert line.count("Errno") == 1 and line.startswith("rewardkit train: error: cannot write")
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # the previous model untouched; the failed run's metrics.jsonl gone
     assert [p.name for p in out.iterdir() if p.is_dir()] == []  # no staging folder

@@ -42,9 +42,35 @@ class TrainingInterrupted(RuntimeError):
 
 class SaveError(OSError):
     """A checkpoint or the model could not be written (full disk, quota, I/O error); what was there before
-    is untouched."""
+    is untouched. str() is the message alone (OSError's own would print "[Errno N]" before it a second time)."""
 
     exit_code = 2
+
+    def __init__(self, errno: int | None, message: str):
+        super().__init__(message)
+        self.errno = errno
+
+
+class PeerFailed(RuntimeError):
+    """Another training process failed (its own one-line error says why) and this one lost it in a collective."""
+
+    exit_code = 1
+
+
+# gloo's words for a peer that is gone; NCCL and newer torch raise torch.distributed.DistError subclasses
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def peer_failure(e: BaseException, rank: int) -> PeerFailed | None:
+    """PeerFailed when `e` is this process losing another one in a collective, else None (keep `e`)."""
+    import torch.distributed as dist
+
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(w in text for w in PEER_GONE))):
+        return None
+    first = next((x.strip() for x in text.splitlines() if x.strip()), type(e).__name__)
+    return PeerFailed(f"process {rank} stopped: another training process failed (its error is above; nothing of "
+                      f"this run was saved beyond its last checkpoint) [{first[:200]}]")
 
 
 # --------------------------------------------------------------------------- non-finite steps

@@ -37,7 +37,7 @@ from rewardkit.train.checkpoints import (check_resumed_data, check_resumed_preci
                                          remove_partial, restore, resume_point, save_checkpoint)
 from rewardkit.train.host_memory import release_freed_memory
 from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInterrupted, any_process, check_free_space,
-                                    clean_failed_run, diverged_message, grads_finite, saving)
+                                    clean_failed_run, diverged_message, grads_finite, peer_failure, saving)
 from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
 from rewardkit.train.plan import data_fingerprint, run_pack_layout, train_batches
@@ -134,6 +134,8 @@ def train(cfg: TrainRunConfig) -> TrainResult:
                 raise TrainingInterrupted(
                     f"stopped at once by a second {signals.name}: nothing saved since "
                     f"{last if last is not None else 'the start (no checkpoint)'}", signals.hard) from None
+            if n_proc > 1 and (lost := peer_failure(e, rank)) is not None:
+                raise lost from e
             raise
 
 
