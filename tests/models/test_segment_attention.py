@@ -100,7 +100,7 @@ def test_fp32_queries_under_bf16_autocast_take_the_explicit_path(monkeypatch):
     monkeypatch.setattr(sa, "explicit_attention", lambda q, k, v, *a, **kw: (calls.append(q.dtype), real(q, k, v, *a,
                                                                                                          **kw))[1])
     g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(1, 4, 40, 16, generator=g) for _ in range(2))
+    q, k = (torch.randn(1, 4, 40, 16, generator=g).requires_grad_() for _ in range(2))  # training
     v = torch.randn(1, 4, 40, 16, generator=g)
     units = [(0, 25, None), (25, 40, None)]
     want, _ = segment_attention(_Attn(True), q, k, v, None, rk_units=units)
@@ -112,3 +112,7 @@ def test_fp32_queries_under_bf16_autocast_take_the_explicit_path(monkeypatch):
     calls.clear()
     segment_attention(_Attn(True), q, k, v, None, rk_units=units)  # fp32 without autocast: the SDPA kernel
     assert calls == []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # scoring: the flash kernel's forward
+        scored, _ = segment_attention(_Attn(True), q, k, v.bfloat16(), None, rk_units=units)
+    assert calls == [] and scored.dtype == torch.bfloat16
+    torch.testing.assert_close(scored.float(), want.detach(), atol=3e-2, rtol=3e-2)
