@@ -184,7 +184,7 @@ def test_score_file_rows_messages_normalize_and_extras(tmp_path):
     cols = Columns(prompt="q", response="answer", messages="chat")
     report = score_file(str(src), tmp_path / "out.jsonl", scorer, columns=cols, normalize=True)
     out = read(tmp_path / "out.jsonl")
-    assert scorer.calls == [2] and report.rows_out == 2  # one scoring pass over the whole file
+    assert scorer.calls == [2] and report.rows_out == 2  # one scoring pass over the whole (short) file
     assert [r["raw_score"] for r in out] == [3.0, 1.0] and [r["score"] for r in out] == [1.0, 0.0]
     assert out[0]["id"] == 1 and out[0]["attributes"] == {"a": 3.0, "b": -3.0}
     score_file(str(src), tmp_path / "raw.jsonl", scorer, columns=cols)
@@ -198,9 +198,9 @@ def test_summaries_hold_only_the_counts_each_command_keeps(tmp_path):
     src = tmp_path / "lists.jsonl"
     write_jsonl(src, [{"prompt": "p", "responses": ["a", "bbb", "cc"]}, {"prompt": "q", "responses": ["x", "yy"]}])
     ranked = rank_file(str(src), tmp_path / "r.jsonl", LengthScorer()).to_dict()
-    assert ranked == {"rows_in": 2, "rows_out": 2, "responses": 5}
+    assert ranked == {"rows_in": 2, "rows_out": 2, "responses": 5, "empty_responses": 0}
     pairs = make_pairs_file(str(src), tmp_path / "p.jsonl", LengthScorer()).to_dict()
-    assert pairs == {"rows_in": 2, "rows_out": 2, "responses": 5, "dropped_ties": 0}
+    assert pairs == {"rows_in": 2, "rows_out": 2, "responses": 5, "empty_responses": 0, "dropped_ties": 0}
     kept = filter_file(str(src), tmp_path / "f.jsonl", LengthScorer(), threshold=2.0).to_dict()
     assert kept["kept"] == 3 and "dropped_ties" not in kept
 
@@ -270,3 +270,38 @@ def test_filter_without_a_model_reads_numeric_scores_from_csv(tmp_path, capsys):
     lists = write_jsonl(tmp_path / "l.jsonl", [{"prompt": "p", "responses": ["a", "b"], "scores": ["1", "nan"]}])
     with pytest.raises(DataError, match=r"field `scores\[1\]`: expected a finite number, got 'nan'"):
         make_pairs_file(str(lists), tmp_path / "p.jsonl")
+
+
+def test_score_streams_in_chunks_with_the_same_output(tmp_path):
+    """`score` holds SCORE_CHUNK_ROWS rows at a time (memory bounded by that, not by the file): chunked output is
+    the one-pass output, in order; empty responses are counted as train and eval count them."""
+    from rewardkit.apps import score_file
+
+    rows = [{"prompt": f"p{i}", "response": "x" * (i % 7), "id": i} for i in range(10)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    whole, chunked = DetailScorer(), DetailScorer()
+    a = score_file(str(src), tmp_path / "a.jsonl", whole)
+    b = score_file(str(src), tmp_path / "b.jsonl", chunked, chunk_rows=3)
+    assert whole.calls == [10] and chunked.calls == [3, 3, 3, 1]
+    assert read(tmp_path / "a.jsonl") == read(tmp_path / "b.jsonl") and [r["id"] for r in read(tmp_path / "b.jsonl")] == list(range(10))
+    assert a.to_dict() == b.to_dict() == {"rows_in": 10, "rows_out": 10, "responses": 10, "empty_responses": 2}
+
+
+@pytest.mark.parametrize("command", ["score", "rank", "filter", "make-pairs"])
+def test_a_bad_last_row_stops_before_the_model_scores_anything(command, tmp_path):
+    """Every row is checked before any scoring: a bad row at the end of a long file costs a read, not the work
+    on every row before it (audit: rank on 30k rows failed after 87 s of scoring)."""
+    from rewardkit.apps import score_file
+
+    lists = command in ("rank", "make-pairs")
+    good = {"prompt": "p", "responses": ["a", "bb"]} if lists else {"prompt": "p", "response": "a"}
+    bad = {"prompt": "p", "responses": "not a list"} if lists else {"prompt": "p", "response": 7}
+    src = write_jsonl(tmp_path / "in.jsonl", [good] * 200 + [bad])
+    scorer = DetailScorer() if command == "score" else LengthScorer()
+    run = {"score": lambda o: score_file(str(src), o, scorer, chunk_rows=64),
+           "rank": lambda o: rank_file(str(src), o, scorer),
+           "filter": lambda o: filter_file(str(src), o, scorer, threshold=0.0),
+           "make-pairs": lambda o: make_pairs_file(str(src), o, scorer)}[command]
+    with pytest.raises(DataError, match="line 201"):
+        run(tmp_path / "out.jsonl")
+    assert scorer.calls == [] and not (tmp_path / "out.jsonl").exists()

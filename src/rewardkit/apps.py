@@ -1,9 +1,11 @@
 """Reward-model applications on row files: scoring, Best-of-N ranking, filtering, DPO pair building.
 
-rank, filter and make-pairs stream: rows are read lazily (`read_rows`), scored `chunk_rows` rows at a time
-through the scorer (length-sorted batches), and written one line at a time to a temp file that replaces the
-output at the end, so files larger than memory work and a crash never leaves half an output. `score_file`
-scores the whole file in one sorted pass and writes it atomically too.
+Every command streams: rows are read lazily (`read_rows`), scored `chunk_rows` rows at a time through the
+scorer (length-sorted batches; `score` takes SCORE_CHUNK_ROWS at a time), and written one line at a time to a
+temp file that replaces the output at the end, so files larger than memory work and a crash never leaves half
+an output. Before the model scores anything, a first pass parses every row (a few seconds per 100k rows): a bad
+row anywhere stops the command at once, not after the work on the rows before it, and the row count gives the
+progress bar (shown on a terminal) its total.
 
 Row shapes (column names from `config.Columns`, the one column map of every command):
   list rows:       {"prompt": P, "responses": [R1, ..., RN], ...}   (rank, make-pairs, filter)
@@ -19,6 +21,7 @@ that only compare refuse with `NoScores`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,9 +38,10 @@ import torch
 
 from rewardkit.config import Columns
 from rewardkit.data import DataError, fields, read_rows
-from rewardkit.io import atomic_write, json_line, write_jsonl
+from rewardkit.io import atomic_write, json_line
 
 STRATEGIES = ("max_min", "max_random", "all")
+SCORE_CHUNK_ROWS = 4096  # `score`: rows per sorted scoring pass (bounds memory; long enough to sort by length)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class AppReport:
     rows_in: int = 0
     rows_out: int = 0
     responses: int = 0
+    empty_responses: int = 0  # scored as prompt + end-of-sequence, as a real (bad) answer (as train/eval count them)
     kept: int | None = None  # filter: responses kept
     dropped_ties: int | None = None  # make-pairs: candidate pairs dropped as ties or below min_margin
 
@@ -109,27 +114,49 @@ def _parse(where: str, row: dict[str, Any], cols: Columns, lists_only: bool, nee
     return ScoredRow(where, row, prompt, responses, scores, pointwise)
 
 
+def checked_rows(source: str, check) -> int:
+    """Rows of `source`, each passed through `check(where, row)` (raising DataError on the first bad one)."""
+    n = 0
+    for where, row in read_rows(source):
+        check(where, row)
+        n += 1
+    return n
+
+
+def progress(total: int, desc: str):
+    """A rows-done bar on stderr when it is a terminal (tqdm's auto-disable elsewhere: logs stay clean)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rows", disable=None, dynamic_ncols=True, leave=False)
+
+
 def iter_scored(source: str, scorer=None, *, columns: Columns | None = None, normalize: bool = False,
-                chunk_rows: int = 64, lists_only: bool = False) -> Iterator[ScoredRow]:
-    """Rows of `source` with scores: from `scorer` (a RewardScorer) when given, else from the rows."""
+                chunk_rows: int = 64, lists_only: bool = False, desc: str = "score") -> Iterator[ScoredRow]:
+    """Rows of `source` with scores: from `scorer` (a RewardScorer) when given, every row checked first (module
+    doc), else from the rows."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     cols = columns or Columns()
+    parse = lambda where, row: _parse(where, row, cols, lists_only, need_scores=scorer is None)  # noqa: E731
+    total = checked_rows(source, parse) if scorer is not None else None
     chunk: list[ScoredRow] = []
-    for where, row in read_rows(source):
-        chunk.append(_parse(where, row, cols, lists_only, need_scores=scorer is None))
-        if len(chunk) >= chunk_rows:
-            yield from _score_chunk(chunk, scorer, normalize)
-            chunk = []
-    yield from _score_chunk(chunk, scorer, normalize)
+    with progress(total or 0, desc) if total else contextlib.nullcontext() as bar:
+        for where, row in read_rows(source):
+            chunk.append(parse(where, row))
+            if len(chunk) >= chunk_rows:
+                yield from _score_chunk(chunk, scorer, normalize, bar)
+                chunk = []
+        yield from _score_chunk(chunk, scorer, normalize, bar)
 
 
-def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool) -> list[ScoredRow]:
+def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool, bar=None) -> list[ScoredRow]:
     """Scores of each row's responses: its `rank_many` scores, which every kind gives (rewards for pointwise
     kinds, rank scores for kinds that only compare), in one pass over the chunk."""
     if scorer is None or not chunk:
         return chunk
     rankings = scorer.rank_many([r.prompt for r in chunk], [r.responses for r in chunk])
+    if bar is not None:
+        bar.update(len(chunk))
     for r, ranking in zip(chunk, rankings):
         r.scores = list(ranking.scores)
         if normalize:  # kinds without per-response scores refuse here (NoScores)
@@ -159,28 +186,41 @@ def _score_input(where: str, row: dict[str, Any], cols: Columns) -> tuple[Any, A
 
 
 def score_file(source: str, output: str | Path, scorer, *, columns: Columns | None = None,
-               normalize: bool = False) -> AppReport:
+               normalize: bool = False, chunk_rows: int = SCORE_CHUNK_ROWS) -> AppReport:
     """Every row of `source` back, in order, with `score` (the `columns.score` column) and the model's
     extras (e.g. a multi-objective model's attributes and gate weights). With `normalize`, `score` is
-    (raw - mean) / std from the model's config and the raw value goes to `raw_score`. One sorted
-    scoring pass over the whole file; the output is written atomically."""
+    (raw - mean) / std from the model's config and the raw value goes to `raw_score`. Every row is checked
+    first, then scored `chunk_rows` at a time (one sorted pass each); the output is written atomically."""
     cols = columns or Columns()
-    rows, prompts, responses = [], [], []
-    for where, row in read_rows(source):
-        prompt, response = _score_input(where, row, cols)
-        rows.append(row)
-        prompts.append(prompt)
-        responses.append(response)
-    details = scorer.score_details(prompts, responses)
-    final = scorer.normalize(details.rewards).tolist() if normalize else None
-    for i, (row, extra) in enumerate(zip(rows, details.rows())):
-        raw = extra.pop("score")
-        row[cols.score] = final[i] if final is not None else raw
-        if final is not None:
-            row["raw_score"] = raw
-        row.update(extra)
-    n = write_jsonl(output, rows)
-    return AppReport(rows_in=n, rows_out=n, responses=n)
+    total = checked_rows(source, lambda where, row: _score_input(where, row, cols))
+    report = AppReport()
+    chunk: list[tuple[dict[str, Any], Any, Any]] = []
+
+    def flush(fh, bar) -> None:
+        if not chunk:
+            return
+        details = scorer.score_details([p for _, p, _ in chunk], [r for _, _, r in chunk])
+        final = scorer.normalize(details.rewards).tolist() if normalize else None
+        for i, ((row, _, response), extra) in enumerate(zip(chunk, details.rows())):
+            raw = extra.pop("score")
+            row[cols.score] = final[i] if final is not None else raw
+            if final is not None:
+                row["raw_score"] = raw
+            row.update(extra)
+            _write_line(fh, row)
+            report.empty_responses += fields.is_empty(response)
+        report.rows_in += len(chunk)
+        bar.update(len(chunk))
+        chunk.clear()
+
+    with atomic_write(output) as fh, progress(total, "score") as bar:
+        for where, row in read_rows(source):
+            chunk.append((row, *_score_input(where, row, cols)))
+            if len(chunk) >= chunk_rows:
+                flush(fh, bar)
+        flush(fh, bar)
+    report.rows_out = report.responses = report.rows_in
+    return report
 
 
 # --------------------------------------------------------------------------- rank (Best-of-N)
@@ -190,7 +230,9 @@ def rank_file(source: str, output: str | Path, scorer=None, *, columns: Columns 
     """Each list row gets `scores`, `best_index` and `best_response` (first of equal bests)."""
     report, cols = AppReport(), columns or Columns()
     with atomic_write(output) as fh:
-        for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
+        for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True,
+                             desc="rank"):
+            report.empty_responses += sum(fields.is_empty(x) for x in r.responses)
             best = max(range(len(r.scores)), key=lambda i: (r.scores[i], -i))
             out = {**r.row, cols.scores: r.scores, "best_index": best, "best_response": r.responses[best]}
             if r.raw is not None:
@@ -254,7 +296,7 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
 
         raise NoScores(scorer.kind, "filter's score per response")
     report, cols = AppReport(kept=0), columns or Columns()
-    rows = iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows)
+    rows = iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, desc="filter")
     topk = _TopK() if top_percent is not None else None
     tmp = None
     try:
@@ -272,6 +314,7 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
             for r in rows:
                 report.rows_in += 1
                 report.responses += len(r.responses)
+                report.empty_responses += sum(fields.is_empty(x) for x in r.responses)
                 key = _prompt_key(r.prompt) if topk is not None else b""
                 kept = [i for i, s in enumerate(r.scores)
                         if (topk is None or topk.keeps(key, s)) and (threshold is None or s >= threshold)]
@@ -346,9 +389,11 @@ def make_pairs_file(source: str, output: str | Path, scorer=None, *, strategy: s
     rng, report, cols = random.Random(seed), AppReport(dropped_ties=0), columns or Columns()
     drop = {cols.responses, cols.scores, "best_index", "best_response", "raw_scores"}
     with atomic_write(output) as fh:
-        for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True):
+        for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True,
+                             desc="make-pairs"):
             report.rows_in += 1
             report.responses += len(r.responses)
+            report.empty_responses += sum(fields.is_empty(x) for x in r.responses)
             pairs, dropped = pick_pairs(r.scores, strategy, min_margin=min_margin, rng=rng)
             report.dropped_ties += dropped
             rest = {k: v for k, v in r.row.items() if k not in drop}
