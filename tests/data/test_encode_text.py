@@ -118,3 +118,18 @@ def test_left_padding_equal_to_bos_keeps_the_bos_the_template_writes():
     assert want.input_ids[:2] == [tok.bos_token_id, *tok(p[len(tok.bos_token):])["input_ids"][:1]]
     for n in (0, 2):
         assert enc.encode_text(tok.pad_token * n + p + r).input_ids == want.input_ids
+
+
+@pytest.mark.parametrize("kind", ["chat", "gpt2", "bert"])
+def test_encode_many_equals_encode_one_at_a_time(kind):
+    """The batched tokenising of training, eval and scoring gives exactly `encode`'s sequences: shared prompts,
+    chat messages, empty prompts and responses, the character cap, truncation, chunk edges."""
+    tok = bert_tokenizer() if kind == "bert" else gpt2_tokenizer(chat=kind == "chat")
+    ensure_pad_token(tok)
+    enc = SequenceEncoder(tok, 32, is_encoder=kind == "bert")
+    long = " ".join(f"w{i}" for i in range(100))
+    prompts = [PROMPT, PROMPT, "", "Q: why?", long, "Q: why?", "y" * (enc.max_chars + 50)]
+    responses = ["Paris.", "Lyon.", "just this", "", "short", long, "end"]
+    one = [enc.encode(p, r) for p, r in zip(prompts, responses)]
+    assert enc.encode_many(prompts, responses) == one and enc.encode_many(prompts, responses, chunk=3) == one
+    assert any(s.truncated for s in one) and enc.encode_many([], []) == []

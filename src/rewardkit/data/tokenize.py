@@ -136,11 +136,31 @@ class SequenceEncoder:
         text = self._cap(text)
         return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
-    def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+    def _render(self, prompt: Text, response: Text) -> tuple[str, str]:
         if not self._template_checked and (isinstance(prompt, list) or isinstance(response, list)):
             self._check_template_room()
-        p_text, r_text = render(self.tok, prompt, response)
-        prompt_ids, response_ids = self._ids(p_text), self._ids(r_text)
+        return render(self.tok, prompt, response)
+
+    def encode(self, prompt: Text, response: Text) -> TokenizedSequence:
+        p_text, r_text = self._render(prompt, response)
+        return self._assemble(p_text, r_text, self._ids(p_text), self._ids(r_text))
+
+    def encode_many(self, prompts: Sequence[Text], responses: Sequence[Text],
+                    chunk: int = 4096) -> list[TokenizedSequence]:
+        """`encode` of each (prompt, response), the same sequences, with every distinct text of `chunk` pairs
+        tokenised in one tokenizer call (a prompt shared by its chosen and rejected answers, or by N samples,
+        once): training's tokenising phase, 100k pairs, was 0.5 ms a pair one text at a time."""
+        out: list[TokenizedSequence] = []
+        for s in range(0, len(prompts), chunk):
+            rendered = [self._render(p, r) for p, r in zip(prompts[s:s + chunk], responses[s:s + chunk])]
+            distinct = list(dict.fromkeys(t for pr in rendered for t in pr if t))
+            ids = dict(zip(distinct, self.tok([self._cap(t) for t in distinct], add_special_tokens=False,
+                                              verbose=False)["input_ids"] if distinct else []))
+            out += [self._assemble(p, r, ids.get(p, []), ids.get(r, [])) for p, r in rendered]
+        return out
+
+    def _assemble(self, p_text: str, r_text: str, prompt_ids: list[int], response_ids: list[int]) -> TokenizedSequence:
+        """The layout (module doc) around a rendered prompt and response and their token ids."""
         prefix = self.prefix
         bos, bos_id = getattr(self.tok, "bos_token", None), getattr(self.tok, "bos_token_id", None)
         if bos and bos_id is not None and (p_text or r_text).startswith(bos):
@@ -262,15 +282,21 @@ class SequenceEncoder:
         return TokenizedSequence(full, len(prefix), types, truncated)
 
     def encode_pair(self, ex: PreferenceExample) -> TokenizedPair:
-        return TokenizedPair(self.encode(ex.prompt, ex.chosen), self.encode(ex.prompt, ex.rejected),
-                             ex.margin or 0.0)
+        return self.encode_pairs([ex])[0]
+
+    def encode_pairs(self, examples: Sequence[PreferenceExample]) -> list[TokenizedPair]:
+        """`encode_pair` of each example, tokenised in batches (`encode_many`)."""
+        seqs = self.encode_many([ex.prompt for ex in examples for _ in (0, 1)],
+                                [r for ex in examples for r in (ex.chosen, ex.rejected)])
+        return [TokenizedPair(seqs[2 * i], seqs[2 * i + 1], ex.margin or 0.0) for i, ex in enumerate(examples)]
 
 
 def tokenize_pairs(encoder: Any, examples: list[PreferenceExample], name: str = "data", *,
                    what: str = "pairs", how: str = "prompt cut first, from the left") -> list[TokenizedPair]:
     """Tokenise every example with `encoder.encode_pair` (a SequenceEncoder, or a TripleEncoder for pairwise
     rankers); none is dropped, and the truncated count is logged."""
-    pairs = [encoder.encode_pair(ex) for ex in examples]
+    many = getattr(encoder, "encode_pairs", None)  # batched where the encoder has it
+    pairs = many(examples) if many is not None else [encoder.encode_pair(ex) for ex in examples]
     n_trunc = sum(p.truncated for p in pairs)
     if n_trunc:
         log.info("%s: %d of %d %s truncated to max_length=%d (%s)", name, n_trunc, len(pairs), what,

@@ -100,7 +100,7 @@ class RewardScorer(PointwiseJudge):
     def score_details(self, prompts: Sequence[Text], responses: Sequence[Text]) -> ScoreDetails:
         """Raw rewards, token lengths and the head's published extras of N (prompt, response) pairs."""
         prompts, responses = check_pairs(prompts, responses)
-        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        seqs = self.encoder.encode_many(prompts, responses)
         out = self.run(seqs)
         names = self.model.head.published
         return ScoreDetails(out.score, torch.tensor([len(s.input_ids) - s.response_start for s in seqs]),
@@ -110,7 +110,7 @@ class RewardScorer(PointwiseJudge):
     def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) for N (prompt, response) pairs; each may be a string or chat messages."""
         prompts, responses = check_pairs(prompts, responses)
-        raw = self.run([self.encode(p, r) for p, r in zip(prompts, responses)]).score
+        raw = self.run(self.encoder.encode_many(prompts, responses)).score
         return self.normalize(raw) if normalize else raw
 
     def score_full_texts(self, texts: Sequence[str], *, prompts: Sequence[str] | None = None,
