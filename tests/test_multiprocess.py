@@ -279,6 +279,16 @@ def test_weightless_copy_filled_with_a_full_state_dict_saves_the_trained_model(t
     assert scorer.model.objective_info == {"loss": "bt"}
 
 
+def _launch_script(tmp_path: Path, source: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`source` (a script that patches rewardkit, then runs its CLI) as `train ARGS` on two CPU processes."""
+    script = tmp_path / "patched_rewardkit.py"
+    script.write_text(source)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+           str(script), "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true"), timeout=180,
+                          cwd=ROOT)
+
+
 _NAN_ON_RANK_1 = """
 import dataclasses, os, sys
 from rewardkit.train import loop
@@ -303,13 +313,9 @@ sys.exit(main(sys.argv[1:]))
 def test_a_nan_on_one_process_skips_the_step_on_both(tiny_models, data, tmp_path):
     """Rank 1's loss goes NaN at step 3, rank 0's stays finite: both skip that step (the main process counts it
     and warns), neither applies a NaN update, and the run trains on to a finite model."""
-    script = tmp_path / "nan_on_rank_1.py"
-    script.write_text(_NAN_ON_RANK_1)
     out = tmp_path / "rm"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-           str(script), "train", *_args(tiny_models["llama"], data, out, "train.max_steps=5", "train.batch_size=4")]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true"), timeout=180,
-                       cwd=ROOT)
+    p = _launch_script(tmp_path, _NAN_ON_RANK_1, _args(tiny_models["llama"], data, out, "train.max_steps=5",
+                                                       "train.batch_size=4"))
     assert p.returncode == 0, p.stderr[-3000:]
     rows = _rows(out)
     assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 0, 0]
@@ -343,13 +349,9 @@ sys.exit(main(sys.argv[1:]))
 def test_a_process_that_fails_ends_the_other_with_one_line_each(tiny_models, data, tmp_path):
     """Rank 1 fails (one line, exit 2); rank 0 loses it in the next collective and says so in one line instead
     of gloo's traceback; nothing hangs and the run's folder is gone."""
-    script = tmp_path / "fail_on_rank_1.py"
-    script.write_text(_FAIL_ON_RANK_1)
     out = tmp_path / "rm"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-           str(script), "train", *_args(tiny_models["llama"], data, out, "train.max_steps=6", "train.batch_size=4")]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true"), timeout=180,
-                       cwd=ROOT)
+    p = _launch_script(tmp_path, _FAIL_ON_RANK_1, _args(tiny_models["llama"], data, out, "train.max_steps=6",
+                                                        "train.batch_size=4"))
     assert p.returncode != 0
     errors = [x for x in p.stderr.splitlines() if "rewardkit train: error:" in x]
     assert any("injected bad batch on rank 1" in x for x in errors), p.stderr[-3000:]
