@@ -150,8 +150,8 @@ class MicroBatch:
     indices: Batch
     size: int
     global_size: int
-    units: int = 0
-    global_units: int = 0
+    units: int
+    global_units: int
 
 
 class RankBatches:
