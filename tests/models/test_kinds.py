@@ -152,3 +152,22 @@ def test_attribute_eval_reports_an_attribute_with_one_labelled_row(tiny_models):
                                                            device="cpu")
     assert math.isfinite(stats["mse/helpful"]) and math.isfinite(stats["pearson/helpful"])
     assert math.isfinite(stats["mse/verbosity"]) and math.isnan(stats["pearson/verbosity"])
+
+
+def test_scoring_in_chunks_gives_the_one_pass_details(tiny_models, monkeypatch):
+    """`score_details` tokenises and runs SCORE_CHUNK sequences at a time (bounded memory): scores, lengths,
+    truncation flags and a multi-objective model's extras equal one pass's, in input order."""
+    import rewardkit.scoring.reward as reward
+
+    model, tok = _multi_objective(tiny_models["llama"])
+    scorer = RewardScorer(model, tok, max_length=48)
+    prompts = [e.prompt for e in EXAMPLES] * 3
+    responses = [e.chosen if i % 2 else e.rejected + " and more words" * (4 * i) for i, e in enumerate(EXAMPLES * 3)]
+    whole = scorer.score_details(prompts, responses)
+    monkeypatch.setattr(reward, "SCORE_CHUNK", 2)
+    chunked = scorer.score_details(prompts, responses)
+    torch.testing.assert_close(chunked.rewards, whole.rewards, atol=1e-5, rtol=1e-5)
+    assert chunked.lengths.tolist() == whole.lengths.tolist() and chunked.truncated.tolist() == whole.truncated.tolist()
+    assert any(whole.truncated.tolist())
+    for k in whole.extras:
+        torch.testing.assert_close(chunked.extras[k], whole.extras[k], atol=1e-5, rtol=1e-5)
