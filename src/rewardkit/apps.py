@@ -140,7 +140,7 @@ def iter_scored(source: str, scorer=None, *, columns: Columns | None = None, nor
     parse = lambda where, row: _parse(where, row, cols, lists_only, need_scores=scorer is None)  # noqa: E731
     total = checked_rows(source, parse) if scorer is not None else None
     chunk: list[ScoredRow] = []
-    with progress(total or 0, desc) if total else contextlib.nullcontext() as bar:
+    with progress(total, desc) if total else contextlib.nullcontext() as bar:
         for where, row in read_rows(source):
             chunk.append(parse(where, row))
             if len(chunk) >= chunk_rows:

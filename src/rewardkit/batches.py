@@ -163,8 +163,9 @@ class StepOutput:
     loss: () tensor to back-propagate. rewards: (N,) detached scalar rewards of the batch's sequences
     (for reward mean/std). n: training examples in the batch (pairs, prompts or sequences).
     sums: metric name -> sum over the n examples (the window divides by n).
-    units: what `loss` is a mean over (`Objective.loss_units` summed over the batch: labelled values, steps);
-    None = the batch's items. The logged loss weighs each batch by it, as the step's gradient does.
+    units: what `loss` is a mean over (`Objective.loss_units` summed over the batch: labelled values, steps),
+    set by the training loop from its plan; None = n. The logged loss weighs each batch by it, as the step's
+    gradient does.
     """
 
     loss: torch.Tensor

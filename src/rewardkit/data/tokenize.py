@@ -293,10 +293,9 @@ class SequenceEncoder:
 
 def tokenize_pairs(encoder: Any, examples: list[PreferenceExample], name: str = "data", *,
                    what: str = "pairs", how: str = "prompt cut first, from the left") -> list[TokenizedPair]:
-    """Tokenise every example with `encoder.encode_pair` (a SequenceEncoder, or a TripleEncoder for pairwise
+    """Tokenise every example with `encoder.encode_pairs` (a SequenceEncoder, or a TripleEncoder for pairwise
     rankers); none is dropped, and the truncated count is logged."""
-    many = getattr(encoder, "encode_pairs", None)  # batched where the encoder has it
-    pairs = many(examples) if many is not None else [encoder.encode_pair(ex) for ex in examples]
+    pairs = encoder.encode_pairs(examples)
     n_trunc = sum(p.truncated for p in pairs)
     if n_trunc:
         log.info("%s: %d of %d %s truncated to max_length=%d (%s)", name, n_trunc, len(pairs), what,

@@ -103,6 +103,9 @@ class TripleEncoder:
         """A training pair in both orders: (prompt, chosen, rejected) labelled 1, (prompt, rejected, chosen) 0."""
         return self.encode_both(ex.prompt, ex.chosen, ex.rejected, ex.margin or 0.0)
 
+    def encode_pairs(self, examples: list[PreferenceExample]) -> list[TokenizedPair]:
+        return [self.encode_pair(ex) for ex in examples]
+
 
 def tokenize_triple_pairs(encoder: TripleEncoder, examples: list[PreferenceExample],
                           name: str = "data") -> list[TokenizedPair]:

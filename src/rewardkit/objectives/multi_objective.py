@@ -68,8 +68,7 @@ class AttributeObjective(BaseObjective):
     def compute(self, model: RewardModel, batch: TargetBatch) -> StepOutput:
         out = model.outputs(batch.sequences)
         loss = attribute_regression(out.extras["attributes"], batch.target, batch.mask)
-        units = int(batch.mask.sum())
-        return StepOutput(loss, out.score.detach(), batch.target.shape[0], {}, units)  # rows log the mse as loss
+        return StepOutput(loss, out.score.detach(), batch.target.shape[0])  # rows log the mse as the loss
 
     def loss_units(self, item: TokenizedTarget) -> int:
         return sum(not math.isnan(v) for v in item.target)  # the loss averages the labelled values

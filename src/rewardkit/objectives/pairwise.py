@@ -155,8 +155,7 @@ class KwiseObjective(BaseObjective):
         rewards = torch.zeros(batch.mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(batch.mask, flat)
         loss = kwise_bt(rewards, batch.preference, batch.mask).mean()
         s = ranking_stats(rewards.detach(), batch.preference, batch.mask)
-        return StepOutput(loss, flat.detach(), s["prompts"], {"accuracy": s["accuracy"] * s["prompts"]},
-                          batch.mask.shape[0])  # the loss averages every prompt, tied ones too (loss 0)
+        return StepOutput(loss, flat.detach(), s["prompts"], {"accuracy": s["accuracy"] * s["prompts"]})
 
     def evaluate(self, model: RewardModel, items: list, *, pad_id: int, batch_size: int,
                  device: torch.device | str) -> dict[str, float]:

@@ -68,7 +68,7 @@ class PRMObjective(BaseObjective):
         per_row = right.sum(1) / m.sum(1).clamp(min=1)
         fw = first_wrong(x <= 0, m) == first_wrong(~batch.labels.bool(), m)
         sums = {"step_accuracy": float(per_row.sum()), "first_wrong_accuracy": float(fw.sum())}
-        return StepOutput(loss, _min_prob(x, m), int(m.shape[0]), sums, int(m.sum()))
+        return StepOutput(loss, _min_prob(x, m), int(m.shape[0]), sums)
 
     def loss_units(self, item: TokenizedSteps) -> int:
         return len(item.positions)  # the loss averages the scored steps

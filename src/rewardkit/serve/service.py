@@ -222,11 +222,11 @@ class RewardService:
         """Full prompt+response texts (OpenRLHF's queries). With `prompts` (OpenRLHF sends each query's),
         a text that starts with its prompt is read as that (prompt, response) pair, as training read it."""
         texts = self._capped(texts)
-        splits = split_queries(texts, prompts)
 
-        def whole(j: Judge) -> torch.Tensor:
+        def whole(j: Judge) -> torch.Tensor:  # batchable kinds split in `encode_queries` instead
             if not j.pointwise:
                 raise NoScores(j.kind, "a reward per text")
+            splits = split_queries(texts, prompts)
             if all(splits):  # the kinds that need the prompt apart can read the split pairs
                 return torch.tensor(j.score([s[0] for s in splits], [s[1].rstrip() for s in splits]),
                                     dtype=torch.float32)

@@ -307,6 +307,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
                 with planless_attention(accelerator.device):  # checkpointed layers run attention again here
                     accelerator.backward(res.loss * (mb.units * n_proc * ga / max(step_units, 1)))
             tokens, processed = batch.sequences.num_tokens, batch.sequences.input_ids.numel()
+            res.units = mb.units  # the logged loss is weighted as the gradient is
             if mb.size == 0:  # a stand-in: keep the metric names, count nothing
                 res = type(res)(res.loss * 0, res.rewards[:0], 0, {k: 0.0 for k in res.sums}, 0)
                 tokens = processed = 0

@@ -165,8 +165,9 @@ class RecentRewards:
 def save_log_window(checkpoint: Path, rank: int, window: StepWindow, skipped: int, good: int) -> None:
     """The steps since the last metrics row (sums, rewards, skipped and good counts), one file per process:
     a run resumed between two rows then logs the row the uninterrupted run would (timings aside)."""
-    torch.save({"loss": window.loss, "n": window.n, "units": window.units, "tokens": window.tokens, "processed": window.processed,
-                "sums": dict(window.sums), "rewards": list(window.rewards), "skipped": skipped, "good": good},
+    torch.save({"loss": window.loss, "n": window.n, "units": window.units, "tokens": window.tokens,
+                "processed": window.processed, "sums": dict(window.sums), "rewards": list(window.rewards),
+                "skipped": skipped, "good": good},
                checkpoint / f"log_window_{rank}.pt")
 
 
