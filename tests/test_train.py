@@ -90,8 +90,8 @@ def test_batching_and_packing_options_train(tiny_models, data, tmp_path, opts):
     assert res.final_eval["accuracy"] >= 0.9
     if any("packing" in o for o in opts):
         assert max(r["padding_fraction"] for r in train_rows) < 0.5
-    if "train.pack_layout=flat" in opts:
-        assert max(r["padding_fraction"] for r in train_rows) == 0
+    if "train.pack_layout=flat" in opts:  # no padding between units; on CPU, the row rounded up (1/16 at most)
+        assert 0 < max(r["padding_fraction"] for r in train_rows) <= 1 / 16
     if "model.attn_implementation=eager" in opts:  # eager is kept: batch rows, not the flat layout's SDPA
         assert max(r["padding_fraction"] for r in train_rows) > 0
 

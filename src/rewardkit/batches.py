@@ -64,8 +64,9 @@ class PackedBatch(_Movable):
     prompt_end_index: (N,) long, flat index of each sequence's last prompt token (its first token when it
       has no prompt); a shared prompt's rejected sequence points into the shared prompt.
     response_seq: (R, L) long, the sequence number of each response token, -1 elsewhere.
-    units: flat batches only (R = 1, no padding): (start, end, mask) of each packed unit along L, where
-      mask is None for a lone sequence (its backbone's own pattern) or (n, n) bool for a shared-prompt unit.
+    units: flat batches only (R = 1, no padding between units): (start, end, mask) of each packed unit along L,
+      where mask is None for a lone sequence (its backbone's own pattern) or (n, n) bool for a shared-prompt
+      unit. A row rounded up on CPU (`packing.rounded_width`) ends in padding units that nothing reads.
     """
 
     input_ids: torch.Tensor

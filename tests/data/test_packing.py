@@ -7,7 +7,8 @@ import torch
 
 from rewardkit.data.collators import PairCollator
 from rewardkit.data.pairs import PreferenceExample
-from rewardkit.data.packing import PackedPairCollator, pack_sequences
+from rewardkit.data.packing import (CPU_ROUND_STEPS, PAD_UNIT, PackedPairCollator, flat_round_steps, pack_sequences,
+                                    rounded_width)
 from rewardkit.data.tokenize import SequenceEncoder
 from rewardkit.losses import bradley_terry
 from rewardkit.models.reward_model import RewardModel
@@ -53,10 +54,12 @@ def test_causal_packing_matches_padded(tiny_models, kind, shared, readout):
         torch.testing.assert_close(g1[name], g0[name], atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("round_steps", [0, CPU_ROUND_STEPS])
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2", "bert"])
-def test_flat_segment_attention_matches_padded(tiny_models, kind, shared):
-    """One padding-free row, attention confined per unit by segment attention: same rewards and gradients."""
+def test_flat_segment_attention_matches_padded(tiny_models, kind, shared, round_steps):
+    """One row without padding between units, attention confined per unit by segment attention: same rewards
+    and gradients; rounded up (`round_steps`, CPU training and scoring), the padding at the end changes none."""
     model, tok = RewardModel.from_pretrained(str(tiny_models[kind]), readout="mean" if kind == "bert" else "last",
                                              seed=1)
     if shared and model.is_encoder:
@@ -65,12 +68,17 @@ def test_flat_segment_attention_matches_padded(tiny_models, kind, shared):
         model.head.linear.weight.normal_(0, 0.5)
     pairs = _pairs(model, tok)
     plain = PairCollator(tok.pad_token_id)(pairs)
-    flat = PackedPairCollator(tok.pad_token_id, causal=not model.is_encoder, shared_prompt=shared, flat=True)(pairs)
+    flat = PackedPairCollator(tok.pad_token_id, causal=not model.is_encoder, shared_prompt=shared, flat=True,
+                              round_steps=round_steps)(pairs)
     b = flat.sequences
     assert b.input_ids.shape[0] == 1 and b.attention_mask is None
-    assert b.input_ids.numel() == b.num_tokens  # no padding at all
+    width = rounded_width(b.num_tokens, round_steps)
+    assert b.input_ids.numel() == width and (width > b.num_tokens) == bool(round_steps)  # padding only if rounded
     units = sum(1 if shared and p.chosen.response_start > 0 else 2 for p in pairs)  # no prompt: nothing to share
-    assert (b.units[-1][1], len(b.units)) == (b.num_tokens, units)
+    assert b.units[units - 1][1] == b.num_tokens and b.units[-1][1] == width
+    assert [e - s for s, e, _ in b.units[units:]] == [min(PAD_UNIT, width - a) for a in range(b.num_tokens, width,
+                                                                                               PAD_UNIT)]
+    assert (b.input_ids[0, b.num_tokens:] == tok.pad_token_id).all() and not b.position_ids[0, b.num_tokens:].any()
     r0, g0 = _rewards_and_grads(model, plain)
     r1, g1 = _rewards_and_grads(model, flat)
     r2, _ = _rewards_and_grads(model, plain)  # padded batches still work (plain SDPA) after the switch
@@ -127,3 +135,16 @@ def test_pack_sequences_layout():
     assert row is not None
     assert not m[row, 3, :3].any() and m[row, 3, 3]  # token 6 sees only itself
     assert m[row, 2, :3].all() and not m[row, 0, 1]  # causal inside a sequence
+
+
+def test_rounded_width_bounds_the_padding_and_the_shapes():
+    """At most 1/steps more tokens (or 7), and few distinct widths: oneDNN compiles a kernel per shape."""
+    widths = {rounded_width(t, 16) for t in range(1, 8193)}
+    for t in [1, 63, 64, 65, 1000, 1023, 1024, 1025, 2300, 4095, 4096, 4097, 8000]:
+        w = rounded_width(t, 16)
+        assert t <= w <= t + max(7, t // 16) and w % 8 == 0
+        assert rounded_width(t, 0) == t
+    for k in range(3, 13):  # at most `steps` widths per power of two
+        assert len([w for w in widths if 2 ** k < w <= 2 ** (k + 1)]) <= 16
+    assert rounded_width(4000, 4) == 4096 and rounded_width(2049, 8) == 2304
+    assert flat_round_steps("cpu") == CPU_ROUND_STEPS and flat_round_steps("meta") == 0

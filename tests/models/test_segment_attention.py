@@ -116,3 +116,27 @@ def test_fp32_queries_under_bf16_autocast_take_the_explicit_path(monkeypatch):
         scored, _ = segment_attention(_Attn(True), q, k, v.bfloat16(), None, rk_units=units)
     assert calls == [] and scored.dtype == torch.bfloat16
     torch.testing.assert_close(scored.float(), want.detach(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("pattern", ["full", "causal", "mask"])
+def test_explicit_attention_padded_to_a_multiple_is_the_same(pattern):
+    """Units computed at a rounded-up size (one matmul shape for many lengths) give the same outputs and
+    gradients as at their own size, and no NaN from the padding rows (an all-masked row would give one)."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 32, 33, 50):
+        q, k, v = (torch.randn(1, 3, n, 8, generator=g, requires_grad=True) for _ in range(3))
+        mask = None
+        if pattern == "mask":
+            mask = torch.ones(n, n, dtype=torch.bool).tril()
+            mask[n // 2:, 1:n // 2] = False
+        causal = pattern == "causal"
+        grad = torch.randn(1, 3, n, 8, generator=g)
+        want = sa.explicit_attention(q, k, v, mask, causal=causal)
+        want_grads = torch.autograd.grad(want, (q, k, v), grad)
+        got = sa.explicit_attention(q, k, v, mask, causal=causal, multiple=32)
+        got_grads = torch.autograd.grad(got, (q, k, v), grad)
+        assert got.shape == (1, 3, n, 8)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        for a, b in zip(got_grads, want_grads):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -8,6 +8,10 @@ the shared-prompt pattern ([prompt][chosen][rejected], rejected never sees chose
 On CPU under bf16, units of up to 512 tokens skip SDPA and run as three explicit ops (scores, softmax,
 weighted sum), whose autograd backward beats the CPU flash kernel's at those lengths (README, "Training loop
 and throughput"); for longer units the flash kernel wins again and its O(n) memory matters, so they keep it.
+Those ops run at the unit's length rounded up to EXPLICIT_MULTIPLE: oneDNN compiles a matmul kernel for each
+new shape, and per-unit lengths made nearly every call a new one (on an AMX CPU, 400 HH-length units through
+one layer, forward + backward: 1.84 s at their own lengths, 1.37 s padded to 32, and 0.9 GB less memory held
+by compiled kernels).
 The choice follows the dtype attention computes in: under bf16 autocast, RoPE models' fp32 queries and keys
 (the rotation multiplies by fp32 cos/sin) are cast to bf16 and take the explicit ops too (SmolLM2's loop: ~8%
 faster than the flash kernel they took before). In fp32 the flash kernel is the faster one at every length
@@ -37,6 +41,9 @@ NAME = "rewardkit_segments"  # the name transformers' attention registry knows t
 _registered = False
 EXPLICIT_MAX_LEN = 512  # CPU: units up to this many tokens take `explicit_attention` (see module docstring)
 EXPLICIT_DTYPES = (torch.bfloat16,)  # ... when their queries are in one of these dtypes
+# ... padded to a multiple of this many tokens: oneDNN compiles a matmul kernel for every new shape (0.5-1 ms each
+# on an AMX CPU, and the cache holds 1,024), so per-unit lengths would compile nearly every call (see below).
+EXPLICIT_MULTIPLE = 32
 # cuDNN's SDPA builds a plan for each new shape and stride it meets (hundreds of ms each: pytorch PR 155958).
 # Reward-model batches change shape every step, and a flat batch holds one length per unit, so on CUDA only the
 # kernels that need no plan may run. Measured on an H200 before this: 1.8 s per MiniLM step (README).
@@ -106,7 +113,8 @@ def _flat_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
             if q.shape[2] <= explicit:
                 if reps > 1:
                     k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
-                outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling))
+                outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling,
+                                               multiple=EXPLICIT_MULTIPLE))
             else:
                 outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                            is_causal=causal and mask is None, dropout_p=p,
@@ -122,20 +130,33 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
-                       causal: bool, dropout: float = 0.0, scale: float | None = None) -> torch.Tensor:
+                       causal: bool, dropout: float = 0.0, scale: float | None = None,
+                       multiple: int = 1) -> torch.Tensor:
     """softmax(q k^T * scale) v for one unit: q, k, v (1, H, n, D) -> (1, H, n, D); mask (n, n) bool
     (True = may attend) or None (causal or full). Scores stay in the input dtype (bf16 under autocast);
-    softmax accumulates in fp32 internally, as the flash kernel does."""
-    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-1, -2)  # (1, H, n, n)
-    if mask is None and causal:
-        n = q.shape[-2]
-        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    softmax accumulates in fp32 internally, as the flash kernel does. `multiple`: compute at n rounded up to a
+    multiple of it (zero rows appended, masked as keys, dropped from the output), so that many unit lengths
+    share one matmul shape; the real rows' results are the same."""
+    n = q.shape[-2]
+    size = -(-n // multiple) * multiple
+    if size != n:
+        q, k, v = (F.pad(t, (0, 0, 0, size - n)) for t in (q, k, v))
+    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-1, -2)  # (1, H, size, size)
+    if mask is not None and size != n:
+        # Padding rows attend to the real keys (a row with every key masked would give NaN, even unread).
+        mask = F.pad(mask, (0, size - n, 0, size - n))
+        mask[n:, :n] = True
+    elif mask is None and causal:
+        mask = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()  # padding keys come last
+    elif mask is None and size != n:
+        scores[..., n:] = float("-inf")  # full attention over the real keys: only the padding columns change
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     if dropout:
         weights = F.dropout(weights, dropout)
-    return weights @ v
+    out = weights @ v
+    return out if size == n else out[:, :, :n]
 
 
 def use_segment_attention(config) -> None:

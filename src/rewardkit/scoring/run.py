@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from rewardkit.data.collators import pad_sequences
-from rewardkit.data.packing import pack_sequences
+from rewardkit.data.packing import flat_round_steps, pack_sequences
 from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
 from rewardkit.models.heads import HeadOutput
 from rewardkit.models.reward_model import RewardModel
@@ -119,7 +119,8 @@ def _run_local(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id:
     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16 or torch.is_autocast_enabled(dev_type)):
         for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
             chunk = [seqs[i] for i in idx]
-            batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True) if dev_type == "cpu"
+            batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True,
+                                    round_steps=flat_round_steps(dev_type)) if dev_type == "cpu"
                      else pad_sequences(chunk, pad_id)).to(device)
             out = model.outputs(batch)
             score[idx] = out.score.float().cpu()

@@ -11,7 +11,7 @@ from typing import Any
 from rewardkit.config import TrainRunConfig
 from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler, RankBatches
 from rewardkit.data.mixing import follow_mixture
-from rewardkit.data.packing import PackedPairCollator, unit_length
+from rewardkit.data.packing import PackedPairCollator, flat_round_steps, unit_length
 from rewardkit.models.backbone import varlen_attention
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
@@ -117,7 +117,7 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     if packing != "none":
         log.info("pack layout: %s", "flat" if flat else "batch_rows")
     collate = (PackedPairCollator(pad_id, causal=not model.is_encoder, shared_prompt=packing == "shared_prompt",
-                                  flat=flat)
+                                  flat=flat, round_steps=flat_round_steps(next(model.parameters()).device))
                if packing != "none" else objective.collator(pad_id))
     batching = resolve_batching(t.batching, flat=flat and packing != "none")
     log.info("batching: %s", batching)
