@@ -79,7 +79,7 @@ def worker_texts(spec: dict) -> dict:
             scores = scorer.run(seqs).score.tolist()
             times.append(time.perf_counter() - t0)
         lengths = [len(s.input_ids) for s in seqs]
-        processed = sum(lengths)  # one padding-free row per forward on CPU (on a GPU: not counted)
+        processed = sum(lengths)  # real tokens: the CPU row's rounding padding (<= 1/16) is not counted, nor a GPU's
         pruned = _prunes(scorer.model, device)
         name, bf16 = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})", scorer.bf16
     acc = sum(c > r for c, r in zip(scores[:n], scores[n:])) / n
