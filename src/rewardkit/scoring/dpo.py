@@ -22,7 +22,7 @@ import torch
 from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
 from rewardkit.data.fields import Text
-from rewardkit.data.packing import CPU_ROUND_STEPS, PackedPairCollator, pack_sequences, unit_length
+from rewardkit.data.packing import PackedPairCollator, flat_round_steps, pack_sequences, unit_length
 from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence
 from rewardkit.models.backbone import resolve_path
 from rewardkit.models.causal_lm import load_causal_lm, pad_id, response_logprobs
@@ -52,6 +52,7 @@ class DpoReward(PointwiseJudge):
         self.batch_size, self.max_tokens, self.bf16 = batch_size, max_tokens, bf16
         self.device = device
         self.flat = torch.device(device).type == "cpu"  # one packed row per batch (segment attention), else padded
+        self.round_steps = flat_round_steps(device)  # the CPU row rounded up (oneDNN compiles per shape)
         self.temperature = float(temperature)
 
     @property
@@ -109,8 +110,8 @@ class DpoReward(PointwiseJudge):
         ref, count = torch.zeros_like(lp), torch.zeros(len(seqs), dtype=torch.long)
         for idx in length_batches([len(s.input_ids) for s in seqs], self.batch_size, self.max_tokens):
             chunk = [seqs[i] for i in idx]
-            batch = (pack_sequences(chunk, self.pad_id, causal=True, flat=True,
-                                    round_steps=CPU_ROUND_STEPS) if self.flat
+            batch = (pack_sequences(chunk, self.pad_id, causal=True, flat=True, round_steps=self.round_steps)
+                     if self.flat
                      else pad_sequences(chunk, self.pad_id))
             lp[idx], ref[idx], count[idx] = self._forward(batch)
         return lp, ref, count
@@ -122,7 +123,7 @@ class DpoReward(PointwiseJudge):
         lp = torch.zeros(2 * n, dtype=torch.float64)
         ref, count = torch.zeros_like(lp), torch.zeros(2 * n, dtype=torch.long)
         collate = PackedPairCollator(self.pad_id, causal=True, shared_prompt=True, flat=True,
-                                     round_steps=CPU_ROUND_STEPS if self.flat else 0)
+                                     round_steps=self.round_steps)
         sizes = [unit_length(p, shared_prompt=True) for p in pairs]
         for idx in length_batches(sizes, max(1, self.batch_size // 2), self.max_tokens):
             at = torch.tensor(idx + [n + i for i in idx])  # chosen = a, rejected = b in the collator's order
