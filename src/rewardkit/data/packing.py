@@ -7,8 +7,12 @@ Two layouts:
                  rejected tokens attend to the prompt and to themselves but never to chosen, and their
                  positions continue from the prompt's end, so both responses see exactly what they would
                  see in two separate sequences.
-Each token carries (group, part): attention is allowed iff same group, key not after query (causal), and
-not (query in rejected and key in chosen). Encoders drop the causal condition.
+  prompt group   row = [prompt][response 1]...[response k]...  (scoring, causal only) the same, for k responses
+                 to one prompt (Best-of-N files, a pair's two sides, PPO's samples per prompt): each response
+                 attends to the prompt and to itself only.
+Each token carries (group, part): part 0 is the prompt (or a lone sequence), part j the j-th response. Attention
+is allowed iff same group, key not after query (causal), and not (key in an earlier response than the query's).
+Encoders drop the causal condition.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from rewardkit.batches import PackedBatch, PairBatch
 from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
+# Largest prompt-group unit `prompt_groups` builds: a unit's attention grows with its square, so a prompt shared
+# by many long responses is split into several units rather than one huge one.
+SHARED_UNIT_MAX = 1024
 PAD_UNIT = 64  # longest padding unit of a rounded flat row (`rounded_width`)
 # Widths per power of two a flat row is rounded up to on CPU (`rounded_width`): at most 1/16 more tokens. MiniLM,
 # 400 HH pairs on an AMX CPU: loop 23.7-24.0 s at 16 or 32 steps, 25.8 at 8, 26.3 at 4, 27.2-27.7 unrounded.
@@ -68,6 +75,50 @@ def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment |
     return _Segment(ids, positions, parts, None, reads)
 
 
+def _prompt_unit(seqs: list[TokenizedSequence], numbers: list[int]) -> _Segment:
+    """[prompt][response 1]...[response k] of sequences with the same prompt tokens (`prompt_groups`)."""
+    p = seqs[0].response_start
+    ids, positions, parts, reads = list(seqs[0].input_ids[:p]), list(range(p)), [PROMPT] * p, []
+    for j, (s, number) in enumerate(zip(seqs, numbers), start=1):
+        start, n = len(ids), len(s.input_ids) - p
+        ids += s.input_ids[p:]
+        positions += range(p, p + n)
+        parts += [j] * n
+        reads.append((number, 0, start + n - 1, start, p - 1))
+    return _Segment(ids, positions, parts, None, reads)
+
+
+def prompt_groups(seqs: list[TokenizedSequence], causal: bool, max_unit: int = SHARED_UNIT_MAX) -> list[list[int]]:
+    """Indices of `seqs` in units for `pack_sequences(groups=...)`: on a causal model, sequences with the same
+    prompt tokens and a non-empty response go together (input order kept), a unit holding at most `max_unit`
+    tokens (the prompt once) unless one sequence alone is longer; every other sequence is a unit of its own.
+    Each response then sees exactly the tokens and positions it would see alone."""
+    if not causal:
+        return [[i] for i in range(len(seqs))]
+    units: list[list[int]] = []
+    open_unit: dict[tuple[int, ...], tuple[int, int]] = {}  # prompt tokens -> (unit index, its tokens)
+    for i, s in enumerate(seqs):
+        p = s.response_start
+        if p <= 0 or p >= len(s.input_ids):
+            units.append([i])
+            continue
+        key = tuple(s.input_ids[:p])
+        u, size = open_unit.get(key, (-1, 0))
+        if u >= 0 and size + len(s.input_ids) - p <= max_unit:
+            units[u].append(i)
+            open_unit[key] = (u, size + len(s.input_ids) - p)
+        else:
+            units.append([i])
+            open_unit[key] = (len(units) - 1, len(s.input_ids))
+    return units
+
+
+def unit_tokens(seqs: list[TokenizedSequence], unit: list[int]) -> int:
+    """Row tokens of one `prompt_groups` unit: the prompt once, then each response."""
+    p = seqs[unit[0]].response_start if len(unit) > 1 else 0
+    return p + sum(len(seqs[i].input_ids) - p for i in unit)
+
+
 def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
     """First-fit decreasing: indices of `sizes` grouped into bins of `capacity`."""
     rows: list[list[int]] = []
@@ -85,10 +136,10 @@ def _first_fit(sizes: list[int], capacity: int) -> list[list[int]]:
 
 def _unit_mask(s: _Segment, causal: bool) -> torch.Tensor | None:
     """(n, n) attention pattern of a shared-prompt unit; None for a lone sequence (plain causal/full)."""
-    if REJECTED not in s.parts:
+    if max(s.parts) < REJECTED:
         return None
     part = torch.tensor(s.parts)
-    allowed = ~((part.unsqueeze(1) == REJECTED) & (part.unsqueeze(0) == CHOSEN))
+    allowed = ~((part.unsqueeze(1) > part.unsqueeze(0)) & (part.unsqueeze(0) > PROMPT))  # no earlier response
     return allowed & torch.ones(len(part), len(part), dtype=torch.bool).tril() if causal else allowed
 
 
@@ -167,19 +218,22 @@ def _pack(segments: list[_Segment], n_seqs: int, pad_id: int, causal: bool, row_
     allowed = same & (group.unsqueeze(2) >= 0)
     if causal:
         allowed &= torch.ones(L, L, dtype=torch.bool).tril()
-    allowed &= ~((part.unsqueeze(2) == REJECTED) & (part.unsqueeze(1) == CHOSEN))
+    allowed &= ~((part.unsqueeze(2) > part.unsqueeze(1)) & (part.unsqueeze(1) > PROMPT))  # no earlier response
     # Pad queries attend to themselves only: an all-masked row would make SDPA return NaN.
     allowed |= torch.eye(L, dtype=torch.bool) & (group < 0).unsqueeze(2)
-    varlen = causal and not (part == REJECTED).any()
+    varlen = causal and not (part > CHOSEN).any()
     return PackedBatch(ids, pos, allowed.unsqueeze(1), last, first, resp, prompt_end, types, real, bool(varlen))
 
 
 def pack_sequences(seqs: list[TokenizedSequence], pad_id: int, *, causal: bool,
-                   row_length: int | None = None, flat: bool = False, round_steps: int = 0) -> PackedBatch:
+                   row_length: int | None = None, flat: bool = False, round_steps: int = 0,
+                   groups: list[list[int]] | None = None) -> PackedBatch:
     """Pack sequences into as few rows as first-fit decreasing finds, or into one padding-free row
-    (`flat`); rewards keep input order."""
-    return _pack([_lone(s, i) for i, s in enumerate(seqs)], len(seqs), pad_id, causal, row_length, flat=flat,
-                 round_steps=round_steps)
+    (`flat`); rewards keep input order. `groups` (`prompt_groups`): units of sequences sharing a prompt,
+    computed once; None = every sequence alone."""
+    units = groups if groups is not None else [[i] for i in range(len(seqs))]
+    segments = [_prompt_unit([seqs[i] for i in g], g) if len(g) > 1 else _lone(seqs[g[0]], g[0]) for g in units]
+    return _pack(segments, len(seqs), pad_id, causal, row_length, flat=flat, round_steps=round_steps)
 
 
 @dataclass

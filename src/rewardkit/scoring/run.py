@@ -17,21 +17,27 @@ from typing import Any
 import torch
 
 from rewardkit.data.collators import pad_sequences
-from rewardkit.data.packing import flat_round_steps, pack_sequences
+from rewardkit.data.packing import flat_round_steps, pack_sequences, prompt_groups, unit_tokens
 from rewardkit.data.tokenize import TokenizedPair, TokenizedSequence
 from rewardkit.models.heads import HeadOutput
 from rewardkit.models.reward_model import RewardModel
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Indices sorted by length, cut at `batch_size` items or when items x longest > `max_tokens`."""
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None,
+                   counts: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices sorted by length, cut at `batch_size` items or when entries x longest > `max_tokens`.
+    counts: items each entry holds (a prompt-group unit: its responses); default 1 each."""
     batches: list[list[int]] = []
+    held = 0
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if batches and len(batches[-1]) < batch_size and (
+        c = counts[i] if counts is not None else 1
+        if batches and held + c <= batch_size and (
                 max_tokens is None or (len(batches[-1]) + 1) * lengths[i] <= max_tokens):
             batches[-1].append(i)
+            held += c
         else:
             batches.append([i])
+            held = c
     return batches
 
 
@@ -70,13 +76,17 @@ def current_shard() -> EvalShard | None:
 
 @torch.no_grad()
 def run_model(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id: int, batch_size: int = 32,
-              device: torch.device | str = "cpu", max_tokens: int | None = None, bf16: bool = False) -> HeadOutput:
+              device: torch.device | str = "cpu", max_tokens: int | None = None, bf16: bool = False,
+              share_prompts: bool = True) -> HeadOutput:
     """Head outputs for tokenised sequences, in input order, on the CPU: score (N,) and extras (N, ...).
 
     `max_tokens` caps padded tokens per forward; `bf16` runs the forward under bf16 autocast. Inside
-    `sharded_scoring` the work is shared between processes (see there).
+    `sharded_scoring` the work is shared between processes (see there). `share_prompts` (decoders, CPU's flat
+    rows): sequences with the same prompt tokens are laid out [prompt][response 1]...[response k], the prompt
+    computed once (`data.packing.prompt_groups`); each response's score is what it gets alone.
     """
-    kw = dict(pad_id=pad_id, batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16)
+    kw = dict(pad_id=pad_id, batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16,
+              share_prompts=share_prompts)
     shard = _SHARD.get()
     if shard is not None and seqs:
         return _run_shared(model, seqs, shard, **kw)
@@ -108,19 +118,26 @@ def _run_shared(model: RewardModel, seqs: Sequence[TokenizedSequence], shard: Ev
 
 
 def _run_local(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id: int, batch_size: int,
-               device: torch.device | str, max_tokens: int | None, bf16: bool) -> HeadOutput:
+               device: torch.device | str, max_tokens: int | None, bf16: bool, share_prompts: bool) -> HeadOutput:
     was_training = model.training
     model.eval()
     score = torch.empty(len(seqs), dtype=torch.float32)
     extras: dict[str, torch.Tensor] = {}
     dev_type = torch.device(device).type
+    flat = dev_type == "cpu"  # elsewhere padded batches (no shared prompts there yet)
+    causal = not model.is_encoder
+    seqs = list(seqs)
+    units = prompt_groups(seqs, causal and flat and share_prompts)
     # One autocast context for all batches: it caches the bf16 copies of the weights until it exits. bf16=False
     # keeps a caller's autocast (training's eval runs at the training precision) instead of switching it off.
     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16 or torch.is_autocast_enabled(dev_type)):
-        for idx in length_batches([len(s.input_ids) for s in seqs], batch_size, max_tokens):
+        for picked in length_batches([unit_tokens(seqs, u) for u in units], batch_size, max_tokens,
+                                     [len(u) for u in units]):
+            idx = [i for u in picked for i in units[u]]
             chunk = [seqs[i] for i in idx]
-            batch = (pack_sequences(chunk, pad_id, causal=not model.is_encoder, flat=True,
-                                    round_steps=flat_round_steps(dev_type)) if dev_type == "cpu"
+            at = {i: k for k, i in enumerate(idx)}  # input index -> position in chunk
+            batch = (pack_sequences(chunk, pad_id, causal=causal, flat=True, round_steps=flat_round_steps(dev_type),
+                                    groups=[[at[i] for i in units[u]] for u in picked]) if flat
                      else pad_sequences(chunk, pad_id)).to(device)
             out = model.outputs(batch)
             score[idx] = out.score.float().cpu()
