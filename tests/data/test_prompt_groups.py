@@ -94,3 +94,15 @@ def test_length_batches_count_the_responses_a_unit_holds():
     assert length_batches([10, 20, 30], batch_size=4, counts=[3, 1, 2]) == [[0, 1], [2]]
     assert length_batches([10, 20, 30], batch_size=4) == [[0, 1, 2]]
     assert length_batches([10, 20], batch_size=2, counts=[5, 1]) == [[0], [1]]  # a big unit still runs, alone
+
+
+def test_identical_sequences_are_computed_once_and_tie(tiny_models):
+    from rewardkit.scoring.run import distinct
+
+    model, tok = _model(tiny_models["llama"], "last")
+    seqs = _seqs(model, tok)
+    twice = seqs + seqs[:3] + [TokenizedSequence(seqs[0].input_ids, seqs[0].response_start - 1)]
+    uniq, inverse = distinct(twice)
+    assert len(uniq) == len(seqs) + 1 and inverse[len(seqs):].tolist() == [0, 1, 2, len(seqs)]
+    score = run_model(model, twice, pad_id=tok.pad_token_id, bf16=True).score
+    assert score[len(seqs):len(seqs) + 3].tolist() == score[:3].tolist()  # exactly: an identical pair ties

@@ -185,3 +185,24 @@ def test_log_probs_follow_the_models_own_logit_scaling(tmp_path, arch):
     want = sum(logp[t - 1, ids[0, t]].item() for t in range(len(p_ids), ids.shape[1]))
     judge = load_judge(tmp_path / arch, kind="dpo", options={"reference_free": True, "beta": 1.0})
     assert judge.score([prompt], [response])[0] == pytest.approx(want, abs=1e-3)
+
+
+def test_responses_to_one_prompt_share_its_forward(trained):
+    """Best-of-N rows (several responses to one prompt): on CPU the prompt is computed once per unit, and every
+    response's log-probs are what the padded layout (each sequence alone) gives."""
+    from rewardkit.data.packing import prompt_groups
+
+    judge = trained[-1]
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 2 + [PROMPTS[3]]
+    responses = RESPONSES[:2] + OTHER[:1] + [RESPONSES[1], OTHER[1], RESPONSES[3]]
+    seqs = [judge.encode(p, r) for p, r in zip(prompts, responses)]
+    assert sorted(len(u) for u in prompt_groups(seqs, causal=True)) == [1, 2, 3]
+    shared = judge.score_details(prompts, responses)
+    judge.flat = False
+    try:
+        padded = judge.score_details(prompts, responses)
+    finally:
+        judge.flat = True
+    assert shared.rewards.abs().min() > 1e-3
+    torch.testing.assert_close(shared.rewards, padded.rewards, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.extras["logp"], padded.extras["logp"], atol=1e-4, rtol=0)

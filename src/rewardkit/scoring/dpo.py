@@ -29,7 +29,7 @@ from rewardkit.models.causal_lm import load_causal_lm, pad_id, response_logprobs
 from rewardkit.models.packed_linear import pack_for_inference
 from rewardkit.models.positions import fit_max_length
 from rewardkit.scoring.base import Comparison, PointwiseJudge, ScoreDetails, comparisons
-from rewardkit.scoring.run import length_batches
+from rewardkit.scoring.run import distinct, length_batches, unit_batches
 
 
 class DpoReward(PointwiseJudge):
@@ -105,16 +105,18 @@ class DpoReward(PointwiseJudge):
 
     def logprobs(self, seqs: Sequence[TokenizedSequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log π(y|x), log π_ref(y|x) (zeros when reference-free), scored response tokens), (N,) each, in
-        input order; batches sorted by length and cut by `batch_size` and `max_tokens`."""
+        input order; batches sorted by length and cut by `batch_size` and `max_tokens`. On CPU, responses to the
+        same prompt share its forward (`run.unit_batches`), as the value-head scorer's do."""
+        seqs, inverse = distinct(seqs)  # identical texts computed once: the same log-probs
         lp = torch.zeros(len(seqs), dtype=torch.float64)
         ref, count = torch.zeros_like(lp), torch.zeros(len(seqs), dtype=torch.long)
-        for idx in length_batches([len(s.input_ids) for s in seqs], self.batch_size, self.max_tokens):
+        for idx, groups in unit_batches(seqs, share=self.flat, batch_size=self.batch_size, max_tokens=self.max_tokens):
             chunk = [seqs[i] for i in idx]
-            batch = (pack_sequences(chunk, self.pad_id, causal=True, flat=True, round_steps=self.round_steps)
-                     if self.flat
+            batch = (pack_sequences(chunk, self.pad_id, causal=True, flat=True, round_steps=self.round_steps,
+                                    groups=groups) if self.flat
                      else pad_sequences(chunk, self.pad_id))
             lp[idx], ref[idx], count[idx] = self._forward(batch)
-        return lp, ref, count
+        return lp[inverse], ref[inverse], count[inverse]
 
     def pair_logprobs(self, pairs: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As `logprobs` for [a_0..a_{n-1}, b_0..b_{n-1}], (2n,) each, each pair packed as [prompt][a][b]

@@ -41,6 +41,37 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
+def distinct(seqs: Sequence[TokenizedSequence]) -> tuple[list[TokenizedSequence], torch.Tensor]:
+    """The distinct sequences (tokens, token types and response start all equal) in first-seen order, and each
+    input's index among them (N,): identical texts are computed once and get the very same score (an identical
+    pair is an exact tie, whatever unit or row each copy would have landed in)."""
+    seen: dict[tuple, int] = {}
+    uniq: list[TokenizedSequence] = []
+    inverse = []
+    for s in seqs:
+        key = (tuple(s.input_ids), s.response_start, None if s.token_type_ids is None else tuple(s.token_type_ids))
+        j = seen.setdefault(key, len(uniq))
+        if j == len(uniq):
+            uniq.append(s)
+        inverse.append(j)
+    return uniq, torch.tensor(inverse, dtype=torch.long)
+
+
+def unit_batches(seqs: list[TokenizedSequence], *, share: bool, batch_size: int,
+                 max_tokens: int | None) -> list[tuple[list[int], list[list[int]]]]:
+    """Forward batches of `prompt_groups` units (with `share`; else every sequence alone), cut as
+    `length_batches` cuts them (a unit counts as its responses): per batch, the input indices in batch order and
+    the units as positions in that order (`pack_sequences(groups=...)`)."""
+    units = prompt_groups(seqs, causal=share)
+    out = []
+    for picked in length_batches([unit_tokens(seqs, u) for u in units], batch_size, max_tokens,
+                                 [len(u) for u in units]):
+        idx = [i for u in picked for i in units[u]]
+        at = {i: k for k, i in enumerate(idx)}
+        out.append((idx, [[at[i] for i in units[u]] for u in picked]))
+    return out
+
+
 @dataclass(frozen=True)
 class EvalShard:
     """This process's part in a scoring pass shared by `count` processes (e.g. ranks of a training run).
@@ -83,14 +114,15 @@ def run_model(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id: 
     `max_tokens` caps padded tokens per forward; `bf16` runs the forward under bf16 autocast. Inside
     `sharded_scoring` the work is shared between processes (see there). `share_prompts` (decoders, CPU's flat
     rows): sequences with the same prompt tokens are laid out [prompt][response 1]...[response k], the prompt
-    computed once (`data.packing.prompt_groups`); each response's score is what it gets alone.
+    computed once (`data.packing.prompt_groups`); each response's score is what it gets alone. Identical
+    sequences are computed once (`distinct`).
     """
     kw = dict(pad_id=pad_id, batch_size=batch_size, device=device, max_tokens=max_tokens, bf16=bf16,
               share_prompts=share_prompts)
+    seqs, inverse = distinct(seqs)
     shard = _SHARD.get()
-    if shard is not None and seqs:
-        return _run_shared(model, seqs, shard, **kw)
-    return _run_local(model, seqs, **kw)
+    out = _run_shared(model, seqs, shard, **kw) if shard is not None and seqs else _run_local(model, seqs, **kw)
+    return HeadOutput(out.score[inverse], {name: t[inverse] for name, t in out.extras.items()})
 
 
 def _run_shared(model: RewardModel, seqs: Sequence[TokenizedSequence], shard: EvalShard, **kw: Any) -> HeadOutput:
@@ -126,18 +158,14 @@ def _run_local(model: RewardModel, seqs: Sequence[TokenizedSequence], *, pad_id:
     dev_type = torch.device(device).type
     flat = dev_type == "cpu"  # elsewhere padded batches (no shared prompts there yet)
     causal = not model.is_encoder
-    seqs = list(seqs)
-    units = prompt_groups(seqs, causal and flat and share_prompts)
     # One autocast context for all batches: it caches the bf16 copies of the weights until it exits. bf16=False
     # keeps a caller's autocast (training's eval runs at the training precision) instead of switching it off.
     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16 or torch.is_autocast_enabled(dev_type)):
-        for picked in length_batches([unit_tokens(seqs, u) for u in units], batch_size, max_tokens,
-                                     [len(u) for u in units]):
-            idx = [i for u in picked for i in units[u]]
+        for idx, groups in unit_batches(seqs, share=causal and flat and share_prompts, batch_size=batch_size,
+                                        max_tokens=max_tokens):
             chunk = [seqs[i] for i in idx]
-            at = {i: k for k, i in enumerate(idx)}  # input index -> position in chunk
             batch = (pack_sequences(chunk, pad_id, causal=causal, flat=True, round_steps=flat_round_steps(dev_type),
-                                    groups=[[at[i] for i in units[u]] for u in picked]) if flat
+                                    groups=groups) if flat
                      else pad_sequences(chunk, pad_id)).to(device)
             out = model.outputs(batch)
             score[idx] = out.score.float().cpu()
