@@ -61,30 +61,22 @@ def shared_prompt_length(pair: TokenizedPair) -> int:
 
 
 def _shared(pair: TokenizedPair, chosen_no: int, rejected_no: int) -> _Segment | None:
-    c, r = pair.chosen, pair.rejected
+    """[prompt][chosen][rejected] (training's shared prompt), or None where the two share no prompt."""
     p = shared_prompt_length(pair)
-    if p == 0:
-        return None
-    nc, nr = len(c.input_ids) - p, len(r.input_ids) - p
-    ids = c.input_ids + r.input_ids[p:]
-    positions = list(range(p + nc)) + list(range(p, p + nr))
-    parts = [PROMPT] * p + [CHOSEN] * nc + [REJECTED] * nr
-    at = lambda j: j if j < p else j + nc  # noqa: E731  (rejected position -> offset in the unit)
-    reads = [(chosen_no, 0, p + nc - 1, c.response_start, max(c.response_start - 1, 0)),
-             (rejected_no, 0, p + nc + nr - 1, at(r.response_start), at(max(r.response_start - 1, 0)))]
-    return _Segment(ids, positions, parts, None, reads)
+    return _prompt_unit([pair.chosen, pair.rejected], [chosen_no, rejected_no], p) if p else None
 
 
-def _prompt_unit(seqs: list[TokenizedSequence], numbers: list[int]) -> _Segment:
-    """[prompt][response 1]...[response k] of sequences with the same prompt tokens (`prompt_groups`)."""
-    p = seqs[0].response_start
+def _prompt_unit(seqs: list[TokenizedSequence], numbers: list[int], p: int) -> _Segment:
+    """[prompt][response 1]...[response k] of sequences whose first `p` tokens are the same (computed once);
+    a sequence's tokens after those are its part, its prompt's tail included when its prompt is longer."""
     ids, positions, parts, reads = list(seqs[0].input_ids[:p]), list(range(p)), [PROMPT] * p, []
     for j, (s, number) in enumerate(zip(seqs, numbers), start=1):
         start, n = len(ids), len(s.input_ids) - p
+        at = lambda x: x if x < p else start + x - p  # noqa: E731  (position in s -> offset in the unit)
         ids += s.input_ids[p:]
         positions += range(p, p + n)
         parts += [j] * n
-        reads.append((number, 0, start + n - 1, start, p - 1))
+        reads.append((number, 0, start + n - 1, at(s.response_start), at(max(s.response_start - 1, 0))))
     return _Segment(ids, positions, parts, None, reads)
 
 
@@ -232,7 +224,8 @@ def pack_sequences(seqs: list[TokenizedSequence], pad_id: int, *, causal: bool,
     (`flat`); rewards keep input order. `groups` (`prompt_groups`): units of sequences sharing a prompt,
     computed once; None = every sequence alone."""
     units = groups if groups is not None else [[i] for i in range(len(seqs))]
-    segments = [_prompt_unit([seqs[i] for i in g], g) if len(g) > 1 else _lone(seqs[g[0]], g[0]) for g in units]
+    segments = [_prompt_unit([seqs[i] for i in g], g, seqs[g[0]].response_start) if len(g) > 1
+                else _lone(seqs[g[0]], g[0]) for g in units]
     return _pack(segments, len(seqs), pad_id, causal, row_length, flat=flat, round_steps=round_steps)
 
 

@@ -5,9 +5,9 @@
 
 Texts are laid out as for value-head models (`SequenceEncoder`: prompt + response + EOS, the EOS scored
 too) and batched the same way (`length_batches` under `max_tokens`): on CPU each batch is one padding-free
-packed row, elsewhere padded. `compare` on CPU packs each pair as [prompt][a][b] so the prompt is computed
-once per pair (`data.packing`, shared-prompt layout); `score`, `rank` and `rewardkit eval` score each
-response once. There are no reward statistics, so `normalize` is the identity.
+packed row, elsewhere padded. On CPU, responses to one prompt (a pair's two sides in `compare` and
+`rewardkit eval`, a Best-of-N row's candidates in `rank`) are laid out [prompt][a][b]..., the prompt computed
+once (`scoring.run.unit_batches`). There are no reward statistics, so `normalize` is the identity.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import torch
 from rewardkit.config import SCORE_MAX_TOKENS
 from rewardkit.data.collators import pad_sequences
 from rewardkit.data.fields import Text
-from rewardkit.data.packing import PackedPairCollator, flat_round_steps, pack_sequences, unit_length
-from rewardkit.data.tokenize import SequenceEncoder, TokenizedPair, TokenizedSequence
+from rewardkit.data.packing import flat_round_steps, pack_sequences
+from rewardkit.data.tokenize import SequenceEncoder, TokenizedSequence
 from rewardkit.models.backbone import resolve_path
 from rewardkit.models.causal_lm import load_causal_lm, pad_id, response_logprobs
 from rewardkit.models.packed_linear import pack_for_inference
 from rewardkit.models.positions import fit_max_length
-from rewardkit.scoring.base import Comparison, PointwiseJudge, ScoreDetails, comparisons
-from rewardkit.scoring.run import distinct, length_batches, unit_batches
+from rewardkit.scoring.base import PointwiseJudge, ScoreDetails
+from rewardkit.scoring.run import distinct, unit_batches
 
 
 class DpoReward(PointwiseJudge):
@@ -118,20 +118,6 @@ class DpoReward(PointwiseJudge):
             lp[idx], ref[idx], count[idx] = self._forward(batch)
         return lp[inverse], ref[inverse], count[inverse]
 
-    def pair_logprobs(self, pairs: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As `logprobs` for [a_0..a_{n-1}, b_0..b_{n-1}], (2n,) each, each pair packed as [prompt][a][b]
-        in one padding-free row per batch (the prompt's states computed once; `b` never sees `a`)."""
-        n = len(pairs)
-        lp = torch.zeros(2 * n, dtype=torch.float64)
-        ref, count = torch.zeros_like(lp), torch.zeros(2 * n, dtype=torch.long)
-        collate = PackedPairCollator(self.pad_id, causal=True, shared_prompt=True, flat=True,
-                                     round_steps=self.round_steps)
-        sizes = [unit_length(p, shared_prompt=True) for p in pairs]
-        for idx in length_batches(sizes, max(1, self.batch_size // 2), self.max_tokens):
-            at = torch.tensor(idx + [n + i for i in idx])  # chosen = a, rejected = b in the collator's order
-            lp[at], ref[at], count[at] = self._forward(collate([pairs[i] for i in idx]).sequences)
-        return lp, ref, count
-
     def rewards(self, lp: torch.Tensor, ref: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """β · (log π − log π_ref), per scored token when `length_normalize`; (N,) float32."""
         ratio = lp - ref
@@ -163,19 +149,6 @@ class DpoReward(PointwiseJudge):
     def score_texts(self, prompts: Sequence[Text], responses: Sequence[Text], *, normalize: bool = False) -> torch.Tensor:
         """Rewards (N,) of N (prompt, response) pairs; each may be a string or chat messages."""
         return self.score_details(prompts, responses).rewards
-
-    def compare(self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text], *,
-                temperature: float | None = None) -> list[Comparison]:
-        """P(a ≻ b) = sigmoid((r_a − r_b) / T) per prompt; on CPU the prompt is computed once per pair."""
-        if not self.flat:
-            return super().compare(prompts, responses_a, responses_b, temperature=temperature)
-        n = len(prompts)
-        if not len(responses_a) == len(responses_b) == n:
-            raise ValueError(f"got {n} prompts, {len(responses_a)} responses_a and {len(responses_b)} responses_b")
-        pairs = [TokenizedPair(self.encode(p, a), self.encode(p, b))
-                 for p, a, b in zip(prompts, responses_a, responses_b)]
-        r = self.rewards(*self.pair_logprobs(pairs)).double()
-        return comparisons(r[:n] - r[n:], self.temperature if temperature is None else temperature, r[:n], r[n:])
 
 
 def _saved_temperature(path: str) -> float:
