@@ -198,11 +198,38 @@ def test_summaries_hold_only_the_counts_each_command_keeps(tmp_path):
     src = tmp_path / "lists.jsonl"
     write_jsonl(src, [{"prompt": "p", "responses": ["a", "bbb", "cc"]}, {"prompt": "q", "responses": ["x", "yy"]}])
     ranked = rank_file(str(src), tmp_path / "r.jsonl", LengthScorer()).to_dict()
-    assert ranked == {"rows_in": 2, "rows_out": 2, "responses": 5, "empty_responses": 0}
+    assert ranked == {"rows_in": 2, "rows_out": 2, "responses": 5, "empty_responses": 0, "truncated": 0}
     pairs = make_pairs_file(str(src), tmp_path / "p.jsonl", LengthScorer()).to_dict()
-    assert pairs == {"rows_in": 2, "rows_out": 2, "responses": 5, "empty_responses": 0, "dropped_ties": 0}
+    assert pairs == {"rows_in": 2, "rows_out": 2, "responses": 5, "empty_responses": 0, "truncated": 0,
+                     "dropped_ties": 0}
     kept = filter_file(str(src), tmp_path / "f.jsonl", LengthScorer(), threshold=2.0).to_dict()
     assert kept["kept"] == 3 and "dropped_ties" not in kept
+    # scores read from the rows: nothing was tokenised, so there is no truncated count (not a 0)
+    rescored = make_pairs_file(str(tmp_path / "r.jsonl"), tmp_path / "p2.jsonl").to_dict()
+    assert "truncated" not in rescored and rescored["rows_in"] == 2
+
+
+def test_summaries_count_the_responses_the_model_truncated(tiny_models, tmp_path, capsys):
+    """score, rank, filter and make-pairs say how many responses were cut to the model's max_length, as train
+    and eval do (a Best-of-N over long answers otherwise ranks their tails without saying so)."""
+    from rewardkit.models.reward_model import RewardModel
+
+    model, tok = RewardModel.from_pretrained(str(tiny_models["llama"]))
+    model.save_pretrained(tmp_path / "rm", tok, max_length=32)
+    long = " ".join(["word"] * 100)  # far over 32 tokens
+    lists = write_jsonl(tmp_path / "lists.jsonl", [{"prompt": "p", "responses": ["short", long, long]},
+                                                   {"prompt": "q", "responses": ["a", "b"]}])
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "response": long}, {"prompt": "q", "response": "a"}])
+    runs = {"rank": ["--input", str(lists)], "make-pairs": ["--input", str(lists)],
+            "filter": ["--input", str(lists), "threshold=-1e9"], "score": ["--input", str(rows)]}
+    for command, args in runs.items():
+        assert main([command, str(tmp_path / "rm"), *args, "--output", str(tmp_path / f"{command}.jsonl")]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["truncated"] == (1 if command == "score" else 2), command
+    # filter's top-percent reads its scored rows back from a temp file: the count survives that pass
+    assert main(["filter", str(tmp_path / "rm"), "--input", str(lists), "--top-percent", "50",
+                 "--output", str(tmp_path / "top.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["truncated"] == 2
 
 
 def test_missing_or_misspelt_prompt_column_is_an_error(tmp_path):
@@ -284,7 +311,8 @@ def test_score_streams_in_chunks_with_the_same_output(tmp_path):
     b = score_file(str(src), tmp_path / "b.jsonl", chunked, chunk_rows=3)
     assert whole.calls == [10] and chunked.calls == [3, 3, 3, 1]
     assert read(tmp_path / "a.jsonl") == read(tmp_path / "b.jsonl") and [r["id"] for r in read(tmp_path / "b.jsonl")] == list(range(10))
-    assert a.to_dict() == b.to_dict() == {"rows_in": 10, "rows_out": 10, "responses": 10, "empty_responses": 2}
+    assert a.to_dict() == b.to_dict() == {"rows_in": 10, "rows_out": 10, "responses": 10, "empty_responses": 2,
+                                          "truncated": 0}
 
 
 @pytest.mark.parametrize("command", ["score", "rank", "filter", "make-pairs"])

@@ -14,9 +14,9 @@ Row shapes (column names from `config.Columns`, the one column map of every comm
 P and R are strings or chat messages. Without a scorer, scores are read from the rows
 (`scores` for list rows, `score` for pointwise rows), e.g. the output of `rank`.
 
-The scorer is a `scoring.Judge`: rank and make-pairs use `rank_many` (every kind: rewards for pointwise
-kinds, rank scores for kinds that only compare); filter and score need a score per response, which kinds
-that only compare refuse with `NoScores`.
+The scorer is a `scoring.Judge`: pointwise kinds give rewards and say which responses they truncated
+(`score_details`; the summary's `truncated`); kinds that only compare give rank and make-pairs their `rank_many`
+rank scores, and filter and score, which need a score per response, refuse them with `NoScores`.
 """
 
 from __future__ import annotations
@@ -52,12 +52,23 @@ class AppReport:
     rows_out: int = 0
     responses: int = 0
     empty_responses: int = 0  # scored as prompt + end-of-sequence, as a real (bad) answer (as train/eval count them)
+    # responses cut to the model's max_length (the model saw their end; as train/eval log it); None where the
+    # scores were read from the rows or the kind only compares (no per-response pass to ask)
+    truncated: int | None = None
     kept: int | None = None  # filter: responses kept
     dropped_ties: int | None = None  # make-pairs: candidate pairs dropped as ties or below min_margin
 
     def to_dict(self) -> dict[str, int]:
         """The counts that apply to the command (a count a command does not keep is left out, not 0)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def count(self, r: ScoredRow) -> None:
+        """One input row's counts (written rows are counted by the command)."""
+        self.rows_in += 1
+        self.responses += len(r.responses)
+        self.empty_responses += sum(fields.is_empty(x) for x in r.responses)
+        if r.truncated is not None:
+            self.truncated = (self.truncated or 0) + r.truncated
 
 
 @dataclass
@@ -71,6 +82,7 @@ class ScoredRow:
     scores: list[float]
     pointwise: bool
     raw: list[float] | None = None
+    truncated: int | None = None  # how many of its responses the scorer cut (None: not scored here)
 
 
 def _check_text(value: Any, where: str, key: str, response: bool = False) -> Any:
@@ -150,15 +162,23 @@ def iter_scored(source: str, scorer=None, *, columns: Columns | None = None, nor
 
 
 def _score_chunk(chunk: list[ScoredRow], scorer, normalize: bool, bar=None) -> list[ScoredRow]:
-    """Scores of each row's responses: its `rank_many` scores, which every kind gives (rewards for pointwise
-    kinds, rank scores for kinds that only compare), in one pass over the chunk."""
+    """Scores of each row's responses, in one pass over the chunk: pointwise kinds' raw rewards with what was
+    truncated (`score_details`), kinds that only compare their `rank_many` rank scores."""
     if scorer is None or not chunk:
         return chunk
-    rankings = scorer.rank_many([r.prompt for r in chunk], [r.responses for r in chunk])
+    if scorer.pointwise:
+        details = scorer.score_details([r.prompt for r in chunk for _ in r.responses],
+                                       [x for r in chunk for x in r.responses])
+        rewards, cut, start = details.rewards.tolist(), details.truncated.tolist(), 0
+        for r in chunk:
+            end = start + len(r.responses)
+            r.scores, r.truncated, start = rewards[start:end], sum(cut[start:end]), end
+    else:
+        for r, ranking in zip(chunk, scorer.rank_many([r.prompt for r in chunk], [r.responses for r in chunk])):
+            r.scores = list(ranking.scores)
     if bar is not None:
         bar.update(len(chunk))
-    for r, ranking in zip(chunk, rankings):
-        r.scores = list(ranking.scores)
+    for r in chunk:
         if normalize:  # kinds without per-response scores refuse here (NoScores)
             r.raw, r.scores = r.scores, scorer.normalize(torch.tensor(r.scores, dtype=torch.float64)).tolist()
     return chunk
@@ -210,6 +230,7 @@ def score_file(source: str, output: str | Path, scorer, *, columns: Columns | No
             _write_line(fh, row)
             report.empty_responses += fields.is_empty(response)
         report.rows_in += len(chunk)
+        report.truncated = (report.truncated or 0) + int(details.truncated.sum())
         bar.update(len(chunk))
         chunk.clear()
 
@@ -232,15 +253,13 @@ def rank_file(source: str, output: str | Path, scorer=None, *, columns: Columns 
     with atomic_write(output) as fh:
         for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True,
                              desc="rank"):
-            report.empty_responses += sum(fields.is_empty(x) for x in r.responses)
+            report.count(r)
             best = max(range(len(r.scores)), key=lambda i: (r.scores[i], -i))
             out = {**r.row, cols.scores: r.scores, "best_index": best, "best_response": r.responses[best]}
             if r.raw is not None:
                 out["raw_scores"] = r.raw
             _write_line(fh, out)
-            report.rows_in += 1
             report.rows_out += 1
-            report.responses += len(r.responses)
     return report
 
 
@@ -307,14 +326,12 @@ def filter_file(source: str, output: str | Path, scorer=None, *, threshold: floa
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 for r in rows:
                     topk.add(_prompt_key(r.prompt), r.scores)
-                    _write_line(fh, {"row": r.row, "scores": r.scores, "pointwise": r.pointwise})
+                    _write_line(fh, {"row": r.row, "scores": r.scores, "truncated": r.truncated})
             topk.finish(top_percent)
             rows = _reread(tmp, cols)
         with atomic_write(output) as fh:
             for r in rows:
-                report.rows_in += 1
-                report.responses += len(r.responses)
-                report.empty_responses += sum(fields.is_empty(x) for x in r.responses)
+                report.count(r)
                 key = _prompt_key(r.prompt) if topk is not None else b""
                 kept = [i for i, s in enumerate(r.scores)
                         if (topk is None or topk.keeps(key, s)) and (threshold is None or s >= threshold)]
@@ -339,7 +356,7 @@ def _reread(path: str, cols: Columns) -> Iterator[ScoredRow]:
         for line in fh:
             item = json.loads(line)
             r = _parse("", item["row"], cols, lists_only=False, need_scores=False)
-            r.scores = item["scores"]
+            r.scores, r.truncated = item["scores"], item["truncated"]
             yield r
 
 
@@ -391,9 +408,7 @@ def make_pairs_file(source: str, output: str | Path, scorer=None, *, strategy: s
     with atomic_write(output) as fh:
         for r in iter_scored(source, scorer, columns=cols, normalize=normalize, chunk_rows=chunk_rows, lists_only=True,
                              desc="make-pairs"):
-            report.rows_in += 1
-            report.responses += len(r.responses)
-            report.empty_responses += sum(fields.is_empty(x) for x in r.responses)
+            report.count(r)
             pairs, dropped = pick_pairs(r.scores, strategy, min_margin=min_margin, rng=rng)
             report.dropped_ties += dropped
             rest = {k: v for k, v in r.row.items() if k not in drop}

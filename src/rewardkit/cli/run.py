@@ -99,9 +99,14 @@ def _score(cfg) -> int:
     from rewardkit.apps import score_file
 
     scorer = _scorer(cfg)
-    report = score_file(cfg.data.path, cfg.output, scorer, columns=cfg.data.columns, normalize=cfg.normalize)
-    log.info("scored %d rows -> %s%s", report.rows_out, cfg.output, f" ({_precision(scorer)})" if scorer else "")
+    _summary(cfg, score_file(cfg.data.path, cfg.output, scorer, columns=cfg.data.columns, normalize=cfg.normalize),
+             scorer)
     return 0
+
+
+def _summary(cfg, report, scorer) -> None:
+    """The one-line JSON summary of score, rank, filter and make-pairs."""
+    print(json_line({"output": cfg.output, **report.to_dict(), **({"precision": _precision(scorer)} if scorer else {})}))
 
 
 def _rows_app(cfg) -> int:
@@ -115,8 +120,7 @@ def _rows_app(cfg) -> int:
         kw.update(strategy=cfg.strategy, min_margin=cfg.min_margin, seed=cfg.seed)
     run = {"rank": apps.rank_file, "filter": apps.filter_file, "make-pairs": apps.make_pairs_file}[cfg.COMMAND]
     scorer = _scorer(cfg)
-    report = run(cfg.data.path, cfg.output, scorer, **kw)
-    print(json_line({"output": cfg.output, **report.to_dict(), **({"precision": _precision(scorer)} if scorer else {})}))
+    _summary(cfg, run(cfg.data.path, cfg.output, scorer, **kw), scorer)
     return 0
 
 
