@@ -29,7 +29,6 @@ from rewardkit.io import atomic_write
 from rewardkit.models.backbone import disable_dropout
 from rewardkit.models.positions import fit_max_length
 from rewardkit.models.segment_attention import planless_attention
-from rewardkit.models.shared_casts import share_input_casts
 from rewardkit.objectives import ObjectiveModule, StepWindow, make_objective
 from rewardkit.scoring import EvalShard, sharded_scoring
 from rewardkit.scoring.judges import judge_class
@@ -40,7 +39,7 @@ from rewardkit.train.faults import (StopSignals, TrainingDiverged, TrainingInter
                                     clean_failed_run, diverged_message, grads_finite, peer_failure, saving)
 from rewardkit.precision import bf16_native, precision_name
 from rewardkit.train.launch import check_launch, quiet_logs
-from rewardkit.train.plan import data_fingerprint, run_pack_layout, train_batches
+from rewardkit.train.plan import data_fingerprint, log_global_batch, run_pack_layout, train_batches, tune_backbone
 from rewardkit.train.sharded import deepspeed_settings, fill_weights, full_params, sharded_weights, structure_copy
 from rewardkit.train.tracking import (RecentRewards, hparams, reduce_window, resolve_trackers, resumed_log_window,
                                       save_log_window, trim_metrics, write_row)
@@ -165,15 +164,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         out.mkdir(parents=True, exist_ok=True)
         remove_partial(out)  # checkpoint folders of saves a kill interrupted
     accelerator.wait_for_everyone()
-    if t.gradient_checkpointing:
-        model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
-                                                 every_n_layers=t.checkpoint_every)
-    if t.shared_casts and bf16:
-        share_input_casts(model.hf)
-    if t.compile:
-        if accelerator.device.type == "cpu":
-            log.warning("train.compile on CPU: measured slower than eager (README, torch.compile)")
-        model.hf.base_model.compile(dynamic=True)
+    tune_backbone(model, t, bf16, accelerator.device.type)
     # A weighted mixture of sources is drawn anew every epoch (data.mixing); one source is used as it is.
     items = (MixtureDataset(data.train, [s.size for s in data.sources], [s.weight for s in data.sources],
                             seed=cfg.seed) if data.mixed else data.train)
@@ -183,13 +174,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
     # Global micro-batches per epoch, counted after dealing them to the processes.
     steps_per_epoch = math.ceil(len(batches) / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    if fixed:
-        log.info("global batch: %d %s per process x %d process(es) x %d accumulation = %d %s per optimiser step; "
-                 "%d steps", t.batch_size, objective.unit, n_proc, t.grad_accum, t.batch_size * n_proc * t.grad_accum,
-                 objective.unit, total_steps)
-    else:
-        log.info("global batch: one token-budgeted micro-batch per process x %d process(es) x %d accumulation per "
-                 "optimiser step; %d steps", n_proc, t.grad_accum, total_steps)
+    log_global_batch(t, objective.unit, n_proc, total_steps, fixed)
 
     # ---- optimisation
     from transformers import get_scheduler

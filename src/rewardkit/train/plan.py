@@ -8,11 +8,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from rewardkit.config import TrainRunConfig
+from rewardkit.config import TrainConfig, TrainRunConfig
 from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSampler, RankBatches
 from rewardkit.data.mixing import follow_mixture
 from rewardkit.data.packing import PackedPairCollator, flat_round_steps, unit_length
 from rewardkit.models.backbone import varlen_attention
+from rewardkit.models.shared_casts import share_input_casts
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
 log = logging.getLogger("rewardkit.train")
@@ -132,3 +133,27 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     sampler = LengthGroupedBatchSampler(lengths, batch_size=global_batch, seqs_per_item=2, seed=cfg.seed,
                                         group=batching == "grouped")
     return RankBatches(follow_mixture(sampler, items, pair_length), split=True, **deal), collate, fetch, True
+
+
+def tune_backbone(model, t: TrainConfig, bf16: bool, device_type: str) -> None:
+    """The training-only switches on the backbone: activation checkpointing, shared bf16 input casts, compile."""
+    if t.gradient_checkpointing:
+        model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                                 every_n_layers=t.checkpoint_every)
+    if t.shared_casts and bf16:
+        share_input_casts(model.hf)
+    if t.compile:
+        if device_type == "cpu":
+            log.warning("train.compile on CPU: measured slower than eager (README, torch.compile)")
+        model.hf.base_model.compile(dynamic=True)
+
+
+def log_global_batch(t: TrainConfig, unit: str, n_proc: int, total_steps: int, fixed: bool) -> None:
+    """One log line: what an optimiser step holds, and how many steps the run takes."""
+    if fixed:
+        log.info("global batch: %d %s per process x %d process(es) x %d accumulation = %d %s per optimiser step; "
+                 "%d steps", t.batch_size, unit, n_proc, t.grad_accum, t.batch_size * n_proc * t.grad_accum, unit,
+                 total_steps)
+    else:
+        log.info("global batch: one token-budgeted micro-batch per process x %d process(es) x %d accumulation per "
+                 "optimiser step; %d steps", n_proc, t.grad_accum, total_steps)
