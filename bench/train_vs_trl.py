@@ -19,6 +19,10 @@ tokenisation at all (in TRL's favour). Given held-out pairs, both evaluate them 
 "whole s" and outside "loop s": rewardkit's final eval (`data.eval`), and TRL's `trainer.evaluate()` on the same
 token ids, as a TRL user with an eval set would call it (its eval_strategy defaults to "no"); `--no-trl-eval`
 leaves TRL's out.
+
+`--repeats N` runs the whole set N times, in reverse order every other time (A B C, C B A, ...) so that a machine
+that drifts slower or faster weighs on every engine alike; the table then shows each engine's medians and the
+ratio lines the median (and range) of the ratios measured within each repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -198,6 +203,8 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="where both engines train (cuda: TRL with use_cpu=False, rewardkit on accelerate's GPU; "
                          "the table adds peak CUDA memory)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every engine this many times, alternating the order; medians are reported")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -225,17 +232,20 @@ def main() -> None:
                 device=a.device)
     runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
     fp32_before = matmul_peak(torch.float32, device=a.device)
-    results = []
-    for i, (engine, options) in enumerate(runs):
-        out = work / f"run{i}"
-        out.mkdir()
-        print(f"running {engine} {' '.join(options)} ...", file=sys.stderr, flush=True)
-        results.append(run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options}))
-        r = results[-1]  # as each engine finishes: a run cut short by a time limit still reports the engines done
-        print(f"  {engine}: loop {r['seconds']:.1f} s, whole {r['process_seconds'] - r['bench_seconds']:.1f} s, "
-              f"accuracy {r['accuracy']:.3f}", file=sys.stderr, flush=True)
-    peaks = dtype_peaks({r["bf16"] for r in results}, a.device, fp32_before)
-    for r in results:
+    repeats: list[list[dict]] = [[] for _ in runs]  # per run: its result in each repeat
+    for k in range(a.repeats):
+        order = list(range(len(runs)))[::-1 if k % 2 else 1]  # alternate, so a drifting machine weighs on all alike
+        for i in order:
+            engine, options = runs[i]
+            out = work / f"run{i}-{k}"
+            out.mkdir()
+            print(f"running {engine} {' '.join(options)} (repeat {k + 1}/{a.repeats}) ...", file=sys.stderr, flush=True)
+            r = run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options})
+            repeats[i].append(r)  # as each engine finishes: a run cut short still reports the engines done
+            print(f"  {engine}: loop {r['seconds']:.1f} s, whole {r['process_seconds'] - r['bench_seconds']:.1f} s, "
+                  f"accuracy {r['accuracy']:.3f}", file=sys.stderr, flush=True)
+    peaks = dtype_peaks({r["bf16"] for rs in repeats for r in rs}, a.device, fp32_before)
+    for r in (r for rs in repeats for r in rs):
         r["pairs_per_s"] = r["pairs"] / r["seconds"]
         r["whole_seconds"] = r["process_seconds"] - r.pop("bench_seconds")
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
@@ -243,6 +253,7 @@ def main() -> None:
         # Counted on the work each engine did: a shared prompt is computed (and counted) once.
         flops = model_flops(n_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, *r.pop("work"))
         r["mfu"] = flops / r["seconds"] / peaks[r["bf16"]]
+    results = [_median_row(rs) for rs in repeats]
     cols = [("engine", "engine", ""), ("whole_seconds", "whole s", ".1f"), ("seconds", "loop s", ".1f"),
             ("pairs_per_s", "pairs/s", ".2f"), ("tokens_per_s", "tokens/s", ".0f"),
             ("padding", "padding", ".1%"), ("peak_rss_gb", "peak RSS GB", ".2f"), ("final_loss", "final loss", ".4f"),
@@ -250,19 +261,38 @@ def main() -> None:
     if a.device == "cuda":
         cols.insert(7, ("gpu_peak_gb", "peak CUDA GB", ".2f"))
     print(f"\n{a.model}: {a.pairs} train / {a.eval_pairs} held-out HH pairs, max_length {a.max_length}, batch "
-          f"{a.batch_size}, lr {a.lr}, epochs {a.epochs}; rewardkit options: {' '.join(rk)}")
+          f"{a.batch_size}, lr {a.lr}, epochs {a.epochs}; rewardkit options: {' '.join(rk)}"
+          + (f"; medians of {a.repeats} repeats, alternated" if a.repeats > 1 else ""))
     print(f"matmul peak here ({torch.get_num_threads()} threads; fp32: the higher of before and after the runs): " +
           ", ".join(f"{'bf16' if k else 'fp32'} {v / 1e9:.0f} GFLOP/s" for k, v in sorted(peaks.items())))
     print(table(results, cols))
-    for ours in (r for r in results if not r["engine"].startswith("TRL")):
-        for ref in (r for r in results if r["engine"].startswith("TRL")):
-            whole = ref["whole_seconds"] / ours["whole_seconds"]
-            print(f"{ours['engine']} / {ref['engine']}: whole process x{whole:.2f} faster, "
-                  f"loop pairs/s x{ours['pairs_per_s'] / ref['pairs_per_s']:.2f}, "
-                  f"peak RSS x{ours['peak_rss_gb'] / ref['peak_rss_gb']:.2f}, "
+    for i in (i for i, r in enumerate(results) if not r["engine"].startswith("TRL")):
+        for j in (j for j, r in enumerate(results) if r["engine"].startswith("TRL")):
+            ours, ref = results[i], results[j]
+            # ratios within each repeat (side by side), then their median
+            whole = [b["whole_seconds"] / o["whole_seconds"] for o, b in zip(repeats[i], repeats[j])]
+            loop = [o["pairs_per_s"] / b["pairs_per_s"] for o, b in zip(repeats[i], repeats[j])]
+            rss = [o["peak_rss_gb"] / b["peak_rss_gb"] for o, b in zip(repeats[i], repeats[j])]
+            print(f"{ours['engine']} / {ref['engine']}: whole process x{_spread(whole)} faster, "
+                  f"loop pairs/s x{_spread(loop)}, peak RSS x{_spread(rss)}, "
                   f"accuracy {100 * (ours['accuracy'] - ref['accuracy']):+.1f} points")
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        Path(a.json).write_text(json.dumps({"medians": results, "repeats": repeats}, indent=1))
+
+
+def _median_row(rows: list[dict]) -> dict:
+    """One engine's repeats as one row: the median of every number (accuracy too: the same seed gives the same)."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in rows)
+    return out
+
+
+def _spread(xs: list[float]) -> str:
+    """Median of same-repeat ratios, with their range when there are several."""
+    med = statistics.median(xs)
+    return f"{med:.2f}" if len(xs) == 1 else f"{med:.2f} (range {min(xs):.2f}-{max(xs):.2f}, {len(xs)} repeats)"
 
 
 if __name__ == "__main__":
