@@ -1,5 +1,5 @@
 """The reward server under faults: auth before anything else, error shapes as the schema declares them,
-slow and half-sent bodies (408), huge texts (cut before tokenising), clients that go away (their queued work
+slow headers (closed) and half-sent bodies (408), huge texts (cut before tokenising), clients that go away (their queued work
 is dropped), SIGTERM (bounded drain, 503 for what cannot finish, exit 0) and a corrupt model at start-up."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from rewardkit.scoring import RewardScorer  # noqa: E402
 from rewardkit.serve.app import build_app, create_app, draining_server  # noqa: E402
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown  # noqa: E402
 from rewardkit.serve.combine import single_model  # noqa: E402
+from rewardkit.serve.guard import header_deadline_protocol  # noqa: E402
 from rewardkit.scoring.limits import CHARS_PER_TOKEN, cap_text  # noqa: E402
 from rewardkit.serve.metrics import Metrics  # noqa: E402
 from rewardkit.serve.service import RewardService, ServeSettings  # noqa: E402
@@ -147,6 +148,56 @@ def test_half_sent_and_dribbled_bodies_get_408_and_a_closed_connection(server):
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 0.5 + 3.0
     assert httpx.post(server.url + "/get_reward", json={"query": ["still serving"]}).status_code == 200
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_slow_headers_close_the_connection_but_a_long_forward_is_left_alone(rm_dirs, impl):  # noqa: F811
+    """uvicorn has no header timeout: a client sending its headers a byte at a time held a connection for as long
+    as it liked. With `header_timeout` it gets a 408 and a closed connection; a connection that sent nothing is
+    closed silently; a request whose forward outlasts the deadline is still answered, and a kept-alive
+    connection is served again when its next headers come in time."""
+    if impl == "httptools":
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    service, settings, batcher, gate = gated_service(rm_dirs, header_timeout=0.5)
+    with ServerThread(create_app(service, settings), http=header_deadline_protocol(0.5, base)) as s:
+        statuses = []
+        running = threading.Thread(target=lambda: statuses.append(httpx.post(
+            s.url + "/get_reward", json={"query": ["held at the gate"]}, timeout=BOUND_S).status_code))
+        running.start()
+        wait_until(gate.entered.is_set, "the forward to start")
+        idle = socket.create_connection(("127.0.0.1", s.port))
+        started = time.monotonic()
+        slow = socket.create_connection(("127.0.0.1", s.port))
+        slow.sendall(b"POST /get_reward HTTP/1.1\r\nHost: t\r\n")
+        slow.settimeout(0.1)
+        answer = b""
+        while time.monotonic() - started < BOUND_S:  # a header byte every 0.1 s: still not in time
+            try:
+                slow.sendall(b"X")
+                chunk = slow.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            answer += chunk
+            if not chunk:
+                break
+        elapsed = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"header_timeout" in answer, answer
+        assert 0.45 <= elapsed < 0.5 + 3.0
+        assert _answer_then_close(idle, BOUND_S) == b""  # nothing sent: closed without an answer
+        assert running.is_alive()  # its forward is still held, well past the 0.5 s deadline
+        gate.release.set()
+        running.join(BOUND_S)
+        assert statuses == [200]
+        with httpx.Client(base_url=s.url, timeout=BOUND_S) as c:  # one kept-alive connection, two requests
+            assert [c.post("/get_reward", json={"query": [q]}).status_code for q in ("a", "b")] == [200, 200]
+    for sock in (idle, slow):
+        sock.close()
+    assert gate.sizes == [1, 1, 1]
 
 
 # --------------------------------------------------------------------------- huge texts

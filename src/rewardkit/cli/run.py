@@ -139,7 +139,7 @@ def _serve(cfg) -> int:
     settings = ServeSettings(
         normalize=cfg.normalize, clip=cfg.clip, max_texts=cfg.max_texts, max_body_bytes=cfg.max_body_bytes,
         api_key=cfg.api_key or os.environ.get("REWARDKIT_API_KEY") or None,
-        body_timeout=cfg.body_timeout, drain_timeout=cfg.drain_timeout,
+        body_timeout=cfg.body_timeout, header_timeout=cfg.header_timeout, drain_timeout=cfg.drain_timeout,
         batch=BatchSettings(s.batch_size, s.max_tokens, cfg.max_wait_ms, cfg.max_queue))
     run_server(models, settings, host=cfg.host, port=cfg.port, device=s.device, max_length=cfg.data.max_length,
                access_log=cfg.access_log, bf16=s.bf16)

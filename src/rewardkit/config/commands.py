@@ -317,6 +317,8 @@ class ServeRunConfig:
     max_body_bytes: int = _f(16 * 1024 * 1024, "Request body limit in bytes; beyond it: 413.")
     body_timeout: float = _f(30.0, "Seconds to receive a request body once its headers arrived; slower: 408 and "
                                    "the connection is closed.")
+    header_timeout: float = _f(10.0, "Seconds for a connection to send a request's headers, from its opening or "
+                                     "its previous answer; slower: closed (408 if a request had begun).")
     drain_timeout: float = _f(30.0, "On SIGTERM: stop accepting, let queued work run this many seconds more, "
                                     "answer 503 to what is left, exit 0.")
     access_log: bool = _f(False, "One log line per request (never the body).")
@@ -328,7 +330,7 @@ class ServeRunConfig:
         _check(self.scoring.max_tokens is not None, "scoring.max_tokens", "the server needs a number")
         _at_least(self, 0, "max_wait_ms")
         _at_least(self, 1, "max_queue", "max_texts", "max_body_bytes")
-        _positive(self, "body_timeout")
+        _positive(self, "body_timeout", "header_timeout")
         _at_least(self, 0, "drain_timeout")
         _check(self.max_texts <= self.max_queue, "max_texts",
                f"must not exceed max_queue ({self.max_queue}), or a full request could never be queued")

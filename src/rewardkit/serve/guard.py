@@ -10,6 +10,10 @@
    before its answer, the task is cancelled, so its texts leave the model queue unscored (batcher.py).
 4. Shutdown: a request cut off by the server's own stop (uvicorn cancels what outlives the drain) gets a
    503 instead of a silently closed connection.
+Before all of these, in the HTTP protocol itself (`header_deadline_protocol`): a connection must send each
+request's headers within `header_timeout` seconds of opening or of its previous answer, or it is closed (with a
+408 when part of a request had come). uvicorn has no such timeout: a client sending its headers a byte at a time
+(slowloris) held a connection open for as long as it liked.
 
 Every request is timed into the metrics (status 499: the client went away first).
 """
@@ -122,6 +126,56 @@ class Guard:
                                 "drain time; retry (on another server)", [(b"connection", b"close")])
         finally:
             watcher.cancel()
+
+
+def header_deadline_protocol(seconds: float, base: type | None = None) -> type:
+    """uvicorn's HTTP protocol `base` (default: httptools' where installed, else h11's) with a deadline on request
+    headers (module doc); pass it as `uvicorn.Config(http=...)`. The timer is armed when the connection opens
+    and after every answer; it closes the connection only if no request's headers completed since then and no
+    request is running."""
+    if base is None:
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol as base
+
+    class HeaderDeadline(base):
+        _rk_timer = None
+        _rk_partial = False  # bytes of a request arrived since the timer was armed
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._rk_arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._rk_partial = True
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._rk_arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._rk_timer is not None:
+                self._rk_timer.cancel()
+            super().connection_lost(exc)
+
+        def _rk_arm(self) -> None:
+            if self._rk_timer is not None:
+                self._rk_timer.cancel()
+            self._rk_partial = False
+            self._rk_timer = self.loop.call_later(seconds, self._rk_expire, self.cycle)
+
+        def _rk_expire(self, cycle) -> None:
+            self._rk_timer = None
+            idle = cycle is None or cycle.response_complete  # a pipelined request may be running
+            if self.cycle is not cycle or not idle or self.transport.is_closing():
+                return
+            if self._rk_partial:  # a client that began a request learns why it was cut off
+                detail = json.dumps({"detail": f"request headers not received within {seconds:g} s (the "
+                                               "server's serve.header_timeout)"}).encode()
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(detail), detail))
+            self.transport.close()
+
+    return HeaderDeadline
 
 
 class _Replay:

@@ -43,15 +43,16 @@ class ServeSettings:
     max_body_bytes: int = 16 * 1024 * 1024  # request body; more -> 413
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     body_timeout: float = 30.0  # seconds to receive a whole request body; slower -> 408, connection closed
+    header_timeout: float = 10.0  # seconds to receive a request's headers (guard.header_deadline_protocol)
     drain_timeout: float = 30.0  # after SIGTERM: queued work may run this long, then 503; then exit
     batch: BatchSettings = field(default_factory=BatchSettings)
 
     def __post_init__(self):
         if self.max_texts < 1 or self.max_body_bytes < 1:
             raise ValueError("max_texts and max_body_bytes must be positive")
-        if not (self.body_timeout > 0 and self.drain_timeout >= 0):
-            raise ValueError(f"body_timeout must be > 0 and drain_timeout >= 0, got {self.body_timeout}, "
-                             f"{self.drain_timeout}")
+        if not (self.body_timeout > 0 and self.header_timeout > 0 and self.drain_timeout >= 0):
+            raise ValueError(f"body_timeout and header_timeout must be > 0 and drain_timeout >= 0, got "
+                             f"{self.body_timeout}, {self.header_timeout}, {self.drain_timeout}")
         if self.max_texts > self.batch.max_queue:
             raise ValueError(f"max_texts ({self.max_texts}) must not exceed the queue size ({self.batch.max_queue}): "
                              "a request that big could never be queued")
