@@ -317,7 +317,7 @@ class ServeRunConfig:
     max_body_bytes: int = _f(16 * 1024 * 1024, "Request body limit in bytes; beyond it: 413.")
     body_timeout: float = _f(30.0, "Seconds to receive a request body once its headers arrived; slower: 408 and "
                                    "the connection is closed.")
-    header_timeout: float = _f(10.0, "Seconds for a connection to send a request's headers, from its opening or "
+    header_timeout: float = _f(30.0, "Seconds for a connection to send a request's headers, from its opening or "
                                      "its previous answer; slower: closed (408 if a request had begun).")
     drain_timeout: float = _f(30.0, "On SIGTERM: stop accepting, let queued work run this many seconds more, "
                                     "answer 503 to what is left, exit 0.")

@@ -43,7 +43,7 @@ class ServeSettings:
     max_body_bytes: int = 16 * 1024 * 1024  # request body; more -> 413
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     body_timeout: float = 30.0  # seconds to receive a whole request body; slower -> 408, connection closed
-    header_timeout: float = 10.0  # seconds to receive a request's headers (guard.header_deadline_protocol)
+    header_timeout: float = 30.0  # seconds to receive a request's headers (guard.header_deadline_protocol)
     drain_timeout: float = 30.0  # after SIGTERM: queued work may run this long, then 503; then exit
     batch: BatchSettings = field(default_factory=BatchSettings)
 
