@@ -12,9 +12,9 @@ matmul peak measured here in the dtype used, and the rewardkit/TRL ratios.
 Two times per engine: "loop s", the optimisation loop only (what pairs/s divides by), and "whole s", the worker
 process from its start to its exit as a user would wait for it: interpreter start, imports, model loading,
 tokenisation, the loop, eval, normalisation statistics and saving the model. rewardkit's worker calls
-`train(cfg)` (what `rewardkit train` runs); TRL's builds a RewardTrainer, trains and calls `save_model()`. The
-bench's own work inside a worker is timed and left out of "whole s": writing the data files, the held-out
-scoring of TRL's model and the token counts. TRL is handed rewardkit's token ids, so TRL's whole time holds no
+`train(cfg)` (what `rewardkit train` runs) and exits as the `rewardkit` script does (`cli.entry`); TRL's builds a
+RewardTrainer, trains and calls `save_model()`. The bench's own work inside a worker is timed and left out of
+"whole s": writing the data files, the held-out scoring of TRL's model and the token counts. TRL is handed rewardkit's token ids, so TRL's whole time holds no
 tokenisation at all (in TRL's favour). Given held-out pairs, both evaluate them once after the loop, inside
 "whole s" and outside "loop s": rewardkit's final eval (`data.eval`), and TRL's `trainer.evaluate()` on the same
 token ids, as a TRL user with an eval set would call it (its eval_strategy defaults to "no"); `--no-trl-eval`
@@ -211,6 +211,10 @@ def main() -> None:
     if a.worker:
         spec = json.loads(Path(a.worker).read_text())
         print(json.dumps(worker_trl(spec) if spec["engine"].startswith("trl") else worker_rewardkit(spec)))
+        if not spec["engine"].startswith("trl"):  # the process then exits as `rewardkit train` does (cli.entry)
+            import gc
+
+            gc.freeze()
         return
 
     import torch

@@ -1,7 +1,5 @@
 """`python -m rewardkit ...`: the same command line as the `rewardkit` script."""
 
-import sys
+from rewardkit.cli import entry
 
-from rewardkit.cli import main
-
-sys.exit(main())
+entry()

@@ -9,6 +9,7 @@ and positionals, then key=value overrides; later ones win.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ from rewardkit.cli.run import json_line
 from rewardkit.config import COMMANDS as CONFIGS
 from rewardkit.config import ConfigError, load_config
 
-__all__ = ["COMMANDS", "KIND_HELP", "_parsers", "build_parser", "command_config", "json_line", "main",
+__all__ = ["COMMANDS", "KIND_HELP", "_parsers", "build_parser", "command_config", "entry", "json_line", "main",
            "parse_command"]
 
 # Exit codes (README "Reliability"): 0 done, 2 bad input or options (one line on stderr naming file, row and
@@ -97,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not _UNSET:  # None: a handler installed outside Python, which cannot be put back
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def entry() -> None:
+    """The `rewardkit` console script and `python -m rewardkit`: `main()`, then exit.
+
+    Before exiting, every live object is frozen out of the garbage collector (`gc.freeze`): at exit CPython
+    collects every generation several times over the ~400k objects torch and transformers leave (0.7-0.8 s of
+    each command's exit measured, 0.2 s after the freeze). By then the command has closed and renamed its outputs
+    and finished its trackers; objects are still freed by their reference counts."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 class Terminated(BaseException):
