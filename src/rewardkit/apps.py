@@ -213,7 +213,7 @@ def score_file(source: str, output: str | Path, scorer, *, columns: Columns | No
     first, then scored `chunk_rows` at a time (one sorted pass each); the output is written atomically."""
     cols = columns or Columns()
     total = checked_rows(source, lambda where, row: _score_input(where, row, cols))
-    report = AppReport()
+    report = AppReport(truncated=0)
     chunk: list[tuple[dict[str, Any], Any, Any]] = []
 
     def flush(fh, bar) -> None:
@@ -230,7 +230,7 @@ def score_file(source: str, output: str | Path, scorer, *, columns: Columns | No
             _write_line(fh, row)
             report.empty_responses += fields.is_empty(response)
         report.rows_in += len(chunk)
-        report.truncated = (report.truncated or 0) + int(details.truncated.sum())
+        report.truncated += int(details.truncated.sum())
         bar.update(len(chunk))
         chunk.clear()
 
