@@ -164,7 +164,7 @@ def _train(cfg, objective, accelerator: Accelerator, out: Path, bf16: bool, trac
         out.mkdir(parents=True, exist_ok=True)
         remove_partial(out)  # checkpoint folders of saves a kill interrupted
     accelerator.wait_for_everyone()
-    tune_backbone(model, t, bf16, accelerator.device.type)
+    tune_backbone(model, t, bf16, accelerator.device.type, sharded=sharded_weights(accelerator))
     # A weighted mixture of sources is drawn anew every epoch (data.mixing); one source is used as it is.
     items = (MixtureDataset(data.train, [s.size for s in data.sources], [s.weight for s in data.sources],
                             seed=cfg.seed) if data.mixed else data.train)

@@ -13,6 +13,7 @@ from rewardkit.data.batching import LengthGroupedBatchSampler, PackedBatchSample
 from rewardkit.data.mixing import follow_mixture
 from rewardkit.data.packing import PackedPairCollator, flat_round_steps, unit_length
 from rewardkit.models.backbone import varlen_attention
+from rewardkit.models.lean_blocks import lean_blocks
 from rewardkit.models.shared_casts import share_input_casts
 
 # One logger for the whole package, named as before the split: log lines read `rewardkit.train: ...`.
@@ -135,11 +136,14 @@ def train_batches(objective, items: list, model, pad_id: int, cfg: TrainRunConfi
     return RankBatches(follow_mixture(sampler, items, pair_length), split=True, **deal), collate, fetch, True
 
 
-def tune_backbone(model, t: TrainConfig, bf16: bool, device_type: str) -> None:
-    """The training-only switches on the backbone: activation checkpointing, shared bf16 input casts, compile."""
+def tune_backbone(model, t: TrainConfig, bf16: bool, device_type: str, sharded: bool = False) -> None:
+    """The training-only switches on the backbone: activation checkpointing, lean norm/MLP blocks (not where
+    `sharded` weights are gathered by submodule hooks), shared bf16 input casts, compile."""
     if t.gradient_checkpointing:
         model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
                                                  every_n_layers=t.checkpoint_every)
+    if t.lean_activations and not sharded:
+        log.info("lean activations: %s", lean_blocks(model.hf))
     if t.shared_casts and bf16:
         share_input_casts(model.hf)
     if t.compile:
