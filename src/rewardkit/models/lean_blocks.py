@@ -123,6 +123,7 @@ def lean_blocks(model: nn.Module) -> dict[str, int]:
     """Swap in the lean forward on every matching module (see the module docstring). Idempotent; returns how
     many norms and MLPs it changed now."""
     done = {"norms": 0, "mlps": 0}
+    checked: dict[type, bool] = {}  # one check per class: its forward's formula is the class's
     for m in model.modules():
         if getattr(m, "_rk_lean", False):
             continue
@@ -132,7 +133,9 @@ def lean_blocks(model: nn.Module) -> dict[str, int]:
             kind, lean, width = "mlps", _mlp_forward(m), m.gate_proj.in_features
         else:
             continue
-        if _same_forward(m, lean, width):
+        if type(m) not in checked:
+            checked[type(m)] = _same_forward(m, lean, width)
+        if checked[type(m)]:
             m.forward = lean
             m._rk_lean = True
             done[kind] += 1
