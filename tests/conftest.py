@@ -107,6 +107,20 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def bf16_train_losses(model: Path, out: Path, *overrides: str, pairs: int = 32, steps: int = 2) -> list[float]:
+    """Train `model` for `steps` steps in bf16 on synthetic pairs (in random order, a row per step) and return
+    the train losses of metrics.jsonl: for comparing a training switch on and off."""
+    from rewardkit.config import TrainRunConfig, load_config
+    from rewardkit.train import train
+
+    data = write_jsonl(out.parent / f"{out.name}-train.jsonl", synthetic_pairs(pairs))
+    train(load_config(TrainRunConfig, None, [
+        f"model={model}", f"data.train={data}", "data.max_length=48", "train.progress=false", "train.bf16=true",
+        f"train.max_steps={steps}", "train.log_every=1", "train.batching=random", f"output_dir={out}", *overrides]))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
 def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
     """A learnable task: the chosen answer is on topic and polite, the rejected one is rude."""
     import random

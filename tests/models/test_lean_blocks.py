@@ -4,19 +4,17 @@ backward."""
 from __future__ import annotations
 
 import contextlib
-import json
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import synthetic_pairs, write_jsonl
+from conftest import bf16_train_losses
 from rewardkit.batches import SequenceBatch
 from rewardkit.config import TrainRunConfig, load_config
 from rewardkit.models.lean_blocks import lean_blocks
 from rewardkit.models.reward_model import RewardModel, backbone_hidden
 from rewardkit.models.shared_casts import share_input_casts
-from rewardkit.train import train
 from rewardkit.train.plan import tune_backbone
 
 
@@ -109,18 +107,10 @@ def test_frozen_weights_get_no_gradient(tiny_models):
 
 
 def test_train_option_gives_the_same_first_loss(tiny_models, tmp_path):
-    data = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(32))
-    losses = {}
-    for on in (True, False):
-        out = tmp_path / f"lean-{on}"
-        train(load_config(TrainRunConfig, None, [
-            f"model={tiny_models['llama']}", f"data.train={data}", "data.max_length=48", "train.progress=false",
-            "train.bf16=true", "train.max_steps=3", "train.log_every=1", "train.batching=random",
-            f"train.lean_activations={str(on).lower()}", f"output_dir={out}"]))
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[on] = [r["loss"] for r in rows if r["split"] == "train"]
-    assert losses[True][0] == losses[False][0]  # the first step's forward is bit-identical
-    assert losses[True][1:] == pytest.approx(losses[False][1:], abs=1e-3)  # gradients equal up to rounding
+    losses = {on: bf16_train_losses(tiny_models["llama"], tmp_path / f"lean-{on}", f"train.lean_activations={on}",
+                                    steps=3) for on in ("true", "false")}
+    assert losses["true"][0] == losses["false"][0]  # the first step's forward is bit-identical
+    assert losses["true"][1:] == pytest.approx(losses["false"][1:], abs=1e-3)  # gradients equal up to rounding
 
 
 @pytest.mark.parametrize("sharded", [False, True])

@@ -5,18 +5,15 @@ change where three bf16 gradients now add in bf16; fewer fp32->bf16 copies run."
 from __future__ import annotations
 
 import contextlib
-import json
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import synthetic_pairs, write_jsonl
+from conftest import bf16_train_losses
 from rewardkit.batches import SequenceBatch
-from rewardkit.config import TrainRunConfig, load_config
 from rewardkit.models.reward_model import RewardModel, backbone_hidden
 from rewardkit.models.shared_casts import share_input_casts
-from rewardkit.train import train
 
 
 class _CountCasts(TorchDispatchMode):
@@ -83,15 +80,7 @@ def test_no_effect_outside_autocast(tiny_models):
 
 
 def test_train_option_gives_the_same_first_loss(tiny_models, tmp_path):
-    data = write_jsonl(tmp_path / "train.jsonl", synthetic_pairs(32))
-    first = {}
-    for on in (True, False):
-        out = tmp_path / f"shared-{on}"
-        train(load_config(TrainRunConfig, None, [
-            f"model={tiny_models['llama']}", f"data.train={data}", "data.max_length=48", "train.progress=false",
-            "train.bf16=true", "train.max_steps=2", "train.log_every=1", "train.batching=random",
-            f"train.shared_casts={str(on).lower()}", f"output_dir={out}"]))
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        first[on] = [r["loss"] for r in rows if r["split"] == "train"]
-    assert first[True][0] == first[False][0]  # the first step's forward is bit-identical
-    assert abs(first[True][1] - first[False][1]) < 1e-2
+    first = {on: bf16_train_losses(tiny_models["llama"], tmp_path / f"shared-{on}", f"train.shared_casts={on}")
+             for on in ("true", "false")}
+    assert first["true"][0] == first["false"][0]  # the first step's forward is bit-identical
+    assert abs(first["true"][1] - first["false"][1]) < 1e-2
