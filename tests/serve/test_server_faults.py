@@ -1,5 +1,5 @@
 """The reward server under faults: auth before anything else, error shapes as the schema declares them,
-slow headers (closed) and half-sent bodies (408), huge texts (cut before tokenising), clients that go away (their queued work
+slow headers (closed) and half-sent bodies (408), connections beyond the bound (503), huge texts (cut before tokenising), clients that go away (their queued work
 is dropped), SIGTERM (bounded drain, 503 for what cannot finish, exit 0) and a corrupt model at start-up."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from rewardkit.scoring import RewardScorer  # noqa: E402
 from rewardkit.serve.app import build_app, create_app, draining_server  # noqa: E402
 from rewardkit.serve.batcher import BatchSettings, DynamicBatcher, ShuttingDown  # noqa: E402
 from rewardkit.serve.combine import single_model  # noqa: E402
-from rewardkit.serve.guard import header_deadline_protocol  # noqa: E402
+from rewardkit.serve.guard import FD_RESERVE, default_max_connections, guarded_protocol, open_file_limit  # noqa: E402
 from rewardkit.scoring.limits import CHARS_PER_TOKEN, cap_text  # noqa: E402
 from rewardkit.serve.metrics import Metrics  # noqa: E402
 from rewardkit.serve.service import RewardService, ServeSettings  # noqa: E402
@@ -122,6 +122,44 @@ def _answer_then_close(sock: socket.socket, timeout: float) -> bytes:
     return data
 
 
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_a_connection_beyond_the_bound_gets_503_and_is_closed(rm_dirs, impl):  # noqa: F811
+    """Without a bound, many open connections ran the process out of file descriptors, after which asyncio stops
+    accepting and new clients wait in the backlog unanswered. One connection over `max_connections` is answered
+    503 with Retry-After naming the key, and closed; once a connection goes away, a new client is served."""
+    base = _protocol_base(impl)
+    settings = ServeSettings(max_connections=2)
+    with ServerThread(build_app(single_model(str(rm_dirs["llama"])), settings),
+                      http=guarded_protocol(30.0, 2, base=base)) as s:
+        connections = s.server.server_state.connections
+        wait_until(lambda: not connections, "the start-up health check's connection to close")
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(2)]
+        extra = socket.create_connection(("127.0.0.1", s.port))
+        answer = _answer_then_close(extra, BOUND_S)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"retry-after: 1" in answer.lower() and b"serve.max_connections" in answer
+        held[0].close()
+        wait_until(lambda: httpx.post(s.url + "/get_reward", json={"query": ["served again"]}).status_code == 200,
+                   "a new client to be served once a held connection closed")
+        held[1].sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert _answer_then_close(held[1], BOUND_S).startswith(b"HTTP/1.1 200 ")  # the held ones still work
+    for sock in (*held, extra):
+        sock.close()
+    with pytest.raises(ValueError, match="max_connections"):
+        ServeSettings(max_connections=0)
+    limit = open_file_limit()
+    assert default_max_connections() == (None if limit is None else max(1, limit - FD_RESERVE))
+
+
+def _protocol_base(impl: str) -> type:
+    if impl == "httptools":
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return base
+
+
 def test_half_sent_and_dribbled_bodies_get_408_and_a_closed_connection(server):
     started = time.monotonic()
     socks = [_half_sent(server.port) for _ in range(20)]
@@ -156,13 +194,9 @@ def test_slow_headers_close_the_connection_but_a_long_forward_is_left_alone(rm_d
     as it liked. With `header_timeout` it gets a 408 and a closed connection; a connection that sent nothing is
     closed silently; a request whose forward outlasts the deadline is still answered, and a kept-alive
     connection is served again when its next headers come in time."""
-    if impl == "httptools":
-        pytest.importorskip("httptools")
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    else:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    base = _protocol_base(impl)
     service, settings, batcher, gate = gated_service(rm_dirs, header_timeout=0.5)
-    with ServerThread(create_app(service, settings), http=header_deadline_protocol(0.5, base)) as s:
+    with ServerThread(create_app(service, settings), http=guarded_protocol(0.5, base=base)) as s:
         statuses = []
         running = threading.Thread(target=lambda: statuses.append(httpx.post(
             s.url + "/get_reward", json={"query": ["held at the gate"]}, timeout=BOUND_S).status_code))

@@ -322,6 +322,8 @@ class ServeRunConfig:
                                    "the connection is closed.")
     header_timeout: float = _f(30.0, "Seconds for a connection to send a request's headers, from its opening or "
                                      "its previous answer; slower: closed (408 if a request had begun).")
+    max_connections: int | None = _f(None, "Open connections at most; one more is answered 503 + Retry-After and "
+                                           "closed. null: the process's open-file limit less 64.")
     drain_timeout: float = _f(30.0, "On SIGTERM: stop accepting, let queued work run this many seconds more, "
                                     "answer 503 to what is left, exit 0.")
     access_log: bool = _f(False, "One log line per request (never the body).")
@@ -333,6 +335,7 @@ class ServeRunConfig:
         _check(self.scoring.max_tokens is not None, "scoring.max_tokens", "the server needs a number")
         _at_least(self, 0, "max_wait_ms")
         _at_least(self, 1, "max_queue", "max_texts", "max_body_bytes")
+        _at_least(self, 1, "max_connections", optional=True)
         _positive(self, "body_timeout", "header_timeout")
         _at_least(self, 0, "drain_timeout")
         _check(self.max_texts <= self.max_queue, "max_texts",

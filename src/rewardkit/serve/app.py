@@ -31,7 +31,7 @@ from rewardkit.precision import precision_name
 from rewardkit.scoring import NoScores, UnscorableResponse
 from rewardkit.serve.batcher import QueueFull, ShuttingDown
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
-from rewardkit.serve.guard import Guard, header_deadline_protocol
+from rewardkit.serve.guard import Guard, guarded_protocol
 from rewardkit.serve.schemas import (CompareRequest, CompareResponse, ErrorResponse, GetRewardRequest,
                                      GetRewardResponse, HealthResponse, RankRequest, RankResponse, ScoreRequest,
                                      ScoreResponse, VllmScoreRequest, VllmScoreResponse, as_text)
@@ -208,11 +208,11 @@ def run_server(models: ModelsConfig, settings: ServeSettings, *, host: str = "12
         service = RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16)
         config = uvicorn.Config(create_app(service, settings), host=host, port=port, access_log=access_log,
                                 log_level="info", timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE_S,
-                                http=header_deadline_protocol(settings.header_timeout))
+                                http=guarded_protocol(settings.header_timeout, settings.max_connections))
         _listen(sockets, host, port, config.backlog)
         port = sockets[0].getsockname()[1]  # the one the system chose for port 0
-        log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward)",
-                 host, port, host, port)
+        log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward); at most %s "
+                 "open connections", host, port, host, port, settings.max_connections or "unbounded")
         draining_server(config, service, settings.drain_timeout).run(sockets=sockets)
     finally:
         for sock in sockets:

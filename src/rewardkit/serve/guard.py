@@ -10,10 +10,11 @@
    before its answer, the task is cancelled, so its texts leave the model queue unscored (batcher.py).
 4. Shutdown: a request cut off by the server's own stop (uvicorn cancels what outlives the drain) gets a
    503 instead of a silently closed connection.
-Before all of these, in the HTTP protocol itself (`header_deadline_protocol`): a connection must send each
-request's headers within `header_timeout` seconds of opening or of its previous answer, or it is closed (with a
-408 when part of a request had come). uvicorn has no such timeout: a client sending its headers a byte at a time
-(slowloris) held a connection open for as long as it liked.
+Before all of these, in the HTTP protocol itself (`guarded_protocol`): a connection must send each request's
+headers within `header_timeout` seconds of opening or of its previous answer, or it is closed (with a 408 when
+part of a request had come). uvicorn has no such timeout: a client sending its headers a byte at a time
+(slowloris) held a connection open for as long as it liked. And a connection beyond `max_connections` open ones
+gets a 503 with Retry-After and is closed, instead of the process running out of file descriptors.
 
 Every request is timed into the metrics (status 499: the client went away first).
 """
@@ -30,6 +31,7 @@ ROUTES = ("/get_reward", "/v1/score", "/v1/compare", "/v1/rank", "/classify", "/
           "/health", "/metrics", "/openapi.json")
 OPEN_PATHS = ("/health",)
 CLIENT_GONE = 499  # nginx's code for "client closed the request", in metrics only
+FD_RESERVE = 64  # file descriptors kept free below the open-file limit for model files, logs and listeners
 
 
 class Guard:
@@ -128,20 +130,46 @@ class Guard:
             watcher.cancel()
 
 
-def header_deadline_protocol(seconds: float, base: type | None = None) -> type:
+def open_file_limit() -> int | None:
+    """The process's soft limit on open files (None where unknown or unlimited)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections() -> int | None:
+    """The open-file limit less FD_RESERVE (model files, logs, the listening sockets), at least 1."""
+    limit = open_file_limit()
+    return None if limit is None else max(1, limit - FD_RESERVE)
+
+
+def guarded_protocol(header_timeout: float, max_connections: int | None = None, base: type | None = None) -> type:
     """uvicorn's HTTP protocol `base` (default: httptools' where installed, else h11's) with a deadline on request
-    headers (module doc); pass it as `uvicorn.Config(http=...)`. The timer is armed when the connection opens
-    and after every answer; it closes the connection only if no request's headers completed since then and no
-    request is running."""
+    headers (module doc) and a bound on open connections; pass it as `uvicorn.Config(http=...)`. The header timer
+    is armed when the connection opens and after every answer; it closes the connection only if no request's
+    headers completed since then and no request is running. A connection beyond `max_connections` is answered
+    503 with Retry-After and closed at once, before the process runs out of file descriptors (where asyncio
+    would stop accepting and leave new clients waiting in the listen backlog without a word)."""
     if base is None:
         from uvicorn.protocols.http.auto import AutoHTTPProtocol as base
 
-    class HeaderDeadline(base):
+    class Guarded(base):
         _rk_timer = None
         _rk_partial = False  # bytes of a request arrived since the timer was armed
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            if max_connections is not None and len(self.connections) > max_connections:
+                detail = json.dumps({"detail": f"too many open connections (the server's serve.max_connections "
+                                               f"is {max_connections}); retry"}).encode()
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                                b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+                                % (len(detail), detail))
+                transport.close()
+                return
             self._rk_arm()
 
         def data_received(self, data: bytes) -> None:
@@ -161,7 +189,7 @@ def header_deadline_protocol(seconds: float, base: type | None = None) -> type:
             if self._rk_timer is not None:
                 self._rk_timer.cancel()
             self._rk_partial = False
-            self._rk_timer = self.loop.call_later(seconds, self._rk_expire, self.cycle)
+            self._rk_timer = self.loop.call_later(header_timeout, self._rk_expire, self.cycle)
 
         def _rk_expire(self, cycle) -> None:
             self._rk_timer = None
@@ -169,13 +197,13 @@ def header_deadline_protocol(seconds: float, base: type | None = None) -> type:
             if self.cycle is not cycle or not idle or self.transport.is_closing():
                 return
             if self._rk_partial:  # a client that began a request learns why it was cut off
-                detail = json.dumps({"detail": f"request headers not received within {seconds:g} s (the "
+                detail = json.dumps({"detail": f"request headers not received within {header_timeout:g} s (the "
                                                "server's serve.header_timeout)"}).encode()
                 self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                                      b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(detail), detail))
             self.transport.close()
 
-    return HeaderDeadline
+    return Guarded
 
 
 class _Replay:

@@ -43,7 +43,8 @@ class ServeSettings:
     max_body_bytes: int = 16 * 1024 * 1024  # request body; more -> 413
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     body_timeout: float = 30.0  # seconds to receive a whole request body; slower -> 408, connection closed
-    header_timeout: float = 30.0  # seconds to receive a request's headers (guard.header_deadline_protocol)
+    header_timeout: float = 30.0  # seconds to receive a request's headers (guard.guarded_protocol)
+    max_connections: int | None = None  # open connections; more -> 503 and closed (None: no bound)
     drain_timeout: float = 30.0  # after SIGTERM: queued work may run this long, then 503; then exit
     batch: BatchSettings = field(default_factory=BatchSettings)
 
@@ -56,6 +57,8 @@ class ServeSettings:
         if self.max_texts > self.batch.max_queue:
             raise ValueError(f"max_texts ({self.max_texts}) must not exceed the queue size ({self.batch.max_queue}): "
                              "a request that big could never be queued")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections must be positive, got {self.max_connections}")
         if self.clip is not None and self.clip <= 0:
             raise ValueError(f"clip must be positive, got {self.clip}")
 
