@@ -135,6 +135,8 @@ def test_a_connection_beyond_the_bound_gets_503_and_is_closed(rm_dirs, impl):  #
         wait_until(lambda: not connections, "the start-up health check's connection to close")
         held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(2)]
         extra = socket.create_connection(("127.0.0.1", s.port))
+        # its request is sent before the answer comes, as clients do: it must not turn the 503 into a reset
+        extra.sendall(b'POST /get_reward HTTP/1.1\r\nHost: t\r\nContent-Length: 19\r\n\r\n{"query": ["hi x"]}')
         answer = _answer_then_close(extra, BOUND_S)
         assert answer.startswith(b"HTTP/1.1 503 "), answer
         assert b"retry-after: 1" in answer.lower() and b"serve.max_connections" in answer

@@ -32,6 +32,8 @@ ROUTES = ("/get_reward", "/v1/score", "/v1/compare", "/v1/rank", "/classify", "/
 OPEN_PATHS = ("/health",)
 CLIENT_GONE = 499  # nginx's code for "client closed the request", in metrics only
 FD_RESERVE = 64  # file descriptors kept free below the open-file limit for model files, logs and listeners
+REFUSED_LINGER_S = 2.0  # a connection refused by max_connections is closed by then if the client has not
+REFUSED_LINGER_MAX = FD_RESERVE // 2  # ... and closed at once while this many refused ones linger already
 
 
 class Guard:
@@ -159,22 +161,44 @@ def guarded_protocol(header_timeout: float, max_connections: int | None = None, 
     class Guarded(base):
         _rk_timer = None
         _rk_partial = False  # bytes of a request arrived since the timer was armed
+        _rk_refused = False  # over max_connections: answered 503, lingering until closed
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if max_connections is not None and len(self.connections) > max_connections:
-                detail = json.dumps({"detail": f"too many open connections (the server's serve.max_connections "
-                                               f"is {max_connections}); retry"}).encode()
-                transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                                b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-                                % (len(detail), detail))
-                transport.close()
+                self._rk_refuse(transport)
                 return
             self._rk_arm()
 
+        def _rk_refuse(self, transport) -> None:
+            """503 and our end closed for writing; what the client sends meanwhile is read and dropped until it
+            closes or REFUSED_LINGER_S pass: closing with its request unread would send a reset, which can
+            destroy the 503 before the client reads it. Past REFUSED_LINGER_MAX lingering ones (a flood), closed
+            at once."""
+            self._rk_refused = True
+            detail = json.dumps({"detail": f"too many open connections (the server's serve.max_connections is "
+                                           f"{max_connections}); retry"}).encode()
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                            b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+                            % (len(detail), detail))
+            if len(self.connections) > max_connections + REFUSED_LINGER_MAX:  # a flood: no descriptors to spare
+                transport.close()
+                return
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._rk_timer = self.loop.call_later(REFUSED_LINGER_S, transport.close)
+
         def data_received(self, data: bytes) -> None:
+            if self._rk_refused:
+                return
             self._rk_partial = True
             super().data_received(data)
+
+        def eof_received(self) -> None:
+            if self._rk_refused:  # the client read the 503 and closed
+                self.transport.close()
+                return None
+            return super().eof_received()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
