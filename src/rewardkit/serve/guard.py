@@ -153,8 +153,9 @@ def guarded_protocol(header_timeout: float, max_connections: int | None = None, 
     headers (module doc) and a bound on open connections; pass it as `uvicorn.Config(http=...)`. The header timer
     is armed when the connection opens and after every answer; it closes the connection only if no request's
     headers completed since then and no request is running. A connection beyond `max_connections` is answered
-    503 with Retry-After and closed at once, before the process runs out of file descriptors (where asyncio
-    would stop accepting and leave new clients waiting in the listen backlog without a word)."""
+    503 with Retry-After and closed (`_rk_refuse`) before the process runs out of file descriptors, where the
+    event loop stops accepting: asyncio leaves new clients waiting in the listen backlog, uvloop closes them
+    unanswered (bench/serve_connections.py)."""
     if base is None:
         from uvicorn.protocols.http.auto import AutoHTTPProtocol as base
 
