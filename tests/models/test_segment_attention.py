@@ -4,6 +4,8 @@ and grouped-query heads; outputs and gradients."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,46 @@ def test_explicit_attention_padded_to_a_multiple_is_the_same(pattern):
         for a, b in zip(got_grads, want_grads):
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def _plain_ops(q, k, v, mask, causal, scale):
+    """The reference: key/value heads repeated for their query heads, then scores, mask, softmax, weighted sum."""
+    reps = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if mask is None and causal:
+        mask = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("pattern", ["full", "causal", "mask"])
+@pytest.mark.parametrize("heads,groups", [(4, 4), (6, 2)])
+def test_the_fused_unit_matches_the_plain_ops(pattern, heads, groups, bf16):
+    """The one-Function unit (cast, padding and scaling in one copy, grouped-query heads without repeated keys)
+    against the plain autograd ops: the same outputs, and gradients equal up to rounding (the query heads of a
+    group are summed inside one matmul instead of after it)."""
+    g = torch.Generator().manual_seed(1)
+    n = 45
+    q = torch.randn(1, heads, n, 16, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, groups, n, 16, generator=g, requires_grad=True) for _ in range(2))
+    mask = None
+    if pattern == "mask":
+        mask = torch.ones(n, n, dtype=torch.bool).tril()
+        mask[n // 2:, 1:n // 2] = False
+    grad = torch.randn(1, heads, n, 16, generator=g)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    results = []
+    for fused in (True, False):
+        with ctx:
+            args = (q.bfloat16(), k.bfloat16(), v.bfloat16()) if bf16 else (q, k, v)
+            out = (sa.explicit_attention(*args, mask, causal=pattern == "causal", scale=0.25, multiple=32) if fused
+                   else _plain_ops(*args, mask, pattern == "causal", 0.25))
+        results.append((out, torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))))
+    (got, got_grads), (want, want_grads) = results
+    assert got.dtype == want.dtype and torch.equal(got, want) if bf16 else torch.allclose(got, want, atol=1e-6)
+    tol = dict(atol=5e-2, rtol=2e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, **tol)

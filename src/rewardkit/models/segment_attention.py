@@ -6,8 +6,8 @@ varlen does that on GPUs from the position ids; this does it anywhere SDPA runs 
 the shared-prompt pattern ([prompt][chosen][rejected], rejected never sees chosen), which varlen cannot express.
 
 On CPU under bf16, units of up to 512 tokens skip SDPA and run as three explicit ops (scores, softmax,
-weighted sum), whose autograd backward beats the CPU flash kernel's at those lengths (README, "Training loop
-and throughput"); for longer units the flash kernel wins again and its O(n) memory matters, so they keep it.
+weighted sum) with a hand-written backward (one autograd Function a unit, `_UnitAttention`), which beats the
+CPU flash kernel's at those lengths (README, "Training loop and throughput"); for longer units the flash kernel wins again and its O(n) memory matters, so they keep it.
 Those ops run at the unit's length rounded up to EXPLICIT_MULTIPLE: oneDNN compiles a matmul kernel for each
 new shape, and per-unit lengths made nearly every call a new one (on an AMX CPU, 400 HH-length units through
 one layer, forward + backward: 1.84 s at their own lengths, 1.37 s padded to 32, and 0.9 GB less memory held
@@ -111,8 +111,6 @@ def _flat_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     with planless_attention(query.device):  # here too: gradient checkpointing recomputes outside the model call
         for (q, k, v), (_, _, mask) in zip(parts, rk_units):
             if q.shape[2] <= explicit:
-                if reps > 1:
-                    k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
                 outs.append(explicit_attention(q, k, v, mask, causal=causal, dropout=p, scale=scaling,
                                                multiple=EXPLICIT_MULTIPLE))
             else:
@@ -132,31 +130,87 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
                        causal: bool, dropout: float = 0.0, scale: float | None = None,
                        multiple: int = 1) -> torch.Tensor:
-    """softmax(q k^T * scale) v for one unit: q, k, v (1, H, n, D) -> (1, H, n, D); mask (n, n) bool
-    (True = may attend) or None (causal or full). Scores stay in the input dtype (bf16 under autocast);
-    softmax accumulates in fp32 internally, as the flash kernel does. `multiple`: compute at n rounded up to a
-    multiple of it (zero rows appended, masked as keys, dropped from the output), so that many unit lengths
-    share one matmul shape; the real rows' results are the same."""
+    """softmax(q k^T * scale) v for one unit: q (1, H, n, D), k and v (1, Hkv, n, D) with H a multiple of Hkv
+    (grouped-query heads share a key/value head) -> (1, H, n, D) in the compute dtype; mask (n, n) bool (True =
+    may attend) or None (causal or full). Scores stay in that dtype (bf16 under autocast); softmax accumulates in
+    fp32 internally, as the flash kernel does. `multiple`: compute at n rounded up to a multiple of it (zero rows
+    appended, masked as keys, dropped from the output), so that many unit lengths share one matmul shape; the
+    real rows' results are the same. Without dropout it is one autograd Function (`_UnitAttention`)."""
     n = q.shape[-2]
     size = -(-n // multiple) * multiple
-    if size != n:
-        q, k, v = (F.pad(t, (0, 0, 0, size - n)) for t in (q, k, v))
-    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-1, -2)  # (1, H, size, size)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     if mask is not None and size != n:
         # Padding rows attend to the real keys (a row with every key masked would give NaN, even unread).
         mask = F.pad(mask, (0, size - n, 0, size - n))
         mask[n:, :n] = True
     elif mask is None and causal:
         mask = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()  # padding keys come last
-    elif mask is None and size != n:
+    if not dropout:
+        return _UnitAttention.apply(q, k, v, None if mask is None else ~mask, scale, size, compute_dtype(q))
+    reps = q.shape[1] // k.shape[1]
+    if reps > 1:
+        k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
+    if size != n:
+        q, k, v = (F.pad(t, (0, 0, 0, size - n)) for t in (q, k, v))
+    scores = (q * scale) @ k.transpose(-1, -2)  # (1, H, size, size)
+    if mask is None and size != n:
         scores[..., n:] = float("-inf")  # full attention over the real keys: only the padding columns change
-    if mask is not None:
+    elif mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    if dropout:
-        weights = F.dropout(weights, dropout)
-    out = weights @ v
+    out = F.dropout(torch.softmax(scores, dim=-1), dropout) @ v
     return out if size == n else out[:, :, :n]
+
+
+def _padded(t: torch.Tensor, size: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """t (1, H, n, D) -> (H, size, D) in `dtype`, times `scale`, zero rows after n: one copy (the cast and the
+    scaling included)."""
+    h, n, d = t.shape[1], t.shape[2], t.shape[3]
+    out = torch.empty(h, size, d, dtype=dtype, device=t.device)
+    torch.mul(t[0], scale, out=out[:, :n]) if scale != 1.0 else out[:, :n].copy_(t[0])
+    out[:, n:].zero_()
+    return out
+
+
+class _UnitAttention(torch.autograd.Function):
+    """explicit_attention without dropout as one Function: the padding, cast and scaling are one copy per input,
+    grouped-query heads multiply their shared key/value head in one batched matmul (no repeated copies), and
+    backward is the four matmuls and one softmax backward, with no autograd node per op. Keeps the padded q
+    (scaled), k, v and the probabilities, as the separate ops did."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, masked, scale: float, size: int, dtype: torch.dtype):
+        heads, groups, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+        reps = heads // groups
+        qp = _padded(q, size, dtype, scale).view(groups, reps * size, d)
+        kp, vp = _padded(k, size, dtype), _padded(v, size, dtype)  # (groups, size, d)
+        scores = torch.bmm(qp, kp.transpose(1, 2))  # (groups, reps * size, size)
+        if masked is not None:
+            scores.view(groups, reps, size, size).masked_fill_(masked, float("-inf"))
+        elif size != n:
+            scores[..., n:] = float("-inf")
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.bmm(probs, vp).view(1, heads, size, d)
+        ctx.save_for_backward(qp, kp, vp, probs)
+        ctx.scale, ctx.n, ctx.dtypes = scale, n, (q.dtype, k.dtype, v.dtype)
+        return out[:, :, :n]
+
+    @staticmethod
+    def backward(ctx, grad):
+        qp, kp, vp, probs = ctx.saved_tensors
+        groups, rows, d = qp.shape
+        size, n = kp.shape[1], ctx.n
+        heads = grad.shape[1]
+        g = torch.zeros(heads, size, d, dtype=qp.dtype, device=qp.device)
+        g[:, :n] = grad[0]
+        g = g.view(groups, rows, d)
+        dv = torch.bmm(probs.transpose(1, 2), g)  # (groups, size, d): the query heads of a group summed
+        dp = torch.bmm(g, vp.transpose(1, 2))
+        ds = torch._softmax_backward_data(dp, probs, -1, probs.dtype)
+        dq = torch.bmm(ds, kp).view(1, heads, size, d)[:, :, :n] * ctx.scale
+        dk = torch.bmm(ds.transpose(1, 2), qp)
+        q_dtype, k_dtype, v_dtype = ctx.dtypes
+        return (dq.to(q_dtype), dk[None, :, :n].to(k_dtype), dv[None, :, :n].to(v_dtype),
+                None, None, None, None)
 
 
 def use_segment_attention(config) -> None:
