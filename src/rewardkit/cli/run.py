@@ -129,7 +129,6 @@ def _serve(cfg) -> int:
         from rewardkit.serve.app import run_server
         from rewardkit.serve.batcher import BatchSettings
         from rewardkit.serve.combine import load_models_config, single_model
-        from rewardkit.serve.guard import default_max_connections
         from rewardkit.serve.service import ServeSettings
     except ImportError as e:
         raise ConfigError(f"`serve` needs the serve extra ({e.name} missing): pip install 'rewardkit[serve]'") from None
@@ -141,7 +140,7 @@ def _serve(cfg) -> int:
         normalize=cfg.normalize, clip=cfg.clip, max_texts=cfg.max_texts, max_body_bytes=cfg.max_body_bytes,
         api_key=cfg.api_key or os.environ.get("REWARDKIT_API_KEY") or None,
         body_timeout=cfg.body_timeout, header_timeout=cfg.header_timeout, drain_timeout=cfg.drain_timeout,
-        max_connections=cfg.max_connections or default_max_connections(),
+        max_connections=cfg.max_connections,
         batch=BatchSettings(s.batch_size, s.max_tokens, cfg.max_wait_ms, cfg.max_queue))
     run_server(models, settings, host=cfg.host, port=cfg.port, device=s.device, max_length=cfg.data.max_length,
                access_log=cfg.access_log, bf16=s.bf16)

@@ -139,24 +139,27 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     n = q.shape[-2]
     size = -(-n // multiple) * multiple
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if mask is not None and size != n:
-        # Padding rows attend to the real keys (a row with every key masked would give NaN, even unread).
-        mask = F.pad(mask, (0, size - n, 0, size - n))
-        mask[n:, :n] = True
-    elif mask is None and causal:
-        mask = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()  # padding keys come last
+    masked = None  # (size, size) bool, True where a query may NOT attend; None: full attention
+    if mask is not None:
+        if size != n:
+            # Padding rows attend to the real keys (a row with every key masked would give NaN, even unread).
+            mask = F.pad(mask, (0, size - n, 0, size - n))
+            mask[n:, :n] = True
+        masked = ~mask
+    elif causal:  # padding keys come last, so the causal pattern at `size` masks them for the real rows
+        masked = torch.ones(size, size, dtype=torch.bool, device=q.device).triu_(1)
     if not dropout:
-        return _UnitAttention.apply(q, k, v, None if mask is None else ~mask, scale, size, compute_dtype(q))
+        return _UnitAttention.apply(q, k, v, masked, scale, size, compute_dtype(q))
     reps = q.shape[1] // k.shape[1]
     if reps > 1:
         k, v = k.repeat_interleave(reps, dim=1), v.repeat_interleave(reps, dim=1)
     if size != n:
         q, k, v = (F.pad(t, (0, 0, 0, size - n)) for t in (q, k, v))
     scores = (q * scale) @ k.transpose(-1, -2)  # (1, H, size, size)
-    if mask is None and size != n:
+    if masked is not None:
+        scores = scores.masked_fill(masked, float("-inf"))
+    elif size != n:
         scores[..., n:] = float("-inf")  # full attention over the real keys: only the padding columns change
-    elif mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
     out = F.dropout(torch.softmax(scores, dim=-1), dropout) @ v
     return out if size == n else out[:, :, :n]
 
@@ -166,7 +169,10 @@ def _padded(t: torch.Tensor, size: int, dtype: torch.dtype, scale: float = 1.0) 
     scaling included)."""
     h, n, d = t.shape[1], t.shape[2], t.shape[3]
     out = torch.empty(h, size, d, dtype=dtype, device=t.device)
-    torch.mul(t[0], scale, out=out[:, :n]) if scale != 1.0 else out[:, :n].copy_(t[0])
+    if scale != 1.0:
+        torch.mul(t[0], scale, out=out[:, :n])
+    else:
+        out[:, :n].copy_(t[0])
     out[:, n:].zero_()
     return out
 

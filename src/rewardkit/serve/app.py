@@ -31,7 +31,7 @@ from rewardkit.precision import precision_name
 from rewardkit.scoring import NoScores, UnscorableResponse
 from rewardkit.serve.batcher import QueueFull, ShuttingDown
 from rewardkit.serve.combine import FieldMissing, ModelsConfig
-from rewardkit.serve.guard import Guard, guarded_protocol
+from rewardkit.serve.guard import Guard, default_max_connections, guarded_protocol
 from rewardkit.serve.schemas import (CompareRequest, CompareResponse, ErrorResponse, GetRewardRequest,
                                      GetRewardResponse, HealthResponse, RankRequest, RankResponse, ScoreRequest,
                                      ScoreResponse, VllmScoreRequest, VllmScoreResponse, as_text)
@@ -206,13 +206,14 @@ def run_server(models: ModelsConfig, settings: ServeSettings, *, host: str = "12
     try:
         _steady_malloc()
         service = RewardService.load(models, settings, device=device, max_length=max_length, bf16=bf16)
+        max_connections = settings.max_connections or default_max_connections()
         config = uvicorn.Config(create_app(service, settings), host=host, port=port, access_log=access_log,
                                 log_level="info", timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE_S,
-                                http=guarded_protocol(settings.header_timeout, settings.max_connections))
+                                http=guarded_protocol(settings.header_timeout, max_connections))
         _listen(sockets, host, port, config.backlog)
         port = sockets[0].getsockname()[1]  # the one the system chose for port 0
         log.info("reward server on http://%s:%d (OpenRLHF: --reward.remote_url http://%s:%d/get_reward); at most %s "
-                 "open connections", host, port, host, port, settings.max_connections or "unbounded")
+                 "open connections", host, port, host, port, max_connections or "unbounded")
         draining_server(config, service, settings.drain_timeout).run(sockets=sockets)
     finally:
         for sock in sockets:

@@ -44,7 +44,7 @@ class ServeSettings:
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     body_timeout: float = 30.0  # seconds to receive a whole request body; slower -> 408, connection closed
     header_timeout: float = 30.0  # seconds to receive a request's headers (guard.guarded_protocol)
-    max_connections: int | None = None  # open connections; more -> 503 and closed (None: no bound)
+    max_connections: int | None = None  # open connections; more -> 503 and closed (None: open-file limit - 64)
     drain_timeout: float = 30.0  # after SIGTERM: queued work may run this long, then 503; then exit
     batch: BatchSettings = field(default_factory=BatchSettings)
 
