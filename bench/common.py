@@ -140,12 +140,12 @@ class PeakRSS:
         return self.peak
 
 
-def run_worker(script: Path, spec: dict) -> dict:
+def run_worker(script: Path, spec: dict, env: dict[str, str] | None = None) -> dict:
     """Run `script --worker SPEC_FILE` in a fresh process; return its last stdout line (JSON) + peak RSS
     (`peak_rss_gb`) + `process_seconds`: wall time from the subprocess's start to its exit (interpreter start,
     imports, loading, tokenisation, the loop, eval and saving; whatever else the worker does for the bench too,
-    which it may report as `bench_seconds` for the caller to subtract)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # tokenizers' own default threading, as users get it
+    which it may report as `bench_seconds` for the caller to subtract). `env`: variables to add (LD_PRELOAD)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}  # tokenizers' own default threading, as users get it
     spec_file = Path(spec["out"]) / "spec.json"  # too big for argv
     spec_file.write_text(json.dumps(spec))
     t0 = time.perf_counter()

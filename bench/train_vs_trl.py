@@ -20,6 +20,12 @@ tokenisation at all (in TRL's favour). Given held-out pairs, both evaluate them 
 token ids, as a TRL user with an eval set would call it (its eval_strategy defaults to "no"); `--no-trl-eval`
 leaves TRL's out.
 
+The rewardkit worker starts as the `rewardkit` command does: with tcmalloc or jemalloc preloaded where one is
+installed (`rewardkit/cli/allocator.py`; `make install` unpacks tcmalloc into .venv/lib on Debian-like systems);
+the engine label then says which. TRL's workers run on the C library's allocator, as `python train.py` does;
+`--engines trl-malloc` adds TRL's defaults with the same allocator preloaded, and `rewardkit-glibc` rewardkit
+without it, so the table separates what the allocator gives from what the training code gives.
+
 `--repeats N` runs the whole set N times, in reverse order every other time (A B C, C B A, ...) so that a machine
 that drifts slower or faster weighs on every engine alike; the table then shows each engine's medians and the
 ratio lines the median (and range) of the ratios measured within each repeat.
@@ -37,6 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rewardkit.cli.allocator import find_library, preload_env  # noqa: E402
 from common import (BACKBONES, dtype_peaks, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
                     run_worker, table, work_counts, work_dir)  # noqa: E402
 
@@ -80,7 +87,7 @@ def worker_trl(spec: dict) -> dict:
                             "rejected_ids": [p.rejected.input_ids for p in train_pairs]})
     model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
     tok = AutoTokenizer.from_pretrained(init)
-    kw = {} if spec["engine"] == "trl" else {"gradient_checkpointing": False}
+    kw = {"gradient_checkpointing": False} if spec["engine"] == "trl-tuned" else {}
     if spec.get("trl_fp32"):
         kw["bf16"] = False
     args = RewardConfig(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
@@ -116,8 +123,8 @@ def worker_trl(spec: dict) -> dict:
     with torch.no_grad():
         acc = _accuracy(rm, tok, eval_pairs, device) if eval_pairs else float("nan")
     bench_seconds += time.perf_counter() - b0
-    name = "TRL defaults" if spec["engine"] == "trl" else "TRL tuned (no grad ckpt)"
-    return {"engine": name + (", fp32" if spec.get("trl_fp32") else ""),
+    name = {"trl": "TRL defaults", "trl-tuned": "TRL tuned (no grad ckpt)"}.get(spec["engine"], "TRL defaults")
+    return {"engine": name + (", fp32" if spec.get("trl_fp32") else "") + _allocator_label(),
             "bench_seconds": bench_seconds,
             "seconds": seconds, "pairs": len(train_pairs) * spec["epochs"], "tokens": counts["real"],
             "processed": counts["processed"], "final_loss": losses[-1] if losses else float("nan"),
@@ -154,13 +161,22 @@ def worker_rewardkit(spec: dict) -> dict:
     # The layout the loop computed: shared-prompt units where packing is (or `auto` makes it) shared_prompt.
     shared = resolve_packing(cfg.train.packing, model.is_encoder) == "shared_prompt"
     bench_seconds += time.perf_counter() - b0
-    return {"engine": "rewardkit " + (" ".join(o.split(".")[-1] for o in spec["rk_options"]) or "defaults"),
+    return {"engine": "rewardkit " + (" ".join(o.split(".")[-1] for o in spec["rk_options"]) or "defaults")
+            + _allocator_label(),
             "bench_seconds": bench_seconds,
             "seconds": res.loop_seconds, "pairs": res.examples, "tokens": res.tokens,
             "processed": res.processed_tokens, "final_loss": losses[-1],
             "accuracy": res.final_eval.get("accuracy", float("nan")),
             "bf16": bf16_native(device) if cfg.train.bf16 is None else cfg.train.bf16,
             "work": _work(pairs, shared, spec["epochs"]), **_gpu_peak(device)}
+
+
+def _allocator_label() -> str:
+    """', tcmalloc_minimal' when the worker runs on a preloaded allocator, '' on the C library's."""
+    from rewardkit.cli.allocator import _mapped_allocator
+
+    lib = _mapped_allocator()
+    return f", {Path(lib).name.split('.so')[0].removeprefix('lib')}" if lib else ""
 
 
 def _gpu_peak(device: str) -> dict:
@@ -194,7 +210,11 @@ def main() -> None:
                     help="one more rewardkit run with these overrides on top of --rewardkit's (repeatable), e.g. "
                          "--also train.gradient_checkpointing=true")
     ap.add_argument("--engines", nargs="+", default=["trl", "trl-tuned", "rewardkit"],
-                    choices=["trl", "trl-tuned", "rewardkit"], help="which runs (default: all three)")
+                    choices=["trl", "trl-tuned", "trl-malloc", "rewardkit", "rewardkit-glibc"],
+                    help="which runs (default: trl, trl-tuned, rewardkit). rewardkit (and every --also run) starts as "
+                         "the `rewardkit` command does, with the allocator it preloads where one is installed "
+                         "(rewardkit/cli/allocator.py); rewardkit-glibc on the C library's; trl-malloc is TRL's "
+                         "defaults with that same allocator preloaded (a TRL user who knows the trick)")
     ap.add_argument("--no-trl-eval", action="store_true",
                     help="do not call TRL's trainer.evaluate() on the held-out pairs (rewardkit evaluates them anyway)")
     ap.add_argument("--trl-fp32", action="store_true",
@@ -235,6 +255,8 @@ def main() -> None:
                 batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, trl_fp32=a.trl_fp32, trl_eval=not a.no_trl_eval,
                 device=a.device)
     runs = [(e, rk) for e in a.engines] + [("rewardkit", rk + extra) for extra in a.also]
+    lib = find_library()  # what the `rewardkit` command preloads on this machine (None: nothing)
+    print(f"allocator the rewardkit command preloads here: {lib or 'none (the C library)'}", file=sys.stderr)
     fp32_before = matmul_peak(torch.float32, device=a.device)
     repeats: list[list[dict]] = [[] for _ in runs]  # per run: its result in each repeat
     for k in range(a.repeats):
@@ -244,7 +266,8 @@ def main() -> None:
             out = work / f"run{i}-{k}"
             out.mkdir()
             print(f"running {engine} {' '.join(options)} (repeat {k + 1}/{a.repeats}) ...", file=sys.stderr, flush=True)
-            r = run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options})
+            env = preload_env(lib, {}) if lib and engine in ("rewardkit", "trl-malloc") else {"LD_PRELOAD": ""}
+            r = run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options}, env)
             repeats[i].append(r)  # as each engine finishes: a run cut short still reports the engines done
             print(f"  {engine}: loop {r['seconds']:.1f} s, whole {r['process_seconds'] - r['bench_seconds']:.1f} s, "
                   f"accuracy {r['accuracy']:.3f}", file=sys.stderr, flush=True)

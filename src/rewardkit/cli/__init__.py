@@ -16,6 +16,7 @@ import sys
 import threading
 from typing import Any
 
+from rewardkit.cli import allocator
 from rewardkit.cli.parser import COMMANDS, KIND_HELP, _parsers, build_parser
 from rewardkit.cli.run import json_line
 from rewardkit.config import COMMANDS as CONFIGS
@@ -72,6 +73,8 @@ def parse_command(argv: list[str]) -> tuple[str, argparse.Namespace, bool]:
 def main(argv: list[str] | None = None) -> int:
     name, args, debug = parse_command(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if name not in allocator.KEEP_SYSTEM:
+        logging.getLogger("rewardkit.cli").info("memory allocator: %s", allocator.describe())
     from rewardkit.data import DataError
     from rewardkit.models.positions import PositionLimit
 
@@ -106,7 +109,15 @@ def entry() -> None:
     Before exiting, every live object is frozen out of the garbage collector (`gc.freeze`): at exit CPython
     collects every generation several times over the ~400k objects torch and transformers leave (0.7-0.8 s of
     each command's exit measured, 0.2 s after the freeze). By then the command has closed and renamed its outputs
-    and finished its trackers; objects are still freed by their reference counts."""
+    and finished its trackers; objects are still freed by their reference counts.
+
+    First of all, the process may re-execute itself once with tcmalloc or jemalloc preloaded (`allocator`)."""
+    try:
+        first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        allocator.maybe_reexec(first if first in COMMANDS else None)
+    except ConfigError as e:  # REWARDKIT_MALLOC names no file
+        print(f"rewardkit: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     code = main()
     gc.freeze()
     sys.exit(code)
