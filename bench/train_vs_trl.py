@@ -173,9 +173,9 @@ def worker_rewardkit(spec: dict) -> dict:
 
 def _allocator_label() -> str:
     """', tcmalloc_minimal' when the worker runs on a preloaded allocator, '' on the C library's."""
-    from rewardkit.cli.allocator import _mapped_allocator
+    from rewardkit.cli.allocator import mapped_allocator
 
-    lib = _mapped_allocator()
+    lib = mapped_allocator()
     return f", {Path(lib).name.split('.so')[0].removeprefix('lib')}" if lib else ""
 
 

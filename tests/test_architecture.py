@@ -39,8 +39,8 @@ ALLOWED: dict[str, set[str]] = {
     "rewardkit.serve": {"rewardkit.precision", "rewardkit.config", "rewardkit.data", "rewardkit.metrics", "rewardkit.rlhf",
                         "rewardkit.scoring"},
 }
-TOP = {"rewardkit.cli", "rewardkit.cli.parser", "rewardkit.cli.run", "rewardkit.cli.__main__", "rewardkit.__main__",
-       "rewardkit"}  # may import anything
+TOP = {"rewardkit.cli", "rewardkit.cli.allocator", "rewardkit.cli.parser", "rewardkit.cli.run", "rewardkit.cli.__main__",
+       "rewardkit.__main__", "rewardkit"}  # may import anything
 
 
 def _module_name(path: Path) -> str:

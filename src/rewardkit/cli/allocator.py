@@ -29,6 +29,7 @@ ENV = "REWARDKIT_MALLOC"  # a library file to preload, or one of SYSTEM
 ACTIVE = "REWARDKIT_MALLOC_ACTIVE"  # set for the re-executed process: the library it was given (no second exec)
 SYSTEM = ("system", "glibc", "libc", "none", "off")
 NAMES = ("tcmalloc_minimal", "tcmalloc", "jemalloc")  # tcmalloc first: the faster of the two measured here
+MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")  # a library already in LD_PRELOAD with one of these names is kept
 KEEP_SYSTEM = ("serve",)  # commands left on the C library's allocator
 # tcmalloc prints a line for every allocation above 1 GiB by default; a 7B model's embedding is one.
 QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
@@ -69,7 +70,7 @@ def maybe_reexec(command: str | None) -> None:
     KEEP_SYSTEM commands, when already re-executed, and when LD_PRELOAD already names an allocator."""
     if not sys.platform.startswith("linux") or command is None or command in KEEP_SYSTEM or ACTIVE in os.environ:
         return
-    if any(n in os.environ.get("LD_PRELOAD", "") for n in ("tcmalloc", "jemalloc", "mimalloc")):
+    if any(n in os.environ.get("LD_PRELOAD", "") for n in MALLOCS):
         return
     lib = find_library()
     if lib is None:
@@ -87,7 +88,11 @@ def describe() -> str:
     """Which allocator this process runs on, for the log: the preloaded library when it is mapped, else the
     C library's (with why, when one was asked for and did not load)."""
     asked = os.environ.get(ACTIVE)
-    mapped = _mapped_allocator()
+    if asked:
+        mapped = _mapped(lambda p: Path(p).name.startswith(Path(asked).name)
+                         or os.path.realpath(p) == os.path.realpath(asked))
+    else:
+        mapped = mapped_allocator()
     if mapped:
         return f"{Path(mapped).name.split('.so')[0].removeprefix('lib')} ({mapped})"
     if asked:
@@ -96,14 +101,19 @@ def describe() -> str:
             "'Memory allocator')")
 
 
-def _mapped_allocator() -> str | None:
-    """The path of a tcmalloc/jemalloc/mimalloc library mapped into this process, or None (Linux /proc)."""
+def mapped_allocator() -> str | None:
+    """The path of a tcmalloc/jemalloc/mimalloc library mapped into this process, or None."""
+    return _mapped(lambda p: any(f"lib{n}" in Path(p).name for n in MALLOCS))
+
+
+def _mapped(match) -> str | None:
+    """The first file mapped into this process whose path `match`es, or None (Linux /proc)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
     for line in maps.splitlines():
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if any(f"lib{n}" in Path(path).name for n in ("tcmalloc", "jemalloc", "mimalloc")):
-            return path
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/") and match(fields[5]):
+            return fields[5]
     return None
