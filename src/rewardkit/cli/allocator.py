@@ -3,7 +3,7 @@
 PyTorch asks for every CPU tensor with posix_memalign. glibc (2.36 measured) gives large ones fresh mmaps,
 faulted in page by page each time, and reuses its freed aligned blocks poorly, so a training step faults its
 activations in again and the heap fragments. Measured on this project's 2-core AMX VM (README, "Memory
-allocator"): SmolLM2 48 pairs, loop 24.6-25.0 s with glibc against 18.6-18.8 s with tcmalloc, peak RSS 5.1 against
+allocator"): SmolLM2 48 pairs, loop 23.8-25.1 s with glibc against 18.6-18.8 s with tcmalloc, peak RSS 5.1 against
 3.9 GB; glibc's own tunables (no mmap, no trim, one arena, huge pages) did not come near it.
 
 An allocator has to be in place before the process allocates anything, so the `rewardkit` script re-executes
