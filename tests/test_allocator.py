@@ -57,14 +57,13 @@ def test_the_preload_goes_first_and_keeps_what_was_there():
     assert allocator.preload_env("/x/l.so", {})["LD_PRELOAD"] == "/x/l.so"
 
 
-def test_no_second_exec_and_serve_keeps_the_c_library(monkeypatch):
+def test_one_exec_only_and_an_allocator_already_preloaded_stays(monkeypatch):
     calls = []
     monkeypatch.setattr(allocator.os, "execve", lambda *a: calls.append(a))
     monkeypatch.setattr(allocator, "find_library", lambda env=None: "/x/libtcmalloc.so")
     monkeypatch.delenv(allocator.ACTIVE, raising=False)
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    for command in ("serve", None):
-        allocator.maybe_reexec(command)
+    allocator.maybe_reexec(None)  # no command: --help, a usage error
     monkeypatch.setenv(allocator.ACTIVE, "/x/libtcmalloc.so")
     allocator.maybe_reexec("train")
     monkeypatch.delenv(allocator.ACTIVE)
@@ -72,7 +71,7 @@ def test_no_second_exec_and_serve_keeps_the_c_library(monkeypatch):
     allocator.maybe_reexec("train")
     assert calls == []
     monkeypatch.delenv("LD_PRELOAD")
-    allocator.maybe_reexec("train")
+    allocator.maybe_reexec("serve")
     assert len(calls) == 1
     exe, argv, env = calls[0]
     assert exe == sys.executable and argv[0] == sys.executable

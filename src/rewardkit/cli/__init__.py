@@ -73,8 +73,7 @@ def parse_command(argv: list[str]) -> tuple[str, argparse.Namespace, bool]:
 def main(argv: list[str] | None = None) -> int:
     name, args, debug = parse_command(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if name not in allocator.KEEP_SYSTEM:
-        logging.getLogger("rewardkit.cli").info("memory allocator: %s", allocator.describe())
+    logging.getLogger("rewardkit.cli").info("memory allocator: %s", allocator.describe())
     from rewardkit.data import DataError
     from rewardkit.models.positions import PositionLimit
 

@@ -264,7 +264,8 @@ def _steady_malloc() -> None:
     """Keep the server's RSS flat. glibc raises its mmap threshold each time a large block is freed, so the
     forward's buffers of ever-different batch shapes then come from (and stay in) the heap: RSS grew 35% in
     a 2-minute bench/soak.py run, and stayed flat with a fixed 64 KiB threshold. Linux/glibc only; an
-    explicit MALLOC_MMAP_THRESHOLD_ in the environment wins."""
+    explicit MALLOC_MMAP_THRESHOLD_ in the environment wins. Under a preloaded tcmalloc (cli/allocator.py) this
+    sets glibc's unused allocator and changes nothing."""
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     try:
