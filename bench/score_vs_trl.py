@@ -12,6 +12,9 @@ Two more engines score the same pairs from their TEXTS (tokenisation inside the 
 max_length, raw scores (function_to_apply="none"), chosen and rejected full texts in file order; and
 rewardkit's `RewardScorer` on the same texts (`encode_text` + its batched forward, precision as `rewardkit
 score` picks it for a model rewardkit trained on this machine: bf16 where native). The pipeline keeps the start of a too-long text and rewardkit its end; both cap at max_length.
+rewardkit's engines run with the allocator the `rewardkit` command preloads (tcmalloc or jemalloc where installed,
+`rewardkit/cli/allocator.py`; `REWARDKIT_MALLOC=system` in the environment turns it off); the others on the C
+library's, as `python script.py` runs. Each engine's label names its allocator.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BACKBONES, dtype_peaks, hh_rows, make_initial_model, matmul_params, matmul_peak, model_flops,  # noqa: E402
                     run_worker, table, work_dir)
-from train_vs_trl import _encode  # noqa: E402
+from train_vs_trl import _allocator_label, _encode  # noqa: E402
+
+from rewardkit.cli.allocator import find_library, preload_env  # noqa: E402
 
 
 def _texts(rows: list[dict]) -> list[str]:
@@ -83,7 +88,7 @@ def worker_texts(spec: dict) -> dict:
         pruned = _prunes(scorer.model, device)
         name, bf16 = f"rewardkit RewardScorer on texts ({precision_name(scorer.bf16)})", scorer.bf16
     acc = sum(c > r for c, r in zip(scores[:n], scores[n:])) / n
-    return {"engine": name, "seconds": statistics.median(times), "times": times, "pairs": n,
+    return {"engine": name + _allocator_label(), "seconds": statistics.median(times), "times": times, "pairs": n,
             "tokens": sum(lengths), "processed": processed, "accuracy": acc, "bf16": bool(bf16),
             "qk": sum(x * x for x in lengths), "pruned": _pruned(seqs) if pruned else None}
 
@@ -123,7 +128,7 @@ def worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             metrics = trainer.evaluate()
             times.append(time.perf_counter() - t0)
-        return {"engine": "TRL evaluate (defaults" + (", fp32)" if spec.get("trl_fp32") else ")"),
+        return {"engine": "TRL evaluate (defaults" + (", fp32)" if spec.get("trl_fp32") else ")") + _allocator_label(),
                 "seconds": statistics.median(times), "times": times,
                 "pairs": len(pairs), "tokens": real, "processed": counts["processed"],
                 "accuracy": metrics.get("eval_accuracy", float("nan")), "bf16": bool(args.bf16), "qk": qk}
@@ -144,7 +149,8 @@ def worker(spec: dict) -> dict:
     flat = device == "cpu"  # on CPU run_model packs each batch into one padding-free row
     processed = real if flat else sum(len(b) * max(lengths[i] for i in b)
                                       for b in length_batches(lengths, spec["batch_size"], spec["max_tokens"]))
-    return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})",
+    return {"engine": f"rewardkit ({'flat' if flat else 'padded'}, max_tokens {spec['max_tokens']}, bf16 {bf16})"
+                      + _allocator_label(),
             "seconds": statistics.median(times), "times": times,
             "pairs": len(pairs), "tokens": real, "processed": processed, "accuracy": float((rc > rr).double().mean()),
             "bf16": bool(bf16), "qk": qk, "pruned": _pruned(seqs) if _prunes(model, device) else None}
@@ -179,6 +185,7 @@ def main() -> None:
     fp32_before = matmul_peak(torch.float32, device=a.device)
     results = []
     runs = [(e, m) for e in a.engines for m in (a.max_tokens if e == "rewardkit" else [None])]
+    lib = find_library()  # rewardkit's engines start as `rewardkit score` does: with this allocator preloaded
     for i, (engine, max_tokens) in enumerate(runs):
         out = work / f"run{i}"
         out.mkdir()
@@ -186,7 +193,8 @@ def main() -> None:
         results.append(run_worker(Path(__file__), dict(engine=engine, init=str(init), rows=rows, out=str(out),
                                                        max_length=a.max_length, batch_size=a.batch_size,
                                                        max_tokens=max_tokens, repeats=a.repeats,
-                                                       trl_fp32=a.trl_fp32, device=a.device)))
+                                                       trl_fp32=a.trl_fp32, device=a.device),
+                                  preload_env(lib, {}) if lib and engine.startswith("rewardkit") else {"LD_PRELOAD": ""}))
     from transformers import AutoConfig
 
     from rewardkit.models.reward_model import RewardModel
