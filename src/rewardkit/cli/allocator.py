@@ -1,4 +1,4 @@
-"""tcmalloc or jemalloc under the `rewardkit` command when one is installed (Linux): CPU training ~1.3x faster.
+"""tcmalloc or jemalloc under the `rewardkit` command when one is installed (Linux): CPU training 1.1-1.3x faster.
 
 PyTorch asks for every CPU tensor with posix_memalign. glibc (2.36 measured) gives large ones fresh mmaps,
 faulted in page by page each time, and reuses its freed aligned blocks poorly, so a training step faults its
@@ -97,7 +97,7 @@ def describe() -> str:
         return f"{Path(mapped).name.split('.so')[0].removeprefix('lib')} ({mapped})"
     if asked:
         return f"the C library's: {asked} was preloaded but is not mapped (ld.so could not load it)"
-    return ("the C library's malloc; tcmalloc or jemalloc, when installed, trains ~1.3x faster on CPU (README, "
+    return ("the C library's malloc; tcmalloc or jemalloc, when installed, trains 1.1-1.3x faster on CPU (README, "
             "'Memory allocator')")
 
 
