@@ -190,7 +190,7 @@ def main() -> None:
         out = work / f"run{i}"
         out.mkdir()
         print(f"running {engine} ...", file=sys.stderr, flush=True)
-        env = preload_env(lib, {}) if lib and engine.startswith("rewardkit") else {"LD_PRELOAD": ""}
+        env = preload_env(lib, {}, "score") if lib and engine.startswith("rewardkit") else {"LD_PRELOAD": ""}
         results.append(run_worker(Path(__file__), dict(engine=engine, init=str(init), rows=rows, out=str(out),
                                                        max_length=a.max_length, batch_size=a.batch_size,
                                                        max_tokens=max_tokens, repeats=a.repeats,

@@ -23,7 +23,7 @@ leaves TRL's out.
 The rewardkit worker starts as the `rewardkit` command does: with tcmalloc or jemalloc preloaded where one is
 installed (`rewardkit/cli/allocator.py`; `make install` unpacks tcmalloc into .venv/lib on Debian-like systems);
 the engine label then says which. TRL's workers run on the C library's allocator, as `python train.py` does;
-`--engines trl-malloc` adds TRL's defaults with the same allocator preloaded, and `rewardkit-glibc` rewardkit
+`--engines trl-malloc` adds TRL's defaults with the same allocator and settings preloaded, and `rewardkit-glibc` rewardkit
 without it, so the table separates what the allocator gives from what the training code gives.
 
 `--repeats N` runs the whole set N times, in reverse order every other time (A B C, C B A, ...) so that a machine
@@ -266,7 +266,7 @@ def main() -> None:
             out = work / f"run{i}-{k}"
             out.mkdir()
             print(f"running {engine} {' '.join(options)} (repeat {k + 1}/{a.repeats}) ...", file=sys.stderr, flush=True)
-            env = preload_env(lib, {}) if lib and engine in ("rewardkit", "trl-malloc") else {"LD_PRELOAD": ""}
+            env = preload_env(lib, {}, "train") if lib and engine in ("rewardkit", "trl-malloc") else {"LD_PRELOAD": ""}
             r = run_worker(Path(__file__), {**base, "engine": engine, "out": str(out), "rk_options": options}, env)
             repeats[i].append(r)  # as each engine finishes: a run cut short still reports the engines done
             print(f"  {engine}: loop {r['seconds']:.1f} s, whole {r['process_seconds'] - r['bench_seconds']:.1f} s, "

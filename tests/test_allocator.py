@@ -57,6 +57,12 @@ def test_the_preload_goes_first_and_keeps_what_was_there():
     assert allocator.preload_env("/x/l.so", {})["LD_PRELOAD"] == "/x/l.so"
 
 
+def test_batch_commands_keep_freed_memory_and_the_server_returns_it():
+    assert allocator.preload_env("/x/l.so", {}, "train")["TCMALLOC_RELEASE_RATE"] == "0"
+    assert "TCMALLOC_RELEASE_RATE" not in allocator.preload_env("/x/l.so", {}, "serve")
+    assert allocator.preload_env("/x/l.so", {"TCMALLOC_RELEASE_RATE": "2"}, "train")["TCMALLOC_RELEASE_RATE"] == "2"
+
+
 def test_one_exec_only_and_an_allocator_already_preloaded_stays(monkeypatch):
     calls = []
     monkeypatch.setattr(allocator.os, "execve", lambda *a: calls.append(a))
@@ -76,6 +82,7 @@ def test_one_exec_only_and_an_allocator_already_preloaded_stays(monkeypatch):
     exe, argv, env = calls[0]
     assert exe == sys.executable and argv[0] == sys.executable
     assert env["LD_PRELOAD"] == "/x/libtcmalloc.so" and env[allocator.ACTIVE] == "/x/libtcmalloc.so"
+    assert "TCMALLOC_RELEASE_RATE" not in env  # the server gives memory back between bursts
 
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:

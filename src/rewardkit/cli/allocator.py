@@ -33,6 +33,11 @@ NAMES = ("tcmalloc_minimal", "tcmalloc", "jemalloc")  # tcmalloc first: the fast
 MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")  # a library already in LD_PRELOAD with one of these names is kept
 # tcmalloc prints a line for every allocation above 1 GiB by default; a 7B model's embedding is one.
 QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
+# A batch command keeps what tcmalloc has freed instead of returning it to the kernel, which then faults it in
+# again (SmolLM2 96 pairs: 1.1 M against 2.2-2.5 M minor faults, 7.8-9.0 s against 9.7-12.7 s of kernel time,
+# peak RSS +1%). The server keeps tcmalloc's default, so that a burst's memory goes back between bursts.
+KEEP_FREED = {"TCMALLOC_RELEASE_RATE": "0"}
+RELEASING = ("serve",)
 
 
 def find_library(env: dict[str, str] | None = None) -> str | None:
@@ -58,10 +63,12 @@ def find_library(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def preload_env(lib: str, env: dict[str, str]) -> dict[str, str]:
-    """`env` with `lib` first in LD_PRELOAD (what was there stays after it) and ACTIVE set."""
+def preload_env(lib: str, env: dict[str, str], command: str | None = None) -> dict[str, str]:
+    """`env` with `lib` first in LD_PRELOAD (what was there stays after it) and ACTIVE set; tcmalloc's settings
+    default to QUIET, and for commands other than RELEASING to KEEP_FREED (a variable already in `env` wins)."""
     rest = env.get("LD_PRELOAD", "")
-    return {**QUIET, **env, "LD_PRELOAD": f"{lib}:{rest}" if rest else lib, ACTIVE: lib}
+    defaults = {**QUIET, **({} if command in RELEASING else KEEP_FREED)}
+    return {**defaults, **env, "LD_PRELOAD": f"{lib}:{rest}" if rest else lib, ACTIVE: lib}
 
 
 def maybe_reexec(command: str | None) -> None:
@@ -79,7 +86,7 @@ def maybe_reexec(command: str | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, *argv[1:]], preload_env(lib, dict(os.environ)))
+        os.execve(sys.executable, [sys.executable, *argv[1:]], preload_env(lib, dict(os.environ), command))
     except OSError:  # could not start the interpreter again: go on with the allocator this process has
         return
 
