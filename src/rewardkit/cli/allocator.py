@@ -14,7 +14,7 @@ jemalloc, each looked for in the Python environment's lib/ (where `make install`
 conda installs gperftools or jemalloc) and then in the system's library path. Every command, `serve` included
 (bench/soak.py, MiniLM, 64 clients for 2 minutes: 54.3 against 38.3 requests/s, RSS flat at 636-639 MB against
 485-546 MB with glibc). Library users calling `train()` from Python start the process themselves:
-LD_PRELOAD=<library> python ... gives them the same.
+TCMALLOC_RELEASE_RATE=0 LD_PRELOAD=<library> python ... gives them the same.
 """
 
 from __future__ import annotations
